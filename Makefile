@@ -1,0 +1,34 @@
+# The two commands of the README. Both set everything up from a fresh clone:
+# a virtual environment in .venv, torch (CPU build, unless TORCH_SPEC says otherwise), the build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gencore-deps
+
+.PHONY: demo test bench build setup clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install numpy packaging pybind11 ninja pytest pytest-benchmark
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Rebuilt every time: ninja makes a no-change rebuild take a second.
+build: setup
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+
+demo: build
+	$(PY) -m gencore demo
+
+test: build
+	GENCORE_REQUIRE_C=1 $(PY) -m pytest -q tests
+
+bench: build
+	$(PY) -m gencore bench
+
+clean:
+	rm -rf build *.egg-info gencore/_C*.so

@@ -1,0 +1,249 @@
+// Gumbel-softmax, CPU: one parallel pass over rows; per row, Philox noise, online max, exp-sum and
+// the normalised write, all in a thread-local buffer that stays in cache (logits read once,
+// output written once). Vectorized with at::vec; float32 math (float64 for float64).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+#include "philox_simd.h"
+
+namespace gencore {
+namespace {
+
+using at::vec::Vectorized;
+
+// Uniforms (0, 1) for the `len` logical indices first, first + stride, ... into u[0..len).
+void philox_uniforms(PhiloxKey key, int64_t first, int64_t stride, int64_t len, float* u) {
+  if (stride != 1) {  // dim is not the last one: one block per element, one word kept
+    for (int64_t j = 0; j < len; ++j) {
+      const uint64_t idx = static_cast<uint64_t>(first + j * stride);
+      u[j] = uniform_open01(philox_block(key, idx >> 2).v[idx & 3]);
+    }
+    return;
+  }
+  auto one = [&](int64_t j) {
+    const uint64_t idx = static_cast<uint64_t>(first + j);
+    u[j] = uniform_open01(philox_block(key, idx >> 2).v[idx & 3]);
+  };
+  int64_t j = 0;
+  for (; j < len && ((first + j) & 3) != 0; ++j) one(j);  // up to a block boundary
+  const int64_t nblocks = (len - j) / 4;
+  philox_uniforms_blocks(key, static_cast<uint64_t>(first + j) >> 2, nblocks, u + j);
+  for (j += 4 * nblocks; j < len; ++j) one(j);
+}
+
+// One row: x (n values, acc_t) -> soft (n values, acc_t) in place over `z`; returns the argmax
+// (first maximum of z), or -1 when the row is NaN.
+template <typename acc_t>
+int64_t row_forward(const acc_t* x, const float* u, acc_t inv_tau, int64_t n, acc_t* z) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const Vec vinv(inv_tau);
+  Vec vmax(-std::numeric_limits<acc_t>::infinity());
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    Vec vu = at::vec::convert<acc_t>(Vectorized<float>::loadu(u + j, W));
+    Vec g = vu.log().neg().log().neg();
+    Vec vz = (Vec::loadu(x + j) + g) * vinv;
+    vz.store(z + j);
+    vmax = at::vec::maximum(vmax, vz);
+  }
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  if (j < n) {
+    Vec vu = at::vec::convert<acc_t>(Vectorized<float>::loadu(u + j, n - j));
+    Vec g = vu.log().neg().log().neg();
+    Vec vz = (Vec::loadu(x + j, n - j) + g) * vinv;
+    vz.store(z + j, n - j);
+    for (int64_t k = j; k < n; ++k) m = (z[k] > m || z[k] != z[k]) ? z[k] : m;
+  }
+  m = at::vec::vec_reduce_all<acc_t>(
+      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, at::vec::maximum(vmax, Vec(m)));
+  if (m != m) return -1;  // NaN somewhere in the row
+  int64_t arg = 0;
+  while (arg < n && z[arg] != m) ++arg;
+  // Softmax of z: exp(z - m) / sum.
+  const Vec vm(m);
+  Vec vsum(0);
+  for (j = 0; j + W <= n; j += W) {
+    Vec e = (Vec::loadu(z + j) - vm).exp();
+    e.store(z + j);
+    vsum = vsum + e;
+  }
+  acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  for (; j < n; ++j) {
+    z[j] = std::exp(z[j] - m);
+    sum += z[j];
+  }
+  if (!(sum == sum) || m == std::numeric_limits<acc_t>::infinity()) return -1;
+  const Vec vinvsum(acc_t(1) / sum);
+  for (j = 0; j + W <= n; j += W) (Vec::loadu(z + j) * vinvsum).store(z + j);
+  for (; j < n; ++j) z[j] *= acc_t(1) / sum;
+  return arg;
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_impl(const at::Tensor& x, PhiloxKey key, double tau, bool hard, const RowLayout& L,
+                  at::Tensor& out, at::Tensor& soft) {
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  scalar_t* sp = hard ? soft.mutable_data_ptr<scalar_t>() : nullptr;
+  const acc_t inv_tau = static_cast<acc_t>(1.0 / tau);
+  const int64_t rows = L.outer * L.inner, n = L.n;
+  // Rows of a float tensor along its last dim are read and written in place; anything else
+  // (half types, dim not last) goes through row buffers.
+  constexpr bool kSameType = std::is_same_v<scalar_t, acc_t>;
+  const bool direct = kSameType && L.inner == 1;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> u(n);
+    std::vector<acc_t> xbuf(direct ? 0 : n), zbuf(direct ? 0 : n);
+    constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t o = r / L.inner, i = r % L.inner;
+      const int64_t first = o * n * L.inner + i;  // logical index of the row's first element
+      const acc_t* xrow;
+      acc_t* z;
+      if (direct) {
+        xrow = reinterpret_cast<const acc_t*>(xp + first);
+        z = reinterpret_cast<acc_t*>(hard ? sp + first : op + first);
+      } else {
+        if (L.inner == 1) {
+          at::vec::convert(xp + first, xbuf.data(), n);
+        } else {
+          for (int64_t j = 0; j < n; ++j) xbuf[j] = static_cast<acc_t>(xp[first + j * L.inner]);
+        }
+        xrow = xbuf.data();
+        z = zbuf.data();
+      }
+      philox_uniforms(key, first, L.inner, n, u.data());
+      const int64_t arg = row_forward<acc_t>(xrow, u.data(), inv_tau, n, z);
+      if (arg < 0) std::fill(z, z + n, kNaN);
+      scalar_t* soft_row = hard ? sp + first : op + first;
+      if (!direct) {
+        if (L.inner == 1) {
+          at::vec::convert(z, soft_row, n);
+        } else {
+          for (int64_t j = 0; j < n; ++j) soft_row[j * L.inner] = static_cast<scalar_t>(z[j]);
+        }
+      }
+      if (hard) {
+        const scalar_t fill = static_cast<scalar_t>(arg < 0 ? kNaN : acc_t(0));
+        if (L.inner == 1) {
+          std::fill(op + first, op + first + n, fill);
+        } else {
+          for (int64_t j = 0; j < n; ++j) op[first + j * L.inner] = fill;
+        }
+        if (arg >= 0) op[first + arg * L.inner] = static_cast<scalar_t>(1);
+      }
+    }
+  });
+}
+
+// dx = y * (g - <g, y>) / tau along each row.
+template <typename acc_t>
+void row_backward(const acc_t* g, const acc_t* y, acc_t inv_tau, int64_t n, acc_t* dx) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  Vec vdot(0);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) vdot = vdot + Vec::loadu(g + j) * Vec::loadu(y + j);
+  acc_t dot = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vdot);
+  for (; j < n; ++j) dot += g[j] * y[j];
+  const Vec vdotv(dot), vinv(inv_tau);
+  for (j = 0; j + W <= n; j += W)
+    (Vec::loadu(y + j) * (Vec::loadu(g + j) - vdotv) * vinv).store(dx + j);
+  for (; j < n; ++j) dx[j] = y[j] * (g[j] - dot) * inv_tau;
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_impl(const at::Tensor& g, const at::Tensor& y, double tau, const RowLayout& L,
+                   at::Tensor& dx) {
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+  const acc_t inv_tau = static_cast<acc_t>(1.0 / tau);
+  const int64_t rows = L.outer * L.inner, n = L.n;
+  const bool direct = std::is_same_v<scalar_t, acc_t> && L.inner == 1;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gb(direct ? 0 : n), yb(direct ? 0 : n), db(direct ? 0 : n);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t o = r / L.inner, i = r % L.inner;
+      const int64_t first = o * n * L.inner + i;
+      if (direct) {
+        row_backward<acc_t>(reinterpret_cast<const acc_t*>(gp + first),
+                            reinterpret_cast<const acc_t*>(yp + first), inv_tau, n,
+                            reinterpret_cast<acc_t*>(dp + first));
+        continue;
+      }
+      if (L.inner == 1) {
+        at::vec::convert(gp + first, gb.data(), n);
+        at::vec::convert(yp + first, yb.data(), n);
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          gb[j] = static_cast<acc_t>(gp[first + j * L.inner]);
+          yb[j] = static_cast<acc_t>(yp[first + j * L.inner]);
+        }
+      }
+      row_backward<acc_t>(gb.data(), yb.data(), inv_tau, n, db.data());
+      if (L.inner == 1) {
+        at::vec::convert(db.data(), dp + first, n);
+      } else {
+        for (int64_t j = 0; j < n; ++j) dp[first + j * L.inner] = static_cast<scalar_t>(db[j]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(const at::Tensor& logits,
+                                                       const at::Tensor& seed_offset, double tau,
+                                                       bool hard, int64_t dim) {
+  check_floating(logits, "gumbel_softmax", "logits");
+  TORCH_CHECK(tau > 0 && std::isfinite(tau), "gumbel_softmax: tau must be a finite number > 0, got ", tau);
+  const PhiloxKey key = read_philox_key(seed_offset);
+  const at::Tensor x = logits.contiguous();
+  const RowLayout L = checked_row_layout(x, dim, "gumbel_softmax");
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  at::Tensor soft = hard ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  if (x.numel() == 0) return {out, soft};
+  AT_DISPATCH_SWITCH(x.scalar_type(), "gumbel_softmax_cpu",
+      AT_DISPATCH_CASE(at::kFloat, [&] { forward_impl<float, float>(x, key, tau, hard, L, out, soft); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { forward_impl<double, double>(x, key, tau, hard, L, out, soft); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { forward_impl<at::BFloat16, float>(x, key, tau, hard, L, out, soft); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { forward_impl<at::Half, float>(x, key, tau, hard, L, out, soft); }));
+  return {out, soft};
+}
+
+at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& soft, double tau,
+                                       int64_t dim) {
+  check_floating(soft, "gumbel_softmax_backward", "soft");
+  TORCH_CHECK(grad.sizes() == soft.sizes(), "gumbel_softmax_backward: grad has shape ",
+              grad.sizes(), " but the saved sample has shape ", soft.sizes());
+  const at::Tensor g = grad.to(soft.scalar_type()).contiguous();
+  const at::Tensor y = soft.contiguous();
+  const RowLayout L = checked_row_layout(y, dim, "gumbel_softmax_backward");
+  at::Tensor dx = at::empty(y.sizes(), y.options());
+  if (y.numel() == 0) return dx;
+  AT_DISPATCH_SWITCH(y.scalar_type(), "gumbel_softmax_backward_cpu",
+      AT_DISPATCH_CASE(at::kFloat, [&] { backward_impl<float, float>(g, y, tau, L, dx); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { backward_impl<double, double>(g, y, tau, L, dx); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { backward_impl<at::BFloat16, float>(g, y, tau, L, dx); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { backward_impl<at::Half, float>(g, y, tau, L, dx); }));
+  return dx;
+}
+
+}  // namespace
+}  // namespace gencore
+
+TORCH_LIBRARY_IMPL(gencore, CPU, m) {
+  m.impl("gumbel_softmax", &gencore::gumbel_softmax_cpu);
+  m.impl("gumbel_softmax_backward", &gencore::gumbel_softmax_backward_cpu);
+}

@@ -1,0 +1,49 @@
+// gencore._C: every op schema, in one place, plus the build facts the Python side checks.
+//
+// Kernels register themselves per device in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cpp; autograd and
+// fake (meta) kernels are registered from Python (gencore/ops/<op>.py).
+#include <torch/extension.h>
+
+#ifndef GENCORE_SOURCE_HASH
+#define GENCORE_SOURCE_HASH "unknown"
+#endif
+#ifndef GENCORE_TORCH_VERSION
+#define GENCORE_TORCH_VERSION "unknown"
+#endif
+#ifndef GENCORE_CPU_CAPABILITY_NAME
+#define GENCORE_CPU_CAPABILITY_NAME "DEFAULT"
+#endif
+#ifndef GENCORE_CUDA_ARCHS
+#define GENCORE_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(gencore, m) {
+  // Gumbel-softmax. `seed_offset` is a CPU int64 tensor of two words (Philox key, counter offset)
+  // drawn from a torch generator by the Python wrapper. Returns (out, soft): out is the sample
+  // (a one-hot when hard); soft is the soft sample that the hard mode's backward needs, and an
+  // empty tensor in soft mode (out is then the soft sample itself).
+  m.def("gumbel_softmax(Tensor logits, Tensor seed_offset, float tau, bool hard, int dim)"
+        " -> (Tensor, Tensor)");
+  m.def("gumbel_softmax_backward(Tensor grad, Tensor soft, float tau, int dim) -> Tensor");
+}
+
+namespace {
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["source_hash"] = GENCORE_SOURCE_HASH;
+  info["torch_version"] = GENCORE_TORCH_VERSION;
+  info["cpu_capability"] = GENCORE_CPU_CAPABILITY_NAME;
+#ifdef GENCORE_WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+  info["cuda_archs"] = GENCORE_CUDA_ARCHS;
+  return info;
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "gencore compiled core: fused ops registered under torch.ops.gencore";
+  m.def("build_info", &build_info, "How this _C was built (sources, torch, CPU ISA, CUDA archs)");
+}

@@ -1,0 +1,135 @@
+"""Loads the compiled core `gencore._C` once and answers which fused kernels can run.
+
+Importing gencore never fails because `_C` is missing, stale or built for another machine: the
+ops then fall back to their pure-PyTorch references, with one warning that says why.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from packaging.version import Version
+
+_ROOT = Path(__file__).resolve().parent.parent
+_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+
+_module = None
+_reason: Optional[str] = None  # why _C is not used; None when it is
+_loaded = False
+_warned = False
+
+
+def _csrc_hash() -> Optional[str]:
+    """Hash of csrc/ as setup.py computes it, when this is a source checkout (editable install)."""
+    csrc = _ROOT / "csrc"
+    if not csrc.is_dir():
+        return None
+    h = hashlib.sha256()
+    for path in sorted(p for p in csrc.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(_ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _check(info: dict) -> Optional[str]:
+    built = Version(info["torch_version"])
+    running = Version(Version(torch.__version__).base_version)
+    if built != running:
+        return f"gencore._C was built against torch {built} but torch {running} is running"
+    here = _csrc_hash()
+    if here is not None and here != info["source_hash"]:
+        return "gencore._C is stale: csrc/ changed since it was built"
+    isa = info["cpu_capability"]
+    cpu = torch.backends.cpu.get_cpu_capability()
+    if _ISA_RANK.get(isa, 0) > _ISA_RANK.get(cpu.replace("ZVECTOR", "DEFAULT"), 0):
+        return f"gencore._C was built for {isa} CPUs but this CPU supports {cpu}"
+    return None
+
+
+def load():
+    """The `_C` module if it can be used, else None (and `reason()` says why)."""
+    global _module, _reason, _loaded
+    if _loaded:
+        return _module
+    _loaded = True
+    if os.environ.get("GENCORE_DISABLE_C") == "1":
+        _reason = "GENCORE_DISABLE_C=1 is set"
+        return None
+    try:
+        from gencore import _C  # noqa: F401  (loading it registers torch.ops.gencore.*)
+    except ImportError as exc:
+        _reason = f"gencore._C is not built ({exc})"
+        return None
+    _reason = _check(_C.build_info())
+    if _reason is None:
+        _module = _C
+    return _module
+
+
+def reason() -> Optional[str]:
+    load()
+    return _reason
+
+
+def build_info() -> Optional[dict]:
+    mod = load()
+    return dict(mod.build_info()) if mod is not None else None
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether `torch.ops.gencore.<op>` has a fused kernel for this device type ("cpu", "cuda")."""
+    if load() is None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"gencore::{op}", key)
+
+
+def warn_fallback(op: str, device_type: str) -> None:
+    """One warning per process, the first time an op runs its reference instead of a kernel."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    why = reason() or f"this build has no {device_type} kernel for {op}"
+    warnings.warn(
+        f"gencore: using the pure-PyTorch reference ops ({why}). "
+        "Build the kernels with `pip install --no-build-isolation -e .`; "
+        "`python -m gencore info` shows what is built.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def use_fused(op: str, impl: str, device_type: str) -> bool:
+    """Resolves impl="auto" | "fused" | "reference" for one call."""
+    if impl == "reference":
+        return False
+    if impl not in ("auto", "fused"):
+        raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
+    if has_kernel(op, device_type):
+        return True
+    if impl == "fused":
+        why = reason() or f"this build has no {device_type} kernel"
+        raise RuntimeError(f"gencore.ops: impl='fused' asked for {op} on {device_type}, but {why}")
+    warn_fallback(op, device_type)
+    return False
+
+
+def register_autograd_and_fake(op: str, *, fake, setup_context, backward) -> None:
+    """Registers the Python halves of a compiled op (fake kernel, autograd) when `_C` is loaded."""
+    if load() is None:
+        return
+    torch.library.register_fake(f"gencore::{op}")(fake)
+    torch.library.register_autograd(f"gencore::{op}", backward, setup_context=setup_context)
+
+
+def register_fake(op: str, fake) -> None:
+    if load() is None:
+        return
+    torch.library.register_fake(f"gencore::{op}")(fake)

@@ -1,0 +1,1 @@
+"""gencore.nn: modules built on gencore.ops."""

@@ -1,0 +1,92 @@
+"""gencore.ops.gumbel_softmax: fused Gumbel-softmax sampling (soft and straight-through hard).
+
+The fused kernels (csrc/cpu/gumbel_softmax.cpp, csrc/cuda/gumbel_softmax*.cu) generate the noise
+in-kernel with Philox keyed by (seed, offset, element index), so they match the reference
+(reference/gumbel_softmax.py) sample for sample: soft outputs to rounding, hard one-hots exactly.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _backend
+from .reference.gumbel_softmax import gumbel_softmax_reference
+from .rng import philox_seed_offset
+
+_FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _check(logits: torch.Tensor, tau: float, dim: int) -> int:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"gumbel_softmax: logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in _FLOATING:
+        raise TypeError(
+            f"gumbel_softmax: logits must be float32, float64, bfloat16 or float16, got {logits.dtype}")
+    if isinstance(tau, torch.Tensor):
+        raise TypeError("gumbel_softmax: tau must be a Python number (it is a hyper-parameter)")
+    if not tau > 0 or tau == float("inf"):
+        raise ValueError(f"gumbel_softmax: tau must be a finite number > 0, got {tau}")
+    if logits.dim() == 0:
+        raise ValueError("gumbel_softmax: logits must have at least one dimension (the categories)")
+    if not -logits.dim() <= dim < logits.dim():
+        raise IndexError(
+            f"gumbel_softmax: dim {dim} is out of range for a {logits.dim()}-d tensor "
+            f"(expected {-logits.dim()} <= dim < {logits.dim()})")
+    return dim % logits.dim()
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, dim: int = -1,
+                   generator: Optional[torch.Generator] = None, impl: str = "auto") -> torch.Tensor:
+    """Draws y ~ Gumbel-softmax(logits / tau) along `dim`.
+
+    Args:
+        logits: unnormalized log-probabilities; float32, float64, bfloat16 or float16, any strides.
+        tau: temperature, > 0. Small tau gives near one-hot samples.
+        hard: return one-hot samples (argmax), differentiated as the soft sample (straight-through).
+        dim: the category dimension.
+        generator: torch generator for the noise; default: torch's default CPU generator, so
+            `torch.manual_seed` repeats runs and CPU and CUDA give the same samples.
+        impl: "auto" (fused where built for the device, else the reference), "fused", "reference".
+
+    Returns a tensor of the shape and dtype of `logits`. Math is float32 (float64 for float64).
+    Rows holding NaN or +inf, or only -inf, come out as NaN rows, as with torch.softmax.
+    """
+    dim = _check(logits, tau, dim)
+    seed_offset = philox_seed_offset(generator)
+    if logits.numel() == 0:
+        return torch.empty_like(logits)
+    if _backend.use_fused("gumbel_softmax", impl, logits.device.type):
+        out, _ = torch.ops.gencore.gumbel_softmax(logits, seed_offset, float(tau), bool(hard), dim)
+        return out
+    return gumbel_softmax_reference(logits, seed_offset[0], seed_offset[1], tau, hard, dim)
+
+
+# -- torch.library: fake kernels and autograd for the compiled op ---------------------------------
+
+# The kernels return contiguous tensors whatever the input strides.
+def _fake_forward(logits, seed_offset, tau, hard, dim):
+    soft = logits.new_empty(logits.shape) if hard else logits.new_empty((0,))
+    return logits.new_empty(logits.shape), soft
+
+
+def _fake_backward(grad, soft, tau, dim):
+    return soft.new_empty(soft.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, tau, hard, dim = inputs
+    out, soft = output
+    ctx.save_for_backward(soft if hard else out)
+    ctx.tau, ctx.dim = tau, dim
+
+
+def _backward(ctx, grad_out, _grad_soft):
+    (soft,) = ctx.saved_tensors
+    grad = torch.ops.gencore.gumbel_softmax_backward(grad_out, soft, ctx.tau, ctx.dim)
+    return grad, None, None, None, None
+
+
+_backend.register_autograd_and_fake(
+    "gumbel_softmax", fake=_fake_forward, setup_context=_setup_context, backward=_backward)
+_backend.register_fake("gumbel_softmax_backward", _fake_backward)

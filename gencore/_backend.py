@@ -21,6 +21,9 @@ _module = None
 _reason: Optional[str] = None  # why _C is not used; None when it is
 _loaded = False
 _warned = False
+# (op, device type) -> kernel built; filled when each op module registers, so that the dispatch
+# decision is a dict lookup that torch.compile traces without a graph break.
+_kernels: dict[tuple[str, str], bool] = {}
 
 
 def _csrc_hash() -> Optional[str]:
@@ -80,20 +83,25 @@ def build_info() -> Optional[dict]:
     return dict(mod.build_info()) if mod is not None else None
 
 
-def has_kernel(op: str, device_type: str) -> bool:
-    """Whether `torch.ops.gencore.<op>` has a fused kernel for this device type ("cpu", "cuda")."""
-    if load() is None:
-        return False
+def _query_kernel(op: str, device_type: str) -> bool:
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
+    if load() is None or key is None:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"gencore::{op}", key)
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether `torch.ops.gencore.<op>` has a fused kernel for this device type ("cpu", "cuda")."""
+    found = _kernels.get((op, device_type))
+    if found is None:
+        found = _kernels[(op, device_type)] = _query_kernel(op, device_type)
+    return found
 
 
 def warn_fallback(op: str, device_type: str) -> None:
     """One warning per process, the first time an op runs its reference instead of a kernel."""
     global _warned
-    if _warned:
+    if _warned or torch.compiler.is_compiling():
         return
     _warned = True
     why = reason() or f"this build has no {device_type} kernel for {op}"
@@ -123,13 +131,9 @@ def use_fused(op: str, impl: str, device_type: str) -> bool:
 
 def register_autograd_and_fake(op: str, *, fake, setup_context, backward) -> None:
     """Registers the Python halves of a compiled op (fake kernel, autograd) when `_C` is loaded."""
+    for device_type in ("cpu", "cuda"):
+        has_kernel(op, device_type)
     if load() is None:
         return
     torch.library.register_fake(f"gencore::{op}")(fake)
     torch.library.register_autograd(f"gencore::{op}", backward, setup_context=setup_context)
-
-
-def register_fake(op: str, fake) -> None:
-    if load() is None:
-        return
-    torch.library.register_fake(f"gencore::{op}")(fake)

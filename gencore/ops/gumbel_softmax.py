@@ -55,7 +55,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
     dim = _check(logits, tau, dim)
     seed_offset = philox_seed_offset(generator)
     if logits.numel() == 0:
-        return torch.empty_like(logits)
+        return logits.clone()  # empty in, empty out (still attached to the graph)
     if _backend.use_fused("gumbel_softmax", impl, logits.device.type):
         out, _ = torch.ops.gencore.gumbel_softmax(logits, seed_offset, float(tau), bool(hard), dim)
         return out
@@ -81,12 +81,32 @@ def _setup_context(ctx, inputs, output):
     ctx.tau, ctx.dim = tau, dim
 
 
-def _backward(ctx, grad_out, _grad_soft):
+def _backward(ctx, grad_out, grad_soft):  # straight-through: gradients go through soft
     (soft,) = ctx.saved_tensors
+    if grad_soft is not None and grad_soft.numel():  # hard mode, soft itself used downstream
+        grad_out = grad_out + grad_soft
     grad = torch.ops.gencore.gumbel_softmax_backward(grad_out, soft, ctx.tau, ctx.dim)
     return grad, None, None, None, None
 
 
+# Double backward: dx = y * (g - <g, y>) / tau is differentiated in plain torch ops.
+def _setup_context_bwd(ctx, inputs, output):
+    grad, soft, tau, dim = inputs
+    ctx.save_for_backward(grad, soft)
+    ctx.tau, ctx.dim = tau, dim
+
+
+def _backward_bwd(ctx, w):
+    grad, soft = ctx.saved_tensors
+    d_grad = torch.ops.gencore.gumbel_softmax_backward(w, soft, ctx.tau, ctx.dim)
+    dot = (grad * soft).sum(ctx.dim, keepdim=True)
+    w_soft = (w * soft).sum(ctx.dim, keepdim=True)
+    d_soft = (w * (grad - dot) - grad * w_soft) / ctx.tau
+    return d_grad, d_soft, None, None
+
+
 _backend.register_autograd_and_fake(
     "gumbel_softmax", fake=_fake_forward, setup_context=_setup_context, backward=_backward)
-_backend.register_fake("gumbel_softmax_backward", _fake_backward)
+_backend.register_autograd_and_fake(
+    "gumbel_softmax_backward", fake=_fake_backward, setup_context=_setup_context_bwd,
+    backward=_backward_bwd)

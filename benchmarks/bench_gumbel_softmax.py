@@ -1,0 +1,59 @@
+"""Gumbel-softmax: fused vs reference vs F.gumbel_softmax (and torch.softmax, the floor).
+
+    pytest benchmarks/bench_gumbel_softmax.py --benchmark-json out.json && python benchmarks/report.py out.json
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gencore import _backend
+from gencore.ops import gumbel_softmax
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(1280, 5000), (2048, 32000), (4096, 128)] + ([(8192, 32000)] if DEVICE == "cuda" else [])
+DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+IMPLS = {
+    "fused": lambda x, hard: gumbel_softmax(x, hard=hard, impl="fused"),
+    "reference": lambda x, hard: gumbel_softmax(x, hard=hard, impl="reference"),
+    "torch": lambda x, hard: F.gumbel_softmax(x, hard=hard),
+    "softmax": lambda x, hard: torch.softmax(x, -1),  # reads and writes once: the floor
+}
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gumbel_softmax(benchmark, shape, dtype, hard, pass_, impl):
+    if impl == "fused" and not _backend.has_kernel("gumbel_softmax", DEVICE):
+        pytest.skip(f"no fused kernel: {_backend.reason()}")
+    if impl == "softmax" and hard:
+        pytest.skip("the softmax floor is listed with the soft cases")
+    numel = shape[0] * shape[1]
+    if impl in ("reference", "torch") and DEVICE == "cpu" and numel > 20_000_000:
+        rounds = 2  # about a second a call on a 2-core CPU
+    else:
+        rounds = 5 if numel > 1_000_000 else 50
+    fn = IMPLS[impl]
+    x = torch.randn(shape, device=DEVICE, dtype=dtype, requires_grad=pass_ == "fwd+bwd")
+    grad = torch.randn(shape, device=DEVICE, dtype=dtype)
+
+    def run():
+        if pass_ == "fwd":
+            with torch.no_grad():
+                fn(x, hard)
+        else:
+            x.grad = None
+            fn(x, hard).backward(grad)
+        sync()
+
+    benchmark.group = f"gumbel_softmax {shape[0]}x{shape[1]} {str(dtype)[6:]} {'hard' if hard else 'soft'} {pass_}"
+    benchmark.extra_info["impl"] = impl
+    benchmark.extra_info["bytes"] = numel * x.element_size() * (2 if pass_ == "fwd" else 5)
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)

@@ -137,3 +137,10 @@ def register_autograd_and_fake(op: str, *, fake, setup_context, backward) -> Non
         return
     torch.library.register_fake(f"gencore::{op}")(fake)
     torch.library.register_autograd(f"gencore::{op}", backward, setup_context=setup_context)
+
+
+def register_fake(op: str, fake) -> None:
+    """Registers only the fake kernel of a compiled op (one without autograd of its own)."""
+    if load() is None:
+        return
+    torch.library.register_fake(f"gencore::{op}")(fake)

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.gencore-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install setuptools wheel
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install numpy packaging pybind11 ninja pytest pytest-benchmark
 	touch $(STAMP)

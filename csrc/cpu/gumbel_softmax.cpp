@@ -40,10 +40,26 @@ void philox_uniforms(PhiloxKey key, int64_t first, int64_t stride, int64_t len, 
   for (j += 4 * nblocks; j < len; ++j) one(j);
 }
 
-// One row: x (n values, acc_t) -> soft (n values, acc_t) in place over `z`; returns the argmax
-// (first maximum of z), or -1 when the row is NaN.
+// Index of the first element of z[0..n) equal to m (which is present).
 template <typename acc_t>
-int64_t row_forward(const acc_t* x, const float* u, acc_t inv_tau, int64_t n, acc_t* z) {
+int64_t first_equal(const acc_t* z, acc_t m, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const Vec vm(m);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const int eq = (Vec::loadu(z + j) != vm).zero_mask();  // bit k set where lane k equals m
+    if (eq) return j + __builtin_ctz(static_cast<unsigned>(eq));
+  }
+  while (j < n && z[j] != m) ++j;
+  return j;
+}
+
+// One row: x (n values, acc_t) -> soft (n values, acc_t) in place over `z`. Returns -1 when the
+// row is NaN, else the argmax of z (first maximum) when `want_arg`, else 0.
+template <typename acc_t>
+int64_t row_forward(const acc_t* x, const float* u, acc_t inv_tau, int64_t n, acc_t* z,
+                    bool want_arg) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t W = Vec::size();
   const Vec vinv(inv_tau);
@@ -67,8 +83,7 @@ int64_t row_forward(const acc_t* x, const float* u, acc_t inv_tau, int64_t n, ac
   m = at::vec::vec_reduce_all<acc_t>(
       [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, at::vec::maximum(vmax, Vec(m)));
   if (m != m) return -1;  // NaN somewhere in the row
-  int64_t arg = 0;
-  while (arg < n && z[arg] != m) ++arg;
+  const int64_t arg = want_arg ? first_equal(z, m, n) : 0;
   // Softmax of z: exp(z - m) / sum.
   const Vec vm(m);
   Vec vsum(0);
@@ -124,7 +139,7 @@ void forward_impl(const at::Tensor& x, PhiloxKey key, double tau, bool hard, con
         z = zbuf.data();
       }
       philox_uniforms(key, first, L.inner, n, u.data());
-      const int64_t arg = row_forward<acc_t>(xrow, u.data(), inv_tau, n, z);
+      const int64_t arg = row_forward<acc_t>(xrow, u.data(), inv_tau, n, z, hard);
       if (arg < 0) std::fill(z, z + n, kNaN);
       scalar_t* soft_row = hard ? sp + first : op + first;
       if (!direct) {

@@ -72,7 +72,10 @@ def test_soft_matches_reference(device, shape, dim, tau):
     ref = sample(x, "reference", tau=tau, dim=dim)
     assert fused.shape == x.shape and fused.dtype == x.dtype
     assert_close_to_gold(fused, ref, gold(x, tau=tau, dim=dim))
-    torch.testing.assert_close(fused.sum(dim), torch.ones_like(fused.sum(dim)), rtol=0, atol=1e-5)
+    total = fused.double().sum(dim)
+    # float32 accumulation over a row of n terms: error grows like sqrt(n) * eps
+    atol = 1e-6 * max(1.0, math.sqrt(shape[dim])) * 10
+    torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)

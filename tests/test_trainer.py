@@ -181,6 +181,7 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_foreign_files_refused(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"format": "gencore-checkpoint", "x": _Evil()}, p)

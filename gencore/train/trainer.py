@@ -478,6 +478,10 @@ class Trainer:
         eta = (cfg.max_steps - self.step) / rate if rate > 0 else float("nan")
         desc = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         if mode == "bar":
+            now = time.time()  # redraw at most 10 times a second
+            if now - getattr(self, "_bar_time", 0.0) < 0.1 and self.step < cfg.max_steps:
+                return
+            self._bar_time = now
             frac = self.step / cfg.max_steps
             bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
             sys.stderr.write(f"\r\033[K[{bar}] {self.step}/{cfg.max_steps} {desc} "

@@ -70,22 +70,36 @@ def _learned(state):
     return {k: state[k] for k in ("modules", "optimizers", "schedulers", "ema", "data", "task", "rng")}
 
 
-def test_resume_in_process_bit_identical(tmp_path):
-    straight = _lm_trainer(tmp_path / "a")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_resume_in_process_bit_identical(tmp_path, precision):
+    straight = _lm_trainer(tmp_path / "a", precision=precision)
     res = straight.fit()
     assert res["step"] == 20 and res["val"]["val_loss"] < 4.5
-    half = _lm_trainer(tmp_path / "b", ckpt_every=5)
+    half = _lm_trainer(tmp_path / "b", ckpt_every=5, precision=precision)
     half.fit(stop_after=10)
     assert half.step == 10
-    resumed = _lm_trainer(tmp_path / "b", ckpt_every=5, resume=True)
+    resumed = _lm_trainer(tmp_path / "b", ckpt_every=5, resume=True, precision=precision)
     resumed.fit()
     a, b = _final(tmp_path / "a"), _final(tmp_path / "b")
     _assert_state_equal(_learned(a), _learned(b))
+    if precision == "fp16":
+        _assert_state_equal(a["scaler"], b["scaler"])
+        assert a["scaler"]["_growth_tracker"] > 0
     assert b["task"]["samples_drawn"] == 2  # sampled at 10 (first run) and 20 (resumed run)
     # the log has each step's record once, in order
     recs = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in recs if r["event"] == "train"]
     assert train_steps == [5, 10, 15, 20]
+
+
+def test_validation_and_sampling_do_not_change_training(tmp_path):
+    # evaluation runs with the training RNG streams saved and restored: how often one validates
+    # or samples cannot change the weights (dropout is on in this task)
+    a = _lm_trainer(tmp_path / "a", val_every=2, sample_every=3)
+    a.fit()
+    b = _lm_trainer(tmp_path / "b", val_every=None, sample_every=None)
+    b.fit()
+    _assert_state_equal(_params(a), _params(b))
 
 
 def test_kill9_resume_bit_identical(tmp_path):
@@ -309,6 +323,12 @@ def test_config_errors_list_valid_values(tmp_path):
         task.configure_optimizers = lambda: {"a": torch.optim.SGD(task.model.parameters(), 0.1),
                                              "b": torch.optim.SGD(task.model.parameters(), 0.1)}
         Trainer(task, TrainerConfig(max_steps=1), train).setup()
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
+    _lm_trainer(tmp_path, max_steps=3).fit()
+    with pytest.raises(FileExistsError, match="resume=True"):
+        _lm_trainer(tmp_path, max_steps=3).setup()
 
 
 def test_schedule_ema_png():

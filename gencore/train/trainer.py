@@ -227,9 +227,15 @@ class Trainer:
         self.ckpt = None
         if self.out_dir is not None:
             self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_last)
+            if not cfg.resume and self.ckpt.list():
+                raise FileExistsError(
+                    f"{self.out_dir} already holds checkpoints of a run; pass resume=True to "
+                    "continue it, or choose another out_dir (nothing is overwritten)")
             if self.is_main:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 self.ckpt.cleanup_temp()
+                if not cfg.resume:  # a fresh run: a log without checkpoints is from a run that
+                    (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # never saved one
         if cfg.resume:
             self._resume()
         self._setup_done = True

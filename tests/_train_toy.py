@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--stop-after", type=int, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
     task, train, val = lm_setup(batch=args.batch)
@@ -41,7 +42,7 @@ def main():
                         keep_last=3, val_every=10, sample_every=20, log_every=5, warmup_steps=5,
                         grad_accum=args.accum, resume=args.resume, progress="lines", ema_decay=0.9,
                         seed=0)
-    res = Trainer(task, cfg, train, val).fit()
+    res = Trainer(task, cfg, train, val).fit(stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:
         print("DONE", res["step"], flush=True)
 

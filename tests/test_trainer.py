@@ -270,16 +270,32 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _torchrun(*args):
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", SCRIPT, *args],
+        env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_resume_bit_identical(tmp_path):
+    common = ["--steps", "12", "--batch", "8", "--ckpt-every", "3"]
+    _torchrun(tmp_path / "straight", *common)
+    _torchrun(tmp_path / "resumed", *common, "--stop-after", "6")
+    assert CheckpointManager(tmp_path / "resumed" / "checkpoints").list()[-1][0] == 6
+    out = _torchrun(tmp_path / "resumed", *common, "--resume")
+    assert "resumed from" in out.stdout and "at step 6" in out.stdout
+    _assert_state_equal(_learned(_final(tmp_path / "straight")), _learned(_final(tmp_path / "resumed")))
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_single(tmp_path):
     common = ["--steps", "12", "--batch", "8", "--dropout", "0"]
     subprocess.run([sys.executable, SCRIPT, tmp_path / "one", *common], env=ENV, check=True,
                    capture_output=True, timeout=180)
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", SCRIPT, tmp_path / "two",
-         *common], env=ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = _torchrun(tmp_path / "two", *common)
     assert out.stdout.count("DONE") == 1  # one process writes
     one, two = _final(tmp_path / "one"), _final(tmp_path / "two")
     assert two["trainer"]["world_size"] == 2

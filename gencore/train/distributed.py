@@ -9,6 +9,7 @@ generator's step but not stepped) need no `find_unused_parameters` or forward-co
 """
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Iterable, List
 
@@ -45,9 +46,15 @@ def init(device: str = "cpu") -> torch.device:
             torch.cuda.set_device(local)
             dev = torch.device("cuda", local)
         dist.init_process_group(backend=backend)
+        atexit.register(_destroy)
     elif dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+def _destroy() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:

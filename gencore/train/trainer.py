@@ -133,6 +133,7 @@ class Trainer:
         self._setup_done = False
         self.history: List[Dict[str, Any]] = []  # every record written to metrics.jsonl
         self.last_checkpoint: Optional[Path] = None
+        self._ckpt_step = -1
         task.trainer = self
 
     # ------------------------------------------------------------------ output
@@ -287,6 +288,7 @@ class Trainer:
     def save_checkpoint(self) -> Optional[Path]:
         """Writes a checkpoint of the current step (main process; others wait for it)."""
         path = None
+        self._ckpt_step = self.step  # on every rank: all take the same decisions
         if self.ckpt is not None and self.is_main:
             path = self.ckpt.save(self.state_dict(), self.step)
             self.last_checkpoint = path
@@ -312,7 +314,7 @@ class Trainer:
             self.log(f"warning: checkpoint written by {ws} processes, resuming with "
                      f"{self.world_size}: the global batch is unchanged, the RNG streams are")
         self.load_state_dict(state)
-        self.last_checkpoint = path
+        self.last_checkpoint, self._ckpt_step = path, self.step
         self.log(f"resumed from {path} at step {self.step}")
         if self.is_main and self.out_dir is not None:
             self._truncate_log()
@@ -554,9 +556,7 @@ class Trainer:
                 self.write_samples()
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self.save_checkpoint()
-        if self.step >= cfg.max_steps and self.ckpt is not None and (
-                self.last_checkpoint is None or not str(self.last_checkpoint).endswith(
-                    f"ckpt-{self.step:08d}.pt")):
+        if self.step >= cfg.max_steps and self.ckpt is not None and self._ckpt_step != self.step:
             self.save_checkpoint()
         self._clear_bar()
         return {"step": self.step, "train": last_train, "val": last_val,

@@ -430,6 +430,7 @@ class Trainer:
             restore_rng_state(rng)
 
     def validate(self) -> Dict[str, float]:
+        self.setup()
         if self.val_data is None:
             return {}
         sums: Dict[str, float] = {}
@@ -451,6 +452,7 @@ class Trainer:
         return res
 
     def write_samples(self) -> List[Path]:
+        self.setup()
         if not self.is_main:
             return []
         with self._eval_mode():

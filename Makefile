@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install setuptools wheel
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install numpy packaging pybind11 ninja pytest pytest-benchmark
+	$(PY) -m pip install numpy packaging scikit-learn pybind11 ninja pytest pytest-benchmark
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,0 +1,69 @@
+"""The `Task` protocol: what a model brings to the Trainer.
+
+A task owns its modules and says how one training step goes. Two styles:
+
+- automatic (`automatic_optimization = True`, the default): `training_step(batch, step)` returns
+  a dict with a scalar `'loss'` tensor (and any other numbers to log); the Trainer does backward
+  (with gradient accumulation), the cross-process gradient average, clipping, the optimizer step
+  (`configure_optimizers` must return exactly one optimizer), LR schedule and EMA updates.
+- manual (`automatic_optimization = False`, e.g. a GAN with two optimizers): `training_step`
+  calls `self.trainer.optimizer_step(name, loss)` for each update it wants; the Trainer still does
+  the NaN/inf guard, backward (with the GradScaler for fp16), gradient average, clipping and step.
+  It returns a dict of numbers to log.
+
+Everything else has a default: no validation, no samples, no extra state.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Task"]
+
+
+class Task:
+    automatic_optimization: bool = True
+    trainer = None  # set by the Trainer before any other call
+
+    def modules(self) -> Dict[str, nn.Module]:
+        """The named modules to move to the device, checkpoint, average across processes and
+        (see `ema_modules`) keep an EMA of."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        """Called once the modules are on the trainer's device; returns the named optimizers."""
+        raise NotImplementedError
+
+    def configure_schedulers(self, optimizers: Dict[str, torch.optim.Optimizer],
+                             total_steps: int) -> Optional[Dict[str, Any]]:
+        """Named LR schedulers (stepped once per training step). None: the Trainer's default
+        (`TrainerConfig.lr_schedule`: warmup + cosine, or constant) for every optimizer."""
+        return None
+
+    def ema_modules(self) -> List[str]:
+        """Names of the modules to keep an EMA of when `TrainerConfig.ema_decay` is set."""
+        return list(self.modules())
+
+    def training_step(self, batch: Any, step: int) -> Dict[str, Union[torch.Tensor, float]]:
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any) -> Dict[str, Union[torch.Tensor, float]]:
+        """Numbers for one validation batch; the Trainer averages them over the batches (and
+        processes). Runs under `torch.no_grad()` with the modules in eval mode."""
+        return {}
+
+    def sample(self, step: int) -> Union[None, str, torch.Tensor, Dict[str, Any]]:
+        """Something to look at: text (written to a .txt file), an image batch (N, C, H, W) in
+        [0, 1] (written as a PNG grid), or a dict of those. Runs on the main process only, under
+        `torch.no_grad()` in eval mode, with the training RNG streams left untouched."""
+        return None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Extra state to resume exactly (e.g. a temperature schedule's position): tensors and
+        plain types only. Modules, optimizers, schedulers and EMA are saved by the Trainer."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass

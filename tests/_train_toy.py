@@ -1,0 +1,51 @@
+"""A training script for the tests: runs alone or under torchrun (DDP), can be killed and resumed.
+
+    python tests/_train_toy.py OUT --steps 40 --ckpt-every 5 [--resume] [--sleep 0.05]
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from _toy import lm_setup  # noqa: E402
+from gencore.train import Trainer, TrainerConfig  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--ckpt-every", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--accum", type=int, default=1)
+    ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--stop-after", type=int, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    task, train, val = lm_setup(batch=args.batch)
+    task.model.drop.p = args.dropout
+    if args.sleep:
+        inner = task.training_step
+
+        def slow(batch, step):
+            time.sleep(args.sleep)
+            return inner(batch, step)
+        task.training_step = slow
+    cfg = TrainerConfig(max_steps=args.steps, out_dir=args.out, ckpt_every=args.ckpt_every,
+                        keep_last=3, val_every=10, sample_every=20, log_every=5, warmup_steps=5,
+                        grad_accum=args.accum, resume=args.resume, progress="lines", ema_decay=0.9,
+                        seed=0)
+    res = Trainer(task, cfg, train, val).fit(stop_after=args.stop_after)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("DONE", res["step"], flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,12 @@ TORCH_LIBRARY(gencore, m) {
   m.def("gumbel_softmax(Tensor logits, Tensor seed_offset, float tau, bool hard, int dim)"
         " -> (Tensor, Tensor)");
   m.def("gumbel_softmax_backward(Tensor grad, Tensor soft, float tau, int dim) -> Tensor");
+  // GAN losses (gencore/ops/gan_loss.py). kind: 0 bce, 1 hinge, 2 wasserstein, 3 rsgan, 4 ragan;
+  // role: 0 discriminator, 1 generator; reduction: 0 none, 1 mean, 2 sum. One pass returns the loss
+  // and its gradients with respect to both inputs (for an incoming gradient of one); grad_real is
+  // an empty tensor where the loss does not read real_logits (which may then be None).
+  m.def("gan_loss(Tensor? real_logits, Tensor fake_logits, int kind, int role, int reduction)"
+        " -> (Tensor loss, Tensor grad_real, Tensor grad_fake)");
 }
 
 namespace {

@@ -1,4 +1,5 @@
 """gencore.nn: modules built on gencore.ops."""
+from .gan_loss import GANLoss
 from .gumbel_softmax import GumbelSoftmax
 
-__all__ = ["GumbelSoftmax"]
+__all__ = ["GANLoss", "GumbelSoftmax"]

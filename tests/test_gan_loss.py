@@ -336,3 +336,32 @@ def test_reference_impl_matches_fused_path_selection():
     real, fake = torch.randn(7), torch.randn(5)
     torch.testing.assert_close(gan_loss(real, fake, "hinge", "discriminator", impl="reference"),
                                gan_loss_reference(real, fake, "hinge", "discriminator"))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_retain_graph_and_inplace_grad_edits(device):
+    """The backward may hand out the saved gradients themselves (incoming gradient 1): a retained
+    graph must still give the same gradients after the first ones were edited in place."""
+    need_fused("gan_loss", device)
+    real = torch.randn(33, device=device, requires_grad=True)
+    fake = torch.randn(21, device=device, requires_grad=True)
+    loss = gan_loss(real, fake, "bce", "discriminator", impl="fused")
+    loss.backward(retain_graph=True)
+    first_r, first_f = real.grad.clone(), fake.grad.clone()
+    real.grad.mul_(0).add_(7)
+    fake.grad = None
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(real.grad, first_r + 7)
+    torch.testing.assert_close(fake.grad, first_f)
+    (2 * loss).backward()
+    torch.testing.assert_close(fake.grad, 3 * first_f)
+
+
+def test_torch_compile_inductor_cpu():
+    need_fused("gan_loss", "cpu")
+    fn = torch.compile(lambda r, f: gan_loss(r, f, "hinge", "discriminator") * 2, fullgraph=True)
+    real, fake = _inputs("hinge", "mean", "cpu")
+    got = _run(fn, real, fake)
+    want = _run(lambda r, f: gan_loss_reference(r, f, "hinge", "discriminator") * 2, real, fake)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=2e-5, atol=1e-6)

@@ -96,7 +96,7 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
     return gan_loss_reference(real_logits, fake_logits, kind, role, reduction)
 
 
-# -- torch.library: fake kernel and autograd for the compiled op ---------------------------------
+# -- torch.library: fake kernel for the compiled op ---------------------------------
 
 def _fake(real_logits, fake_logits, kind, role, reduction):
     loss = fake_logits.new_empty(fake_logits.shape if reduction == 0 else ())
@@ -108,37 +108,7 @@ def _fake(real_logits, fake_logits, kind, role, reduction):
     return loss, grad_real, fake_logits.new_empty(fake_logits.shape)
 
 
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity on the saved gradients whose own backward raises: the saved gradients hold no
-    graph to their inputs, so differentiating through them would silently give wrong values."""
-
-    @staticmethod
-    def forward(ctx, grad_real, grad_fake):
-        return grad_real.view_as(grad_real), grad_fake.view_as(grad_fake)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            "gencore.ops.gan_loss does not support double backward (second derivatives of the "
-            "loss); use impl='reference' for that")
-
-
-def _setup_context(ctx, inputs, output):
-    real_logits, _, kind, role, _ = inputs
-    _, grad_real, grad_fake = output
-    ctx.uses_real = real_logits is not None and (kind, role) not in _FAKE_ONLY_CODES
-    ctx.save_for_backward(grad_real, grad_fake)
-
-
-def _backward(ctx, grad_loss, _grad_real, _grad_fake):
-    grad_real, grad_fake = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True: guard the second derivative
-        grad_real, grad_fake = _NoDoubleBackward.apply(grad_real, grad_fake)
-    need_real, need_fake = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dr = grad_real * grad_loss if ctx.uses_real and need_real else None
-    df = grad_fake * grad_loss if need_fake else None
-    return dr, df, None, None, None
-
-
-_backend.register_autograd_and_fake(
-    "gan_loss", fake=_fake, setup_context=_setup_context, backward=_backward)
+# Autograd is registered in C++ (csrc/gan_loss_autograd.cpp, the Autograd key): at GAN batch
+# sizes a Python autograd.Function round trip costs more than the whole reference loss. The
+# backward scales the saved gradients by the incoming gradient; double backward raises.
+_backend.register_fake("gan_loss", _fake)

@@ -1,0 +1,32 @@
+// GAN losses, CUDA: launch functions (torch-free; see gan_loss_kernels.cu).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace gencore {
+namespace cuda {
+
+enum class GanDType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
+
+struct GanLossArgs {
+  const void* real;  // n_real elements (nullptr when the plan does not read it)
+  const void* fake;  // n_fake elements
+  void* grad_real;   // n_real elements (nullptr when unused)
+  void* grad_fake;   // n_fake elements
+  void* loss;        // one element, or n_fake for reduction none
+  int64_t n_real, n_fake;
+  int kind, role, reduction;  // the op's codes (common/gan_loss.h)
+};
+
+// Bytes of device workspace launch_gan_loss needs (per-block partial sums).
+size_t gan_loss_workspace_bytes(const GanLossArgs& a, GanDType dtype, int device);
+
+// Loss and both gradients in ONE kernel launch on `stream`. Deterministic: fixed-order reductions
+// through `workspace` (no float atomics). Returns the launch error, if any.
+cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspace, int device,
+                            cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace gencore

@@ -23,7 +23,10 @@ _ROLE = {r: i for i, r in enumerate(ROLES)}
 _REDUCTION = {r: i for i, r in enumerate(REDUCTIONS)}
 # Codes (kind, role) whose loss does not read real_logits.
 _FAKE_ONLY_CODES = frozenset((_KIND[k], _ROLE[r]) for k, r in FAKE_ONLY)
+_CODES = {(k, r, red): (_KIND[k], _ROLE[r], _REDUCTION[red])
+          for k in KINDS for r in ROLES for red in REDUCTIONS}
 _fused_ok = set()  # device types for which impl="auto"/"fused" resolved to the kernel
+_fast = False      # the kernel ran once: try it first, before any Python-side check
 
 
 def _check(real_logits, fake_logits, kind, role, reduction) -> None:
@@ -87,10 +90,22 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
     Returns the loss in the logits' dtype (float32 math; float64 for float64), a scalar unless
     reduction is "none". Gradients flow to both inputs. See reference/gan_loss.py for formulas.
     """
+    global _fast
+    # Fast path (GAN losses run on tiny tensors, where Python costs more than the kernel): once the
+    # kernel has run, call it directly; it checks everything again in C++. Any error sends the call
+    # down the checked path, which raises the clear Python error or falls back to the reference.
+    if _fast and (impl == "auto" or impl == "fused") and not torch.compiler.is_compiling():
+        codes = _CODES.get((kind, role, reduction))
+        if codes is not None:
+            try:
+                return torch.ops.gencore.gan_loss.default(real_logits, fake_logits, *codes)[0]
+            except (RuntimeError, TypeError):
+                pass
     _check(real_logits, fake_logits, kind, role, reduction)
     dev = fake_logits.device.type
     if impl in ("auto", "fused") and dev in _fused_ok or _backend.use_fused("gan_loss", impl, dev):
         _fused_ok.add(dev)
+        _fast = True
         return torch.ops.gencore.gan_loss.default(
             real_logits, fake_logits, _KIND[kind], _ROLE[role], _REDUCTION[reduction])[0]
     return gan_loss_reference(real_logits, fake_logits, kind, role, reduction)
@@ -99,6 +114,10 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
 # -- torch.library: fake kernel for the compiled op ---------------------------------
 
 def _fake(real_logits, fake_logits, kind, role, reduction):
+    if real_logits is not None:
+        torch._check(real_logits.device == fake_logits.device and
+                     real_logits.dtype == fake_logits.dtype,
+                     lambda: "gan_loss: real_logits and fake_logits must have the same device and dtype")
     loss = fake_logits.new_empty(fake_logits.shape if reduction == 0 else ())
     if (kind, role) in _FAKE_ONLY_CODES:
         grad_real = fake_logits.new_empty((0,))

@@ -33,10 +33,11 @@ inline void term_vec(const Vectorized<acc_t>& x, Vectorized<acc_t>& l, Vectorize
   const Vec zero(0), one(1);
   if constexpr (TERM == kSoftplusNeg || TERM == kSoftplusPos) {
     const Vec y = TERM == kSoftplusNeg ? x.neg() : x;
-    const Vec e = y.abs().neg().exp();  // in (0, 1]: never overflows
+    const Vec e = y.abs().neg().exp_u20();  // in (0, 1]: never overflows
     l = at::vec::maximum(y, zero) + e.log1p();
     const Vec r = one / (one + e);
-    const Vec s = Vec::blendv(e * r, r, y >= zero);  // sigmoid(y)
+    Vec s = Vec::blendv(e * r, r, y >= zero);  // sigmoid(y)
+    s = Vec::blendv(s, y, y != y);              // NaN in, NaN out (exp_u20 drops NaN)
     d = TERM == kSoftplusNeg ? s.neg() : s;
   } else if constexpr (TERM == kHingeNeg) {
     const Vec y = one - x;

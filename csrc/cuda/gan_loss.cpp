@@ -1,6 +1,6 @@
 // GAN losses, CUDA wrapper: checks, device guard, current stream, one launch_gan_loss call.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const std::optional
   const size_t ws_bytes = cuda::gan_loss_workspace_bytes(a, dt, device);
   at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, f.options().dtype(at::kByte));
   C10_CUDA_CHECK(cuda::launch_gan_loss(a, dt, ws.mutable_data_ptr(), device,
-                                       at::cuda::getCurrentCUDAStream()));
+                                       c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {loss, gr, gf};
 }

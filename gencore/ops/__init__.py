@@ -1,4 +1,5 @@
 """gencore.ops: the fused ops, each with a compiled kernel and a pure-PyTorch reference."""
+from .attention import attention
 from .gumbel_softmax import gumbel_softmax
 
-__all__ = ["gumbel_softmax"]
+__all__ = ["attention", "gumbel_softmax"]

@@ -1,0 +1,492 @@
+// Flash-style attention, CPU. Layout (B, H, S, D), any strides; GQA (k/v with H_kv heads);
+// bottom-right aligned causal mask; bool key padding mask (True = ignore).
+//
+// Forward: one task per (batch, head, chunk of query blocks) under at::parallel_for. Per task the
+// keys are packed once as K^T (D x S_k, zero-padded to the vector width) and, per query block of
+// BQ rows, the online softmax walks key blocks of BK columns: S = (scale Q) K^T, running row max m
+// and sum l, O = O * alpha + P V. Memory: one BQ x BK score tile and O(S D) packed operands per
+// thread, never S x S. Saves the row logsumexp (-inf for rows that see no key).
+//
+// Backward (FlashAttention-2): one task per (batch, kv head); for each query head of its group,
+// key blocks outer, query blocks inner; P is recomputed from the saved logsumexp, dV += P^T dO,
+// dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ += dS K, dK += dS^T (scale Q). dK/dV accumulate in
+// per-task buffers over the group's heads (no races, no atomics).
+//
+// All products go through one register-blocked micro-kernel, C (+)= A B with A read through
+// arbitrary (row, col) strides (so A^T costs nothing) and B row-major with N a multiple of the
+// vector width; broadcast-FMA form on at::vec::Vectorized (16 floats on AVX-512).
+// Math in float32 (float64 for float64 inputs).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+
+namespace gencore {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr bool kWideVec = sizeof(Vectorized<float>) >= 64;  // AVX-512: 32 vector registers
+constexpr int kMR = kWideVec ? 6 : 3;                        // rows of the register tile
+constexpr int kNV = kWideVec ? 4 : 3;                        // vectors per row of the register tile
+constexpr int64_t BQ = 64;                                   // query rows per block
+constexpr int64_t BK = 64;                                   // key columns per block
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// C[MR x NV*W] (+)= sum_k A(m, k) B[k, :], A(m, k) = A[m * sam + k * sak].
+template <typename T, int MR, int NV>
+void micro_kernel(int64_t K, const T* A, int64_t sam, int64_t sak, const T* B, int64_t ldb, T* C,
+                  int64_t ldc, bool accumulate) {
+  using Vec = Vectorized<T>;
+  constexpr int W = Vec::size();
+  Vec c[MR][NV];
+  if (accumulate) {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) c[m][v] = Vec::loadu(C + m * ldc + v * W);
+  } else {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) c[m][v] = Vec(T(0));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    Vec b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = Vec::loadu(B + k * ldb + v * W);
+    const T* a = A + k * sak;
+    for (int m = 0; m < MR; ++m) {
+      const Vec am(a[m * sam]);
+      for (int v = 0; v < NV; ++v) c[m][v] = at::vec::fmadd(am, b[v], c[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) c[m][v].store(C + m * ldc + v * W);
+}
+
+template <typename T>
+using MicroFn = void (*)(int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t, bool);
+
+template <typename T, int MR, int... NVs>
+constexpr std::array<MicroFn<T>, sizeof...(NVs)> row_table(std::integer_sequence<int, NVs...>) {
+  return {&micro_kernel<T, MR, NVs + 1>...};
+}
+
+template <typename T, int... MRs>
+constexpr std::array<std::array<MicroFn<T>, kNV>, sizeof...(MRs)> micro_table(
+    std::integer_sequence<int, MRs...>) {
+  return {row_table<T, MRs + 1>(std::make_integer_sequence<int, kNV>{})...};
+}
+
+// C[M x N] (+)= A[M x K] B[K x N]; N must be a multiple of the vector width.
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t sam, int64_t sak, const T* B,
+          int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  static constexpr auto table = micro_table<T>(std::make_integer_sequence<int, kMR>{});
+  constexpr int64_t W = Vectorized<T>::size();
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, T(0));
+    return;
+  }
+  for (int64_t n0 = 0; n0 < N; n0 += kNV * W) {
+    const int64_t nv = std::min<int64_t>(kNV, (N - n0) / W);
+    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      const int64_t mr = std::min<int64_t>(kMR, M - m0);
+      table[mr - 1][nv - 1](K, A + m0 * sam, sam, sak, B + n0, ldb, C + m0 * ldc + n0, ldc,
+                            accumulate);
+    }
+  }
+}
+
+template <typename T>
+inline Vectorized<T> vexp(const Vectorized<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x.exp_u20();  // ~20 ulp, -inf -> 0 (the speed/accuracy point SDPA's CPU kernel uses)
+  } else {
+    return x.exp();
+  }
+}
+
+// dst[0..n) = mul * src[0, stride, ..., (n-1) stride] as T, zeros up to n_pad.
+template <typename S, typename T>
+inline void load_row(const S* src, int64_t stride, int64_t n, int64_t n_pad, T mul, T* dst) {
+  if (stride == 1) {
+    at::vec::convert(src, dst, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i * stride]);
+  }
+  if (mul != T(1))
+    for (int64_t i = 0; i < n; ++i) dst[i] *= mul;
+  for (int64_t i = n; i < n_pad; ++i) dst[i] = T(0);
+}
+
+template <typename T, typename S>
+inline void store_row(const T* src, int64_t n, T mul, S* dst, int64_t stride) {
+  if (stride == 1 && mul == T(1)) {
+    at::vec::convert(src, dst, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<S>(src[i] * mul);
+  }
+}
+
+struct Geometry {
+  int64_t B, H, Hkv, Sq, Sk, D;
+  int64_t group() const { return H / Hkv; }
+  int64_t offset() const { return Sk - Sq; }  // causal: query i sees keys j <= i + offset
+};
+
+struct Strides4 {
+  int64_t b, h, s, d;
+  explicit Strides4(const at::Tensor& t) : b(t.stride(0)), h(t.stride(1)), s(t.stride(2)), d(t.stride(3)) {}
+};
+
+// Additive key bias per batch row: 0, or -inf for padded keys and for the padding columns >= S_k.
+template <typename T>
+std::vector<T> key_bias(const c10::optional<at::Tensor>& mask, int64_t B, int64_t Sk, int64_t Skp) {
+  std::vector<T> bias(B * Skp, T(0));
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = Sk; j < Skp; ++j) bias[b * Skp + j] = ninf;
+    if (mask.has_value()) {
+      const bool* m = mask->const_data_ptr<bool>() + b * Sk;
+      for (int64_t j = 0; j < Sk; ++j)
+        if (m[j]) bias[b * Skp + j] = ninf;
+    }
+  }
+  return bias;
+}
+
+// K^T of one (b, kv head), D x Skp, columns >= Sk zero.
+template <typename S, typename T>
+void pack_transposed(const S* k, const Strides4& st, int64_t rows, int64_t D, int64_t Skp, T* kt) {
+  for (int64_t d = 0; d < D; ++d) {
+    T* dst = kt + d * Skp;
+    const S* src = k + d * st.d;
+    for (int64_t j = 0; j < rows; ++j) dst[j] = static_cast<T>(src[j * st.s]);
+    std::fill(dst + rows, dst + Skp, T(0));
+  }
+}
+
+// Row-major rows x Dp copy of one (b, kv head) of k or v, or the tensor itself when it already is
+// one (float type, unit last stride, D a multiple of the vector width). Returns (pointer, ld).
+template <typename S, typename T>
+std::pair<const T*, int64_t> rows_operand(const S* x, const Strides4& st, int64_t rows, int64_t D,
+                                          int64_t Dp, std::vector<T>& buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    if (st.d == 1 && D == Dp) return {x, st.s};
+  }
+  buf.resize(rows * Dp);
+  for (int64_t j = 0; j < rows; ++j) load_row(x + j * st.s, st.d, D, Dp, T(1), buf.data() + j * Dp);
+  return {buf.data(), Dp};
+}
+
+template <typename scalar_t, typename T>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const c10::optional<at::Tensor>& mask, bool causal, double scale,
+                  const Geometry& g, at::Tensor& out, at::Tensor& lse) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
+  const Strides4 sq(q), sk(k), sv(v), so(out);
+  const scalar_t* qp = q.const_data_ptr<scalar_t>();
+  const scalar_t* kp = k.const_data_ptr<scalar_t>();
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  T* lp = lse.mutable_data_ptr<T>();
+  const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
+  const T ninf = -std::numeric_limits<T>::infinity();
+
+  // Query chunks: enough tasks to keep every thread busy, few enough to pack K once per chunk.
+  const int64_t nqb = (g.Sq + BQ - 1) / BQ;
+  const int64_t heads = g.B * g.H;
+  const int64_t want_chunks = std::max<int64_t>(1, (4 * at::get_num_threads() + heads - 1) / heads);
+  const int64_t nchunks = std::min(nqb, want_chunks);
+  const int64_t blocks_per_chunk = (nqb + nchunks - 1) / nchunks;
+
+  at::parallel_for(0, heads * nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt, vbuf, qbuf(BQ * Dp), obuf(BQ * Dp), sbuf(BQ * BK), m(BQ), l(BQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / nchunks;
+      // Zig-zag the chunks so that a contiguous range of tasks mixes short and long causal rows.
+      const int64_t t = task % nchunks;
+      const int64_t c = (t % 2 == 0) ? t / 2 : nchunks - 1 - t / 2;
+      const int64_t b = bh / g.H, h = bh % g.H, hk = h / g.group();
+      const int64_t qb_begin = c * blocks_per_chunk, qb_end = std::min(nqb, qb_begin + blocks_per_chunk);
+      if (qb_begin >= qb_end) continue;
+      const int64_t q_last = std::min(g.Sq, qb_end * BQ) - 1;
+      const int64_t kend_chunk = causal ? std::clamp<int64_t>(q_last + off + 1, 0, g.Sk) : g.Sk;
+      const scalar_t* kh = kp + b * sk.b + hk * sk.h;
+      const scalar_t* vh = vp + b * sv.b + hk * sv.h;
+      const int64_t kend_pad = round_up(std::max<int64_t>(kend_chunk, 1), W);
+      kt.resize(D * kend_pad);
+      pack_transposed(kh, sk, kend_chunk, D, kend_pad, kt.data());
+      auto [vop, ldv] = rows_operand<scalar_t, T>(vh, sv, kend_chunk, D, Dp, vbuf);
+      const T* bias_b = bias.data() + b * Skp;
+
+      for (int64_t qb = qb_begin; qb < qb_end; ++qb) {
+        const int64_t q0 = qb * BQ, qn = std::min(BQ, g.Sq - q0);
+        const scalar_t* qh = qp + b * sq.b + h * sq.h + q0 * sq.s;
+        for (int64_t i = 0; i < qn; ++i)
+          load_row(qh + i * sq.s, sq.d, D, Dp, static_cast<T>(scale), qbuf.data() + i * Dp);
+        std::fill(m.begin(), m.end(), ninf);
+        std::fill(l.begin(), l.end(), T(0));
+        std::fill(obuf.begin(), obuf.end(), T(0));
+        const int64_t kend = causal ? std::clamp<int64_t>(q0 + qn - 1 + off + 1, 0, g.Sk) : g.Sk;
+        for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+          const int64_t kn = std::min(BK, kend - k0), knp = round_up(kn, W);
+          gemm<T>(qn, knp, D, qbuf.data(), Dp, 1, kt.data() + k0, kend_pad, sbuf.data(), BK, false);
+          for (int64_t i = 0; i < qn; ++i) {
+            T* s = sbuf.data() + i * BK;
+            const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
+            Vec vmax(ninf);
+            for (int64_t j = 0; j < knp; j += W) {
+              Vec x = Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j);
+              x.store(s + j);
+            }
+            for (int64_t j = lim; j < knp; ++j) s[j] = ninf;
+            for (int64_t j = 0; j < knp; j += W) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+            const T mx = at::vec::vec_reduce_all<T>(
+                [](Vec& a, Vec& bb) { return at::vec::maximum(a, bb); }, vmax);
+            const T m_new = std::max(m[i], mx);
+            if (m_new == ninf) {  // nothing visible yet: P row is zero
+              std::fill(s, s + knp, T(0));
+              continue;
+            }
+            const T alpha = std::exp(m[i] - m_new);  // 0 when m[i] = -inf
+            const Vec vm(m_new);
+            Vec vsum(T(0));
+            for (int64_t j = 0; j < knp; j += W) {
+              Vec p = vexp<T>(Vec::loadu(s + j) - vm);
+              p.store(s + j);
+              vsum = vsum + p;
+            }
+            const T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, vsum);
+            l[i] = l[i] * alpha + sum;
+            m[i] = m_new;
+            if (alpha != T(1)) {
+              T* o = obuf.data() + i * Dp;
+              const Vec va(alpha);
+              for (int64_t d = 0; d < Dp; d += W) (Vec::loadu(o + d) * va).store(o + d);
+            }
+          }
+          gemm<T>(qn, Dp, kn, sbuf.data(), BK, 1, vop + k0 * ldv, ldv, obuf.data(), Dp, true);
+        }
+        scalar_t* oh = op + b * so.b + h * so.h + q0 * so.s;
+        T* lh = lp + (b * g.H + h) * g.Sq + q0;
+        for (int64_t i = 0; i < qn; ++i) {
+          if (l[i] > T(0)) {
+            store_row(obuf.data() + i * Dp, D, T(1) / l[i], oh + i * so.s, so.d);
+            lh[i] = m[i] + std::log(l[i]);
+          } else {  // no visible key: zeros, logsumexp -inf
+            for (int64_t d = 0; d < D; ++d) oh[i * so.s + d * so.d] = scalar_t(0);
+            lh[i] = ninf;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename T>
+void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                   const c10::optional<at::Tensor>& mask, bool causal, double scale,
+                   const Geometry& g, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
+  const Strides4 sgo(go), sq(q), sk(k), sv(v), so(out), sdq(dq), sdk(dk), sdv(dv);
+  const scalar_t* gop = go.const_data_ptr<scalar_t>();
+  const scalar_t* qp = q.const_data_ptr<scalar_t>();
+  const scalar_t* kp = k.const_data_ptr<scalar_t>();
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  const scalar_t* op = out.const_data_ptr<scalar_t>();
+  const T* lp = lse.const_data_ptr<T>();
+  scalar_t* dqp = dq.mutable_data_ptr<scalar_t>();
+  scalar_t* dkp = dk.mutable_data_ptr<scalar_t>();
+  scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
+  const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
+  const T ninf = -std::numeric_limits<T>::infinity(), tscale = static_cast<T>(scale);
+
+  at::parallel_for(0, g.B * g.Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(D * Skp), vt(D * Skp), kbuf, qs(g.Sq * Dp), dob(g.Sq * Dp),
+        dqa(g.Sq * Dp), dka(g.Sk * Dp), dva(g.Sk * Dp), delta(g.Sq), lrow(g.Sq),
+        pbuf(BQ * BK), dsbuf(BQ * BK), orow(Dp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / g.Hkv, hk = task % g.Hkv;
+      const scalar_t* kh = kp + b * sk.b + hk * sk.h;
+      const scalar_t* vh = vp + b * sv.b + hk * sv.h;
+      pack_transposed(kh, sk, g.Sk, D, Skp, kt.data());
+      pack_transposed(vh, sv, g.Sk, D, Skp, vt.data());
+      auto [kop, ldk] = rows_operand<scalar_t, T>(kh, sk, g.Sk, D, Dp, kbuf);
+      std::fill(dka.begin(), dka.end(), T(0));
+      std::fill(dva.begin(), dva.end(), T(0));
+      const T* bias_b = bias.data() + b * Skp;
+      for (int64_t h = hk * g.group(); h < (hk + 1) * g.group(); ++h) {
+        const scalar_t* qh = qp + b * sq.b + h * sq.h;
+        const scalar_t* goh = gop + b * sgo.b + h * sgo.h;
+        const scalar_t* oh = op + b * so.b + h * so.h;
+        const T* lh = lp + (b * g.H + h) * g.Sq;
+        for (int64_t i = 0; i < g.Sq; ++i) {
+          load_row(qh + i * sq.s, sq.d, D, Dp, tscale, qs.data() + i * Dp);
+          T* d_o = dob.data() + i * Dp;
+          load_row(goh + i * sgo.s, sgo.d, D, Dp, T(1), d_o);
+          load_row(oh + i * so.s, so.d, D, Dp, T(1), orow.data());
+          Vec acc(T(0));
+          for (int64_t d = 0; d < Dp; d += W) acc = at::vec::fmadd(Vec::loadu(d_o + d), Vec::loadu(orow.data() + d), acc);
+          delta[i] = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, acc);
+          // Rows that saw no key: +inf makes every P entry exp(-inf) = 0.
+          lrow[i] = lh[i] == ninf ? std::numeric_limits<T>::infinity() : lh[i];
+        }
+        std::fill(dqa.begin(), dqa.end(), T(0));
+        for (int64_t k0 = 0; k0 < g.Sk; k0 += BK) {
+          const int64_t kn = std::min(BK, g.Sk - k0), knp = round_up(kn, W);
+          // First query that sees key k0: i + off >= k0.
+          const int64_t qfirst = causal ? std::max<int64_t>(0, k0 - off) : 0;
+          for (int64_t q0 = qfirst / BQ * BQ; q0 < g.Sq; q0 += BQ) {
+            const int64_t qn = std::min(BQ, g.Sq - q0);
+            T* p = pbuf.data();
+            T* ds = dsbuf.data();
+            gemm<T>(qn, knp, D, qs.data() + q0 * Dp, Dp, 1, kt.data() + k0, Skp, p, BK, false);
+            for (int64_t i = 0; i < qn; ++i) {
+              T* s = p + i * BK;
+              const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
+              const Vec vl(lrow[q0 + i]);
+              for (int64_t j = 0; j < knp; j += W)
+                vexp<T>(Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j) - vl).store(s + j);
+              for (int64_t j = lim; j < knp; ++j) s[j] = T(0);
+            }
+            // dV += P^T dO
+            gemm<T>(kn, Dp, qn, p, 1, BK, dob.data() + q0 * Dp, Dp, dva.data() + k0 * Dp, Dp, true);
+            // dP = dO V^T, then dS = P (dP - delta)
+            gemm<T>(qn, knp, D, dob.data() + q0 * Dp, Dp, 1, vt.data() + k0, Skp, ds, BK, false);
+            for (int64_t i = 0; i < qn; ++i) {
+              const Vec vd(delta[q0 + i]);
+              T* dsr = ds + i * BK;
+              const T* pr = p + i * BK;
+              for (int64_t j = 0; j < knp; j += W)
+                (Vec::loadu(pr + j) * (Vec::loadu(dsr + j) - vd)).store(dsr + j);
+            }
+            // dQ += dS K ; dK += dS^T (scale Q)
+            gemm<T>(qn, Dp, kn, ds, BK, 1, kop + k0 * ldk, ldk, dqa.data() + q0 * Dp, Dp, true);
+            gemm<T>(kn, Dp, qn, ds, 1, BK, qs.data() + q0 * Dp, Dp, dka.data() + k0 * Dp, Dp, true);
+          }
+        }
+        scalar_t* dqh = dqp + b * sdq.b + h * sdq.h;
+        for (int64_t i = 0; i < g.Sq; ++i) store_row(dqa.data() + i * Dp, D, tscale, dqh + i * sdq.s, sdq.d);
+      }
+      scalar_t* dkh = dkp + b * sdk.b + hk * sdk.h;
+      scalar_t* dvh = dvp + b * sdv.b + hk * sdv.h;
+      for (int64_t j = 0; j < g.Sk; ++j) {
+        store_row(dka.data() + j * Dp, D, T(1), dkh + j * sdk.s, sdk.d);
+        store_row(dva.data() + j * Dp, D, T(1), dvh + j * sdv.s, sdv.d);
+      }
+    }
+  });
+}
+
+// Shared checks of forward and backward; returns the geometry.
+Geometry check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& mask, double scale, const char* op) {
+  check_floating(q, op, "q");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k and v must have the same dtype, got ", q.scalar_type(), ", ",
+              k.scalar_type(), ", ", v.scalar_type());
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
+              ": q, k, v must be 4-d (batch, heads, seq, head_dim), got ", q.dim(), "-d, ",
+              k.dim(), "-d, ", v.dim(), "-d");
+  Geometry g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
+  TORCH_CHECK(k.size(0) == g.B && v.size(0) == g.B, op, ": batch sizes differ: q ", g.B, ", k ",
+              k.size(0), ", v ", v.size(0));
+  TORCH_CHECK(k.size(3) == g.D && v.size(3) == g.D, op, ": head dims differ: q ", g.D, ", k ",
+              k.size(3), ", v ", v.size(3));
+  TORCH_CHECK(v.size(1) == g.Hkv && v.size(2) == g.Sk, op, ": k and v must have the same heads and"
+              " length, got k ", k.sizes(), " and v ", v.sizes());
+  TORCH_CHECK(g.Hkv > 0 && g.H % g.Hkv == 0, op, ": q heads (", g.H,
+              ") must be a multiple of k/v heads (", g.Hkv, ")");
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": key_padding_mask must be bool, got ",
+                mask->scalar_type());
+    TORCH_CHECK(mask->dim() == 2 && mask->size(0) == g.B && mask->size(1) == g.Sk, op,
+                ": key_padding_mask must have shape (batch, S_k) = (", g.B, ", ", g.Sk, "), got ",
+                mask->sizes());
+    TORCH_CHECK(mask->device() == q.device(), op, ": key_padding_mask is on ", mask->device(),
+                " but q is on ", q.device());
+  }
+  return g;
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v,
+                                                 const c10::optional<at::Tensor>& key_padding_mask,
+                                                 bool causal, double scale) {
+  const Geometry g = check_inputs(q, k, v, key_padding_mask, scale, "attention");
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out = at::empty({g.B, g.H, g.Sq, g.D}, q.options());
+  at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
+  if (out.numel() == 0) return {out, lse};
+  if (g.Sk == 0) {
+    out.zero_();
+    lse.fill_(-std::numeric_limits<double>::infinity());
+    return {out, lse};
+  }
+  c10::optional<at::Tensor> mask;
+  if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  AT_DISPATCH_SWITCH(q.scalar_type(), "attention_cpu",
+      AT_DISPATCH_CASE(at::kFloat, [&] { forward_impl<float, float>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { forward_impl<double, double>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { forward_impl<at::BFloat16, float>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { forward_impl<at::Half, float>(q, k, v, mask, causal, scale, g, out, lse); }));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& key_padding_mask,
+    bool causal, double scale) {
+  const Geometry g = check_inputs(q, k, v, key_padding_mask, scale, "attention_backward");
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && out.sizes() == q.sizes(),
+              "attention_backward: grad_out ", grad_out.sizes(), " and out ", out.sizes(),
+              " must have the shape of q ", q.sizes());
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(lse.scalar_type() == acc && lse.dim() == 3 && lse.size(0) == g.B &&
+                  lse.size(1) == g.H && lse.size(2) == g.Sq,
+              "attention_backward: lse must be ", acc, " of shape (", g.B, ", ", g.H, ", ", g.Sq,
+              "), got ", lse.scalar_type(), " ", lse.sizes());
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  if (q.numel() == 0 || k.numel() == 0) {
+    dq.zero_(); dk.zero_(); dv.zero_();
+    return {dq, dk, dv};
+  }
+  const at::Tensor go = grad_out.to(q.scalar_type());
+  const at::Tensor l = lse.contiguous();
+  c10::optional<at::Tensor> mask;
+  if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  AT_DISPATCH_SWITCH(q.scalar_type(), "attention_backward_cpu",
+      AT_DISPATCH_CASE(at::kFloat, [&] { backward_impl<float, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { backward_impl<double, double>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { backward_impl<at::BFloat16, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { backward_impl<at::Half, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); }));
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace gencore
+
+TORCH_LIBRARY_IMPL(gencore, CPU, m) {
+  m.impl("attention", &gencore::attention_cpu);
+  m.impl("attention_backward", &gencore::attention_backward_cpu);
+}

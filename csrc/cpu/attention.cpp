@@ -108,10 +108,13 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t sam, int64_t sak,
   }
 }
 
-template <typename T>
+// exp for the softmax. float32 inputs get Sleef's 1-ulp exp: with the 20-ulp exp_u20 (SDPA's CPU
+// choice) the float32 gradients of long rows miss the 2x-the-reference-error rule. bfloat16 and
+// float16 inputs, whose rounding dwarfs 20 ulp of float, get exp_u20. Both map -inf to 0.
+template <typename scalar_t, typename T>
 inline Vectorized<T> vexp(const Vectorized<T>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x.exp_u20();  // ~20 ulp, -inf -> 0 (the speed/accuracy point SDPA's CPU kernel uses)
+  if constexpr (std::is_same_v<T, float> && !std::is_same_v<scalar_t, float>) {
+    return x.exp_u20();
   } else {
     return x.exp();
   }
@@ -136,6 +139,26 @@ inline void store_row(const T* src, int64_t n, T mul, S* dst, int64_t stride) {
     at::vec::convert(src, dst, n);
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<S>(src[i] * mul);
+  }
+}
+
+// dst[r, :] = dst[r, :] * (alpha ? alpha[r] : 1) + src[r, :], rows x n (n a multiple of the vector
+// width), both with leading dimension n. Products of one tile go to a scratch tile first and are
+// added here, so long sums are sums of per-tile partial sums (a float32 accuracy matter: a single
+// running FMA chain over S = 1000 terms misses the 2x-reference error rule).
+template <typename T>
+inline void add_tile(T* dst, const T* src, int64_t rows, int64_t n, const T* alpha) {
+  using Vec = Vectorized<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* d = dst + r * n;
+    const T* x = src + r * n;
+    if (alpha != nullptr && alpha[r] != T(1)) {
+      const Vec a(alpha[r]);
+      for (int64_t j = 0; j < n; j += Vec::size())
+        at::vec::fmadd(Vec::loadu(d + j), a, Vec::loadu(x + j)).store(d + j);
+    } else {
+      for (int64_t j = 0; j < n; j += Vec::size()) (Vec::loadu(d + j) + Vec::loadu(x + j)).store(d + j);
+    }
   }
 }
 
@@ -214,7 +237,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t blocks_per_chunk = (nqb + nchunks - 1) / nchunks;
 
   at::parallel_for(0, heads * nchunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> kt, vbuf, qbuf(BQ * Dp), obuf(BQ * Dp), sbuf(BQ * BK), m(BQ), l(BQ);
+    std::vector<T> kt, vbuf, qbuf(BQ * Dp), obuf(BQ * Dp), tbuf(BQ * Dp), sbuf(BQ * BK), m(BQ),
+        l(BQ), alpha(BQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / nchunks;
       // Zig-zag the chunks so that a contiguous range of tasks mixes short and long causal rows.
@@ -258,28 +282,26 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             const T mx = at::vec::vec_reduce_all<T>(
                 [](Vec& a, Vec& bb) { return at::vec::maximum(a, bb); }, vmax);
             const T m_new = std::max(m[i], mx);
+            alpha[i] = T(1);
             if (m_new == ninf) {  // nothing visible yet: P row is zero
               std::fill(s, s + knp, T(0));
               continue;
             }
-            const T alpha = std::exp(m[i] - m_new);  // 0 when m[i] = -inf
+            alpha[i] = std::exp(m[i] - m_new);  // 0 when m[i] = -inf
             const Vec vm(m_new);
             Vec vsum(T(0));
             for (int64_t j = 0; j < knp; j += W) {
-              Vec p = vexp<T>(Vec::loadu(s + j) - vm);
+              Vec p = vexp<scalar_t, T>(Vec::loadu(s + j) - vm);
               p.store(s + j);
               vsum = vsum + p;
             }
             const T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, vsum);
-            l[i] = l[i] * alpha + sum;
+            l[i] = l[i] * alpha[i] + sum;
             m[i] = m_new;
-            if (alpha != T(1)) {
-              T* o = obuf.data() + i * Dp;
-              const Vec va(alpha);
-              for (int64_t d = 0; d < Dp; d += W) (Vec::loadu(o + d) * va).store(o + d);
-            }
           }
-          gemm<T>(qn, Dp, kn, sbuf.data(), BK, 1, vop + k0 * ldv, ldv, obuf.data(), Dp, true);
+          // O = O * alpha + P V
+          gemm<T>(qn, Dp, kn, sbuf.data(), BK, 1, vop + k0 * ldv, ldv, tbuf.data(), Dp, false);
+          add_tile(obuf.data(), tbuf.data(), qn, Dp, alpha.data());
         }
         scalar_t* oh = op + b * so.b + h * so.h + q0 * so.s;
         T* lh = lp + (b * g.H + h) * g.Sq + q0;
@@ -321,7 +343,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   at::parallel_for(0, g.B * g.Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> kt(D * Skp), vt(D * Skp), kbuf, qs(g.Sq * Dp), dob(g.Sq * Dp),
         dqa(g.Sq * Dp), dka(g.Sk * Dp), dva(g.Sk * Dp), delta(g.Sq), lrow(g.Sq),
-        pbuf(BQ * BK), dsbuf(BQ * BK), orow(Dp);
+        pbuf(BQ * BK), dsbuf(BQ * BK), orow(Dp), tile(std::max(BQ, BK) * Dp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / g.Hkv, hk = task % g.Hkv;
       const scalar_t* kh = kp + b * sk.b + hk * sk.h;
@@ -363,11 +385,12 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
               const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
               const Vec vl(lrow[q0 + i]);
               for (int64_t j = 0; j < knp; j += W)
-                vexp<T>(Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j) - vl).store(s + j);
+                vexp<scalar_t, T>(Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j) - vl).store(s + j);
               for (int64_t j = lim; j < knp; ++j) s[j] = T(0);
             }
             // dV += P^T dO
-            gemm<T>(kn, Dp, qn, p, 1, BK, dob.data() + q0 * Dp, Dp, dva.data() + k0 * Dp, Dp, true);
+            gemm<T>(kn, Dp, qn, p, 1, BK, dob.data() + q0 * Dp, Dp, tile.data(), Dp, false);
+            add_tile(dva.data() + k0 * Dp, tile.data(), kn, Dp, static_cast<const T*>(nullptr));
             // dP = dO V^T, then dS = P (dP - delta)
             gemm<T>(qn, knp, D, dob.data() + q0 * Dp, Dp, 1, vt.data() + k0, Skp, ds, BK, false);
             for (int64_t i = 0; i < qn; ++i) {
@@ -378,8 +401,10 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
                 (Vec::loadu(pr + j) * (Vec::loadu(dsr + j) - vd)).store(dsr + j);
             }
             // dQ += dS K ; dK += dS^T (scale Q)
-            gemm<T>(qn, Dp, kn, ds, BK, 1, kop + k0 * ldk, ldk, dqa.data() + q0 * Dp, Dp, true);
-            gemm<T>(kn, Dp, qn, ds, 1, BK, qs.data() + q0 * Dp, Dp, dka.data() + k0 * Dp, Dp, true);
+            gemm<T>(qn, Dp, kn, ds, BK, 1, kop + k0 * ldk, ldk, tile.data(), Dp, false);
+            add_tile(dqa.data() + q0 * Dp, tile.data(), qn, Dp, static_cast<const T*>(nullptr));
+            gemm<T>(kn, Dp, qn, ds, 1, BK, qs.data() + q0 * Dp, Dp, tile.data(), Dp, false);
+            add_tile(dka.data() + k0 * Dp, tile.data(), kn, Dp, static_cast<const T*>(nullptr));
           }
         }
         scalar_t* dqh = dqp + b * sdq.b + h * sdq.h;

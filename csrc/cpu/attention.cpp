@@ -162,11 +162,6 @@ inline void add_tile(T* dst, const T* src, int64_t rows, int64_t n, const T* alp
   }
 }
 
-struct Geometry {
-  int64_t B, H, Hkv, Sq, Sk, D;
-  int64_t group() const { return H / Hkv; }
-  int64_t offset() const { return Sk - Sq; }  // causal: query i sees keys j <= i + offset
-};
 
 struct Strides4 {
   int64_t b, h, s, d;
@@ -216,7 +211,7 @@ std::pair<const T*, int64_t> rows_operand(const S* x, const Strides4& st, int64_
 template <typename scalar_t, typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const c10::optional<at::Tensor>& mask, bool causal, double scale,
-                  const Geometry& g, at::Tensor& out, at::Tensor& lse) {
+                  const AttentionGeometry& g, at::Tensor& out, at::Tensor& lse) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
@@ -323,7 +318,7 @@ template <typename scalar_t, typename T>
 void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                    const c10::optional<at::Tensor>& mask, bool causal, double scale,
-                   const Geometry& g, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                   const AttentionGeometry& g, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
@@ -420,43 +415,11 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   });
 }
 
-// Shared checks of forward and backward; returns the geometry.
-Geometry check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                      const c10::optional<at::Tensor>& mask, double scale, const char* op) {
-  check_floating(q, op, "q");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
-              ": q, k and v must have the same dtype, got ", q.scalar_type(), ", ",
-              k.scalar_type(), ", ", v.scalar_type());
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
-              ": q, k, v must be 4-d (batch, heads, seq, head_dim), got ", q.dim(), "-d, ",
-              k.dim(), "-d, ", v.dim(), "-d");
-  Geometry g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
-  TORCH_CHECK(k.size(0) == g.B && v.size(0) == g.B, op, ": batch sizes differ: q ", g.B, ", k ",
-              k.size(0), ", v ", v.size(0));
-  TORCH_CHECK(k.size(3) == g.D && v.size(3) == g.D, op, ": head dims differ: q ", g.D, ", k ",
-              k.size(3), ", v ", v.size(3));
-  TORCH_CHECK(v.size(1) == g.Hkv && v.size(2) == g.Sk, op, ": k and v must have the same heads and"
-              " length, got k ", k.sizes(), " and v ", v.sizes());
-  TORCH_CHECK(g.Hkv > 0 && g.H % g.Hkv == 0, op, ": q heads (", g.H,
-              ") must be a multiple of k/v heads (", g.Hkv, ")");
-  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  if (mask.has_value()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": key_padding_mask must be bool, got ",
-                mask->scalar_type());
-    TORCH_CHECK(mask->dim() == 2 && mask->size(0) == g.B && mask->size(1) == g.Sk, op,
-                ": key_padding_mask must have shape (batch, S_k) = (", g.B, ", ", g.Sk, "), got ",
-                mask->sizes());
-    TORCH_CHECK(mask->device() == q.device(), op, ": key_padding_mask is on ", mask->device(),
-                " but q is on ", q.device());
-  }
-  return g;
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v,
                                                  const c10::optional<at::Tensor>& key_padding_mask,
                                                  bool causal, double scale) {
-  const Geometry g = check_inputs(q, k, v, key_padding_mask, scale, "attention");
+  const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention");
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty({g.B, g.H, g.Sq, g.D}, q.options());
   at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
@@ -480,7 +443,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& key_padding_mask,
     bool causal, double scale) {
-  const Geometry g = check_inputs(q, k, v, key_padding_mask, scale, "attention_backward");
+  const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention_backward");
   TORCH_CHECK(grad_out.sizes() == out.sizes() && out.sizes() == q.sizes(),
               "attention_backward: grad_out ", grad_out.sizes(), " and out ", out.sizes(),
               " must have the shape of q ", q.sizes());

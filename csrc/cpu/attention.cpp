@@ -41,7 +41,8 @@ constexpr bool kWideVec = sizeof(Vectorized<float>) >= 64;  // AVX-512: 32 vecto
 constexpr int kMR = kWideVec ? 6 : 3;                        // rows of the register tile
 constexpr int kNV = kWideVec ? 4 : 3;                        // vectors per row of the register tile
 constexpr int64_t BQ = 64;                                   // query rows per block
-constexpr int64_t BK = 64;                                   // key columns per block
+constexpr int64_t BK = 64;                                   // key columns per block (backward)
+constexpr int64_t BKF = 256;  // forward key block: fewer online-softmax steps per row
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -108,12 +109,12 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t sam, int64_t sak,
   }
 }
 
-// exp for the softmax. float32 inputs get Sleef's 1-ulp exp: with the 20-ulp exp_u20 (SDPA's CPU
-// choice) the float32 gradients of long rows miss the 2x-the-reference-error rule. bfloat16 and
-// float16 inputs, whose rounding dwarfs 20 ulp of float, get exp_u20. Both map -inf to 0.
+// exp for the softmax: float math uses ATen's exp_u20 (about 20 ulp, maps -inf to 0; what SDPA's
+// CPU kernel uses). It keeps the float32 results within 2x of the reference's error (tests);
+// the sums over keys/queries are per-tile partial sums for that reason (see add_tile).
 template <typename scalar_t, typename T>
 inline Vectorized<T> vexp(const Vectorized<T>& x) {
-  if constexpr (std::is_same_v<T, float> && !std::is_same_v<scalar_t, float>) {
+  if constexpr (std::is_same_v<T, float>) {
     return x.exp_u20();
   } else {
     return x.exp();
@@ -184,15 +185,35 @@ std::vector<T> key_bias(const c10::optional<at::Tensor>& mask, int64_t B, int64_
   return bias;
 }
 
-// K^T of one (b, kv head), D x Skp, columns >= Sk zero.
+// K^T of one (b, kv head) in panels of KP keys: panel p holds keys [p KP, (p+1) KP) as a contiguous
+// D x KP block (columns past `rows` zero). Contiguous panels keep the micro-kernel's B reads in
+// consecutive cache lines; a plain D x S_k layout strides them S_k floats apart, which aliases
+// into one L1 set and thrashes for long sequences.
+constexpr int64_t KP = 64;
+
 template <typename S, typename T>
-void pack_transposed(const S* k, const Strides4& st, int64_t rows, int64_t D, int64_t Skp, T* kt) {
-  for (int64_t d = 0; d < D; ++d) {
-    T* dst = kt + d * Skp;
-    const S* src = k + d * st.d;
-    for (int64_t j = 0; j < rows; ++j) dst[j] = static_cast<T>(src[j * st.s]);
-    std::fill(dst + rows, dst + Skp, T(0));
+void pack_panels(const S* k, const Strides4& st, int64_t rows, int64_t D, T* kt) {
+  const int64_t npanels = (rows + KP - 1) / KP;
+  for (int64_t pnl = 0; pnl < npanels; ++pnl) {
+    T* dst = kt + pnl * D * KP;
+    const int64_t j0 = pnl * KP, jn = std::min(KP, rows - j0);
+    for (int64_t d = 0; d < D; ++d) {
+      const S* src = k + j0 * st.s + d * st.d;
+      T* row = dst + d * KP;
+      for (int64_t j = 0; j < jn; ++j) row[j] = static_cast<T>(src[j * st.s]);
+      std::fill(row + jn, row + KP, T(0));
+    }
   }
+}
+
+inline int64_t panels_size(int64_t rows, int64_t D) { return (rows + KP - 1) / KP * KP * D; }
+
+// S[0..qn) x [0..knp) = A K^T for keys k0 .. k0 + knp (k0 a multiple of KP), ld of S = lds.
+template <typename T>
+void scores(int64_t qn, int64_t knp, int64_t D, const T* A, int64_t lda, const T* kt, int64_t k0,
+            T* S, int64_t lds) {
+  for (int64_t n = 0; n < knp; n += KP)
+    gemm<T>(qn, std::min(KP, knp - n), D, A, lda, 1, kt + (k0 + n) / KP * D * KP, KP, S + n, lds, false);
 }
 
 // Row-major rows x Dp copy of one (b, kv head) of k or v, or the tensor itself when it already is
@@ -232,7 +253,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t blocks_per_chunk = (nqb + nchunks - 1) / nchunks;
 
   at::parallel_for(0, heads * nchunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> kt, vbuf, qbuf(BQ * Dp), obuf(BQ * Dp), tbuf(BQ * Dp), sbuf(BQ * BK), m(BQ),
+    std::vector<T> kt, vbuf, qbuf(BQ * Dp), obuf(BQ * Dp), tbuf(BQ * Dp), sbuf(BQ * BKF), m(BQ),
         l(BQ), alpha(BQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / nchunks;
@@ -246,9 +267,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const int64_t kend_chunk = causal ? std::clamp<int64_t>(q_last + off + 1, 0, g.Sk) : g.Sk;
       const scalar_t* kh = kp + b * sk.b + hk * sk.h;
       const scalar_t* vh = vp + b * sv.b + hk * sv.h;
-      const int64_t kend_pad = round_up(std::max<int64_t>(kend_chunk, 1), W);
-      kt.resize(D * kend_pad);
-      pack_transposed(kh, sk, kend_chunk, D, kend_pad, kt.data());
+      kt.resize(panels_size(kend_chunk, D));
+      pack_panels(kh, sk, kend_chunk, D, kt.data());
       auto [vop, ldv] = rows_operand<scalar_t, T>(vh, sv, kend_chunk, D, Dp, vbuf);
       const T* bias_b = bias.data() + b * Skp;
 
@@ -261,11 +281,11 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         std::fill(l.begin(), l.end(), T(0));
         std::fill(obuf.begin(), obuf.end(), T(0));
         const int64_t kend = causal ? std::clamp<int64_t>(q0 + qn - 1 + off + 1, 0, g.Sk) : g.Sk;
-        for (int64_t k0 = 0; k0 < kend; k0 += BK) {
-          const int64_t kn = std::min(BK, kend - k0), knp = round_up(kn, W);
-          gemm<T>(qn, knp, D, qbuf.data(), Dp, 1, kt.data() + k0, kend_pad, sbuf.data(), BK, false);
+        for (int64_t k0 = 0; k0 < kend; k0 += BKF) {
+          const int64_t kn = std::min(BKF, kend - k0), knp = round_up(kn, W);
+          scores<T>(qn, knp, D, qbuf.data(), Dp, kt.data(), k0, sbuf.data(), BKF);
           for (int64_t i = 0; i < qn; ++i) {
-            T* s = sbuf.data() + i * BK;
+            T* s = sbuf.data() + i * BKF;
             const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
             Vec vmax(ninf);
             for (int64_t j = 0; j < knp; j += W) {
@@ -295,7 +315,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             m[i] = m_new;
           }
           // O = O * alpha + P V
-          gemm<T>(qn, Dp, kn, sbuf.data(), BK, 1, vop + k0 * ldv, ldv, tbuf.data(), Dp, false);
+          gemm<T>(qn, Dp, kn, sbuf.data(), BKF, 1, vop + k0 * ldv, ldv, tbuf.data(), Dp, false);
           add_tile(obuf.data(), tbuf.data(), qn, Dp, alpha.data());
         }
         scalar_t* oh = op + b * so.b + h * so.h + q0 * so.s;
@@ -336,15 +356,15 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   const T ninf = -std::numeric_limits<T>::infinity(), tscale = static_cast<T>(scale);
 
   at::parallel_for(0, g.B * g.Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> kt(D * Skp), vt(D * Skp), kbuf, qs(g.Sq * Dp), dob(g.Sq * Dp),
+    std::vector<T> kt(panels_size(g.Sk, D)), vt(panels_size(g.Sk, D)), kbuf, qs(g.Sq * Dp), dob(g.Sq * Dp),
         dqa(g.Sq * Dp), dka(g.Sk * Dp), dva(g.Sk * Dp), delta(g.Sq), lrow(g.Sq),
         pbuf(BQ * BK), dsbuf(BQ * BK), orow(Dp), tile(std::max(BQ, BK) * Dp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / g.Hkv, hk = task % g.Hkv;
       const scalar_t* kh = kp + b * sk.b + hk * sk.h;
       const scalar_t* vh = vp + b * sv.b + hk * sv.h;
-      pack_transposed(kh, sk, g.Sk, D, Skp, kt.data());
-      pack_transposed(vh, sv, g.Sk, D, Skp, vt.data());
+      pack_panels(kh, sk, g.Sk, D, kt.data());
+      pack_panels(vh, sv, g.Sk, D, vt.data());
       auto [kop, ldk] = rows_operand<scalar_t, T>(kh, sk, g.Sk, D, Dp, kbuf);
       std::fill(dka.begin(), dka.end(), T(0));
       std::fill(dva.begin(), dva.end(), T(0));
@@ -374,7 +394,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
             const int64_t qn = std::min(BQ, g.Sq - q0);
             T* p = pbuf.data();
             T* ds = dsbuf.data();
-            gemm<T>(qn, knp, D, qs.data() + q0 * Dp, Dp, 1, kt.data() + k0, Skp, p, BK, false);
+            scores<T>(qn, knp, D, qs.data() + q0 * Dp, Dp, kt.data(), k0, p, BK);
             for (int64_t i = 0; i < qn; ++i) {
               T* s = p + i * BK;
               const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
@@ -387,7 +407,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
             gemm<T>(kn, Dp, qn, p, 1, BK, dob.data() + q0 * Dp, Dp, tile.data(), Dp, false);
             add_tile(dva.data() + k0 * Dp, tile.data(), kn, Dp, static_cast<const T*>(nullptr));
             // dP = dO V^T, then dS = P (dP - delta)
-            gemm<T>(qn, knp, D, dob.data() + q0 * Dp, Dp, 1, vt.data() + k0, Skp, ds, BK, false);
+            scores<T>(qn, knp, D, dob.data() + q0 * Dp, Dp, vt.data(), k0, ds, BK);
             for (int64_t i = 0; i < qn; ++i) {
               const Vec vd(delta[q0 + i]);
               T* dsr = ds + i * BK;

@@ -255,3 +255,20 @@ def test_bad_input_reaches_kernel_checks():
         torch.ops.gencore.attention(q, k, v, None, False, 1.0)
     with pytest.raises(RuntimeError, match="key_padding_mask must be bool"):
         torch.ops.gencore.attention(q, k[:, :2], v[:, :2], torch.zeros(2, 8), False, 1.0)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_backward_few_kv_heads_any_threads(device, threads):
+    """Batch x kv heads below the thread count: the CPU backward splits the keys into chunks and
+    adds their dQ partial sums; results must not depend on the thread count."""
+    need_fused("attention", device)
+    q, k, v, dout = make(1, 4, 1, 300, 300, 64, torch.float32, device)
+    mask = torch.zeros(1, 300, dtype=torch.bool, device=device)
+    mask[0, 100:130] = True
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_flash_rule(q, k, v, dout, causal=True, key_padding_mask=mask)
+    finally:
+        torch.set_num_threads(old)

@@ -2,15 +2,17 @@
 // bottom-right aligned causal mask; bool key padding mask (True = ignore).
 //
 // Forward: one task per (batch, head, chunk of query blocks) under at::parallel_for. Per task the
-// keys are packed once as K^T (D x S_k, zero-padded to the vector width) and, per query block of
-// BQ rows, the online softmax walks key blocks of BK columns: S = (scale Q) K^T, running row max m
-// and sum l, O = O * alpha + P V. Memory: one BQ x BK score tile and O(S D) packed operands per
-// thread, never S x S. Saves the row logsumexp (-inf for rows that see no key).
+// keys are packed once as K^T (contiguous D x 64 panels) and, per query block of BQ rows, the
+// online softmax walks key blocks of BKF columns: S = (scale Q) K^T, running row max m and sum l,
+// O = O * alpha + P V. Memory: one BQ x BKF score tile and O(S D) packed operands per thread,
+// never S x S. Saves the row logsumexp (-inf for rows that see no key).
 //
-// Backward (FlashAttention-2): one task per (batch, kv head); for each query head of its group,
-// key blocks outer, query blocks inner; P is recomputed from the saved logsumexp, dV += P^T dO,
-// dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ += dS K, dK += dS^T (scale Q). dK/dV accumulate in
-// per-task buffers over the group's heads (no races, no atomics).
+// Backward (FlashAttention-2): one task per (batch, kv head, key chunk); for each query head of
+// its group, key blocks outer, query blocks inner; P is recomputed from the saved logsumexp,
+// dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ += dS K, dK += dS^T (scale Q).
+// dK/dV accumulate in per-task buffers over the group's heads (no races, no atomics); keys are
+// split into chunks only when batch x kv heads cannot keep the threads busy, and then the chunks'
+// dQ partial sums are added in a second pass.
 //
 // All products go through one register-blocked micro-kernel, C (+)= A B with A read through
 // arbitrary (row, col) strides (so A^T costs nothing) and B row-major with N a multiple of the
@@ -355,26 +357,43 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
   const T ninf = -std::numeric_limits<T>::infinity(), tscale = static_cast<T>(scale);
 
-  at::parallel_for(0, g.B * g.Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> kt(panels_size(g.Sk, D)), vt(panels_size(g.Sk, D)), kbuf, qs(g.Sq * Dp), dob(g.Sq * Dp),
-        dqa(g.Sq * Dp), dka(g.Sk * Dp), dva(g.Sk * Dp), delta(g.Sq), lrow(g.Sq),
+  // Tasks: (batch, kv head, key chunk). One chunk per (b, kv head) when those keep every thread
+  // busy; otherwise the keys are split and each chunk leaves its dQ partial sum in a workspace
+  // (O(S D) per chunk) that a second pass adds up.
+  const int64_t nkb = (g.Sk + BK - 1) / BK, kvheads = g.B * g.Hkv;
+  const int64_t threads = at::get_num_threads();
+  const int64_t nkc = kvheads >= 2 * threads ? 1 : std::min(nkb, (2 * threads + kvheads - 1) / kvheads);
+  const int64_t kb_per_chunk = (nkb + nkc - 1) / nkc;
+  std::vector<T> dq_part(nkc > 1 ? nkc * g.B * g.H * g.Sq * Dp : 0, T(0));
+
+  at::parallel_for(0, kvheads * nkc, 1, [&](int64_t begin, int64_t end) {
+    const int64_t kmax = std::min(g.Sk, kb_per_chunk * BK);
+    std::vector<T> kt(panels_size(kmax, D)), vt(panels_size(kmax, D)), kbuf, qs(g.Sq * Dp),
+        dob(g.Sq * Dp), dqa(g.Sq * Dp), dka(kmax * Dp), dva(kmax * Dp), delta(g.Sq), lrow(g.Sq),
         pbuf(BQ * BK), dsbuf(BQ * BK), orow(Dp), tile(std::max(BQ, BK) * Dp);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / g.Hkv, hk = task % g.Hkv;
-      const scalar_t* kh = kp + b * sk.b + hk * sk.h;
-      const scalar_t* vh = vp + b * sv.b + hk * sv.h;
-      pack_panels(kh, sk, g.Sk, D, kt.data());
-      pack_panels(vh, sv, g.Sk, D, vt.data());
-      auto [kop, ldk] = rows_operand<scalar_t, T>(kh, sk, g.Sk, D, Dp, kbuf);
+      const int64_t bhk = task / nkc, t = task % nkc;
+      const int64_t c = (t % 2 == 0) ? t / 2 : nkc - 1 - t / 2;  // zig-zag: mix long and short
+      const int64_t b = bhk / g.Hkv, hk = bhk % g.Hkv;
+      const int64_t kbeg = c * kb_per_chunk * BK, kend = std::min(g.Sk, kbeg + kb_per_chunk * BK);
+      if (kbeg >= kend) continue;
+      const int64_t klen = kend - kbeg;
+      const scalar_t* kh = kp + b * sk.b + hk * sk.h + kbeg * sk.s;
+      const scalar_t* vh = vp + b * sv.b + hk * sv.h + kbeg * sv.s;
+      pack_panels(kh, sk, klen, D, kt.data());
+      pack_panels(vh, sv, klen, D, vt.data());
+      auto [kop, ldk] = rows_operand<scalar_t, T>(kh, sk, klen, D, Dp, kbuf);
       std::fill(dka.begin(), dka.end(), T(0));
       std::fill(dva.begin(), dva.end(), T(0));
-      const T* bias_b = bias.data() + b * Skp;
+      const T* bias_b = bias.data() + b * Skp + kbeg;
+      // First query that sees key kbeg: i + off >= kbeg.
+      const int64_t qchunk = causal ? std::clamp<int64_t>(kbeg - off, 0, g.Sq) : 0;
       for (int64_t h = hk * g.group(); h < (hk + 1) * g.group(); ++h) {
         const scalar_t* qh = qp + b * sq.b + h * sq.h;
         const scalar_t* goh = gop + b * sgo.b + h * sgo.h;
         const scalar_t* oh = op + b * so.b + h * so.h;
         const T* lh = lp + (b * g.H + h) * g.Sq;
-        for (int64_t i = 0; i < g.Sq; ++i) {
+        for (int64_t i = qchunk / BQ * BQ; i < g.Sq; ++i) {
           load_row(qh + i * sq.s, sq.d, D, Dp, tscale, qs.data() + i * Dp);
           T* d_o = dob.data() + i * Dp;
           load_row(goh + i * sgo.s, sgo.d, D, Dp, T(1), d_o);
@@ -386,10 +405,10 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
           lrow[i] = lh[i] == ninf ? std::numeric_limits<T>::infinity() : lh[i];
         }
         std::fill(dqa.begin(), dqa.end(), T(0));
-        for (int64_t k0 = 0; k0 < g.Sk; k0 += BK) {
-          const int64_t kn = std::min(BK, g.Sk - k0), knp = round_up(kn, W);
-          // First query that sees key k0: i + off >= k0.
-          const int64_t qfirst = causal ? std::max<int64_t>(0, k0 - off) : 0;
+        for (int64_t k0 = 0; k0 < klen; k0 += BK) {  // k0: offset in the chunk
+          const int64_t kn = std::min(BK, klen - k0), knp = round_up(kn, W), kg = kbeg + k0;
+          // First query that sees key kg: i + off >= kg.
+          const int64_t qfirst = causal ? std::max<int64_t>(0, kg - off) : 0;
           for (int64_t q0 = qfirst / BQ * BQ; q0 < g.Sq; q0 += BQ) {
             const int64_t qn = std::min(BQ, g.Sq - q0);
             T* p = pbuf.data();
@@ -397,7 +416,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
             scores<T>(qn, knp, D, qs.data() + q0 * Dp, Dp, kt.data(), k0, p, BK);
             for (int64_t i = 0; i < qn; ++i) {
               T* s = p + i * BK;
-              const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
+              const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - kg + 1, 0, kn) : kn;
               const Vec vl(lrow[q0 + i]);
               for (int64_t j = 0; j < knp; j += W)
                 vexp<scalar_t, T>(Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j) - vl).store(s + j);
@@ -422,15 +441,30 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
             add_tile(dka.data() + k0 * Dp, tile.data(), kn, Dp, static_cast<const T*>(nullptr));
           }
         }
-        scalar_t* dqh = dqp + b * sdq.b + h * sdq.h;
-        for (int64_t i = 0; i < g.Sq; ++i) store_row(dqa.data() + i * Dp, D, tscale, dqh + i * sdq.s, sdq.d);
+        if (nkc == 1) {
+          scalar_t* dqh = dqp + b * sdq.b + h * sdq.h;
+          for (int64_t i = 0; i < g.Sq; ++i) store_row(dqa.data() + i * Dp, D, tscale, dqh + i * sdq.s, sdq.d);
+        } else {
+          std::copy(dqa.begin(), dqa.end(), dq_part.begin() + ((c * g.B + b) * g.H + h) * g.Sq * Dp);
+        }
       }
-      scalar_t* dkh = dkp + b * sdk.b + hk * sdk.h;
-      scalar_t* dvh = dvp + b * sdv.b + hk * sdv.h;
-      for (int64_t j = 0; j < g.Sk; ++j) {
+      scalar_t* dkh = dkp + b * sdk.b + hk * sdk.h + kbeg * sdk.s;
+      scalar_t* dvh = dvp + b * sdv.b + hk * sdv.h + kbeg * sdv.s;
+      for (int64_t j = 0; j < klen; ++j) {
         store_row(dka.data() + j * Dp, D, T(1), dkh + j * sdk.s, sdk.d);
         store_row(dva.data() + j * Dp, D, T(1), dvh + j * sdv.s, sdv.d);
       }
+    }
+  });
+  if (nkc == 1) return;
+  const int64_t rows = g.B * g.H * g.Sq, chunk_stride = rows * Dp;
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(Dp);
+    for (int64_t r = begin; r < end; ++r) {
+      std::copy_n(dq_part.begin() + r * Dp, Dp, acc.begin());
+      for (int64_t c = 1; c < nkc; ++c) add_tile(acc.data(), dq_part.data() + c * chunk_stride + r * Dp, 1, Dp, static_cast<const T*>(nullptr));
+      const int64_t i = r % g.Sq, h = (r / g.Sq) % g.H, b = r / (g.Sq * g.H);
+      store_row(acc.data(), D, tscale, dqp + b * sdq.b + h * sdq.h + i * sdq.s, sdq.d);
     }
   });
 }

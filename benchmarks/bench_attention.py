@@ -117,7 +117,7 @@ def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
     benchmark.extra_info["impl"] = impl
     run()  # warm-up (and first-touch of allocator pages)
     benchmark.extra_info["peak_mb"] = peak_mb(run, device)
-    rounds = 5 if S <= 256 else (3 if S <= 512 else 2)
+    rounds = 7 if S <= 256 else (5 if S <= 512 else 3)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     if device == "cuda":
         flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)

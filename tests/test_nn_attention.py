@@ -107,3 +107,16 @@ def test_dropout_only_in_training():
     torch.testing.assert_close(m(x), m(x))
     m.train()
     assert not torch.equal(m(x), m(x))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_compile_fullgraph(device):
+    need_fused("attention", device)
+    torch.manual_seed(3)
+    m = MultiHeadAttention(64, 4, n_kv_heads=2, rotary=True).to(device)
+    x = torch.randn(2, 7, 64, device=device)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    torch.testing.assert_close(y, m(x))
+    y.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())

@@ -44,6 +44,7 @@ constexpr int kMR = kWideVec ? 6 : 3;                        // rows of the regi
 constexpr int kNV = kWideVec ? 4 : 3;                        // vectors per row of the register tile
 constexpr int64_t BQ = 64;                                   // query rows per block
 constexpr int64_t BK = 64;                                   // key columns per block (backward)
+constexpr int64_t BQB = 128;  // backward query block
 constexpr int64_t BKF = 256;  // forward key block: fewer online-softmax steps per row
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -370,7 +371,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
     const int64_t kmax = std::min(g.Sk, kb_per_chunk * BK);
     std::vector<T> kt(panels_size(kmax, D)), vt(panels_size(kmax, D)), kbuf, qs(g.Sq * Dp),
         dob(g.Sq * Dp), dqa(g.Sq * Dp), dka(kmax * Dp), dva(kmax * Dp), delta(g.Sq), lrow(g.Sq),
-        pbuf(BQ * BK), dsbuf(BQ * BK), orow(Dp), tile(std::max(BQ, BK) * Dp);
+        pbuf(BQB * BK), dsbuf(BQB * BK), orow(Dp), tile(std::max(BQB, BK) * Dp);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bhk = task / nkc, t = task % nkc;
       const int64_t c = (t % 2 == 0) ? t / 2 : nkc - 1 - t / 2;  // zig-zag: mix long and short
@@ -393,7 +394,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
         const scalar_t* goh = gop + b * sgo.b + h * sgo.h;
         const scalar_t* oh = op + b * so.b + h * so.h;
         const T* lh = lp + (b * g.H + h) * g.Sq;
-        for (int64_t i = qchunk / BQ * BQ; i < g.Sq; ++i) {
+        for (int64_t i = qchunk / BQB * BQB; i < g.Sq; ++i) {
           load_row(qh + i * sq.s, sq.d, D, Dp, tscale, qs.data() + i * Dp);
           T* d_o = dob.data() + i * Dp;
           load_row(goh + i * sgo.s, sgo.d, D, Dp, T(1), d_o);
@@ -409,8 +410,8 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
           const int64_t kn = std::min(BK, klen - k0), knp = round_up(kn, W), kg = kbeg + k0;
           // First query that sees key kg: i + off >= kg.
           const int64_t qfirst = causal ? std::max<int64_t>(0, kg - off) : 0;
-          for (int64_t q0 = qfirst / BQ * BQ; q0 < g.Sq; q0 += BQ) {
-            const int64_t qn = std::min(BQ, g.Sq - q0);
+          for (int64_t q0 = qfirst / BQB * BQB; q0 < g.Sq; q0 += BQB) {
+            const int64_t qn = std::min(BQB, g.Sq - q0);
             T* p = pbuf.data();
             T* ds = dsbuf.data();
             scores<T>(qn, knp, D, qs.data() + q0 * Dp, Dp, kt.data(), k0, p, BK);

@@ -60,13 +60,6 @@ def _check(q, k, v, key_padding_mask, scale) -> float:
     return float(scale)
 
 
-@torch.compiler.assume_constant_result
-def _use_fused(impl: str, device_type: str) -> bool:
-    # Evaluated once at trace time under torch.compile: the dispatcher query inside
-    # _backend.has_kernel returns a Python bool, which Dynamo cannot put in a graph.
-    return _backend.use_fused("attention", impl, device_type)
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
               key_padding_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None,
               impl: str = "auto") -> torch.Tensor:
@@ -86,7 +79,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     S_q > S_k) are zeros and get zero gradients.
     """
     scale = _check(q, k, v, key_padding_mask, scale)
-    if _use_fused(impl, q.device.type):
+    if _backend.use_fused("attention", impl, q.device.type):
         out, _ = torch.ops.gencore.attention(q, k, v, key_padding_mask, bool(causal), scale)
         return out
     return attention_reference(q, k, v, bool(causal), key_padding_mask, scale)[0]

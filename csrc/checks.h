@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "common/philox.h"
 #include "common/row_layout.h"
 
@@ -32,6 +34,44 @@ inline void check_floating(const at::Tensor& t, const char* op, const char* name
   const auto st = t.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, op,
               ": ", name, " must be float32, float64, bfloat16 or float16, got ", st);
+}
+
+struct AttentionGeometry {
+  int64_t B, H, Hkv, Sq, Sk, D;
+  int64_t group() const { return H / Hkv; }
+  int64_t offset() const { return Sk - Sq; }  // causal: query i sees keys j <= i + offset
+};
+
+// attention / attention_backward (CPU and CUDA): dtypes, shapes, GQA, mask; returns the geometry.
+inline AttentionGeometry check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& mask, double scale, const char* op) {
+  check_floating(q, op, "q");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k and v must have the same dtype, got ", q.scalar_type(), ", ",
+              k.scalar_type(), ", ", v.scalar_type());
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
+              ": q, k, v must be 4-d (batch, heads, seq, head_dim), got ", q.dim(), "-d, ",
+              k.dim(), "-d, ", v.dim(), "-d");
+  AttentionGeometry g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3)};
+  TORCH_CHECK(k.size(0) == g.B && v.size(0) == g.B, op, ": batch sizes differ: q ", g.B, ", k ",
+              k.size(0), ", v ", v.size(0));
+  TORCH_CHECK(k.size(3) == g.D && v.size(3) == g.D, op, ": head dims differ: q ", g.D, ", k ",
+              k.size(3), ", v ", v.size(3));
+  TORCH_CHECK(v.size(1) == g.Hkv && v.size(2) == g.Sk, op, ": k and v must have the same heads and"
+              " length, got k ", k.sizes(), " and v ", v.sizes());
+  TORCH_CHECK(g.Hkv > 0 && g.H % g.Hkv == 0, op, ": q heads (", g.H,
+              ") must be a multiple of k/v heads (", g.Hkv, ")");
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool, op, ": key_padding_mask must be bool, got ",
+                mask->scalar_type());
+    TORCH_CHECK(mask->dim() == 2 && mask->size(0) == g.B && mask->size(1) == g.Sk, op,
+                ": key_padding_mask must have shape (batch, S_k) = (", g.B, ", ", g.Sk, "), got ",
+                mask->sizes());
+    TORCH_CHECK(mask->device() == q.device(), op, ": key_padding_mask is on ", mask->device(),
+                " but q is on ", q.device());
+  }
+  return g;
 }
 
 }  // namespace gencore

@@ -31,6 +31,16 @@ TORCH_LIBRARY(gencore, m) {
   // an empty tensor where the loss does not read real_logits (which may then be None).
   m.def("gan_loss(Tensor? real_logits, Tensor fake_logits, int kind, int role, int reduction)"
         " -> (Tensor loss, Tensor grad_real, Tensor grad_fake)");
+
+  // Flash-style attention, layout (B, H, S, D); k/v may have fewer heads (H % H_kv == 0). Causal
+  // is aligned bottom-right (query i sees keys j <= i + S_k - S_q); key_padding_mask is bool
+  // (B, S_k), True = ignore. Returns (out, lse): lse is the row logsumexp of the scaled scores
+  // (float32; float64 for float64 inputs), -inf for rows that see no key (their out is zero).
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, bool causal,"
+        " float scale) -> (Tensor, Tensor)");
+  m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
+        " Tensor lse, Tensor? key_padding_mask, bool causal, float scale)"
+        " -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -14,7 +14,7 @@ import torch
 from . import _backend
 
 # Every compiled op, by the schema name its kernels register under.
-OPS = ["gumbel_softmax"]
+OPS = ["gumbel_softmax", "gan_loss", "attention"]
 
 
 def cmd_info(args) -> int:

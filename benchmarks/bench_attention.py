@@ -1,0 +1,132 @@
+"""Attention benchmarks: gencore fused vs the reference vs F.scaled_dot_product_attention.
+
+    python -m pytest benchmarks/bench_attention.py --benchmark-json /tmp/at.json -q
+    python benchmarks/report.py /tmp/at.json --markdown
+
+Groups: "attention <B,H,S,D> <dtype> causal=<..> <fwd|fwd+bwd>"; extra_info: impl, peak_mb, and on
+a GPU tflops (FLOPs 4*B*H*S_q*S_k*D forward, halved when causal; backward 2.5x forward).
+
+peak_mb, CPU: the peak resident-set growth during one extra call made just for it. For that call
+glibc's mmap threshold is set to 64 KiB (every block of 64 KiB or more, torch's or a kernel's own
+std::vector scratch, is mapped on allocation and unmapped on free), malloc_trim(0) hands free heap
+pages back, and the kernel's high-water mark is reset through /proc/self/clear_refs; peak = VmHWM -
+VmRSS before. This counts every byte actually touched, whoever allocated it (torch.profiler would
+miss non-torch scratch buffers). The timed calls then run with the threshold at 32 MiB, glibc's
+own ceiling, i.e. the warmed-up state of a long-running process: with 64 KiB every call would
+page-fault all its scratch memory afresh and the timings would measure the kernel's page-fault
+handling. On CUDA: torch.cuda.max_memory_allocated() growth.
+The reference is left out at S = 4096: each of its S x S intermediates is 0.5 GiB there.
+"""
+from __future__ import annotations
+
+import ctypes
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gencore import _backend
+from gencore.ops import attention
+
+M_MMAP_THRESHOLD = -3
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: peaks come out as RSS growth without the allocator settings
+    _LIBC = None
+
+
+def _mmap_threshold(nbytes: int) -> None:
+    if _LIBC is not None:
+        _LIBC.mallopt(M_MMAP_THRESHOLD, nbytes)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_mb(fn, device) -> float | None:
+    """Peak memory growth (MiB) during one call of fn."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    _mmap_threshold(64 * 1024)
+    try:
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+        except OSError:
+            return None
+        before = _status_kb("VmRSS")
+        fn()
+        return max(0, _status_kb("VmHWM") - before) / 1024
+    finally:
+        _mmap_threshold(32 * 2**20)
+
+
+CPU_SHAPES = [(8, 8, 256, 64), (8, 8, 512, 64), (1, 8, 4096, 64)]
+GPU_SHAPES = [(4, 16, 4096, 128)]
+
+
+def cases():
+    for shape in CPU_SHAPES:
+        yield pytest.param("cpu", shape, torch.float32, id=f"cpu-{'x'.join(map(str, shape))}-f32")
+    for shape in GPU_SHAPES:
+        yield pytest.param("cuda", shape, torch.bfloat16, id=f"cuda-{'x'.join(map(str, shape))}-bf16",
+                           marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+
+
+IMPLS = {
+    "fused": lambda q, k, v, causal: attention(q, k, v, causal=causal, impl="fused"),
+    "reference": lambda q, k, v, causal: attention(q, k, v, causal=causal, impl="reference"),
+    "torch": lambda q, k, v, causal: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+}
+
+
+@pytest.mark.parametrize("device,shape,dtype", list(cases()))
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
+    B, H, S, D = shape
+    if impl == "reference" and S >= 4096:
+        pytest.skip("reference at S = 4096 needs several 0.5 GiB S x S intermediates")
+    if impl == "fused" and not _backend.has_kernel("attention", device):
+        pytest.skip(f"no fused {device} attention kernel in this build: {_backend.reason()}")
+    g = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn(*shape, generator=g).to(device, dtype) for _ in range(4))
+    fn_impl = IMPLS[impl]
+    if mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                fn_impl(q, k, v, causal)
+    else:
+        qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+
+        def fn():
+            out = fn_impl(qg, kg, vg, causal)
+            out.backward(dout)
+            qg.grad = kg.grad = vg.grad = None
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run():
+        fn()
+        sync()
+
+    benchmark.group = f"attention <{B},{H},{S},{D}> {str(dtype).replace('torch.', '')} causal={causal} {mode}"
+    benchmark.extra_info["impl"] = impl
+    benchmark.extra_info["peak_mb"] = peak_mb(run, device)
+    run()  # warm-up, with the timing's allocator settings
+    rounds = 7 if S <= 256 else (5 if S <= 512 else 3)
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+    if device == "cuda":
+        flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
+        benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12

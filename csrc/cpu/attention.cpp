@@ -1,0 +1,535 @@
+// Flash-style attention, CPU. Layout (B, H, S, D), any strides; GQA (k/v with H_kv heads);
+// bottom-right aligned causal mask; bool key padding mask (True = ignore).
+//
+// Forward: one task per (batch, head, chunk of query blocks) under at::parallel_for. Per task the
+// keys are packed once as K^T (contiguous D x 64 panels) and, per query block of BQ rows, the
+// online softmax walks key blocks of BKF columns: S = (scale Q) K^T, running row max m and sum l,
+// O = O * alpha + P V. Memory: one BQ x BKF score tile and O(S D) packed operands per thread,
+// never S x S. Saves the row logsumexp (-inf for rows that see no key).
+//
+// Backward (FlashAttention-2): one task per (batch, kv head, key chunk); for each query head of
+// its group, key blocks outer, query blocks inner; P is recomputed from the saved logsumexp,
+// dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ += dS K, dK += dS^T (scale Q).
+// dK/dV accumulate in per-task buffers over the group's heads (no races, no atomics); keys are
+// split into chunks only when batch x kv heads cannot keep the threads busy, and then the chunks'
+// dQ partial sums are added in a second pass.
+//
+// All products go through one register-blocked micro-kernel, C (+)= A B with A read through
+// arbitrary (row, col) strides (so A^T costs nothing) and B row-major with N a multiple of the
+// vector width; broadcast-FMA form on at::vec::Vectorized (16 floats on AVX-512).
+// Math in float32 (float64 for float64 inputs).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+
+namespace gencore {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr bool kWideVec = sizeof(Vectorized<float>) >= 64;  // AVX-512: 32 vector registers
+constexpr int kMR = kWideVec ? 6 : 3;                        // rows of the register tile
+constexpr int kNV = kWideVec ? 4 : 3;                        // vectors per row of the register tile
+constexpr int64_t BQ = 64;                                   // query rows per block
+constexpr int64_t BK = 64;                                   // key columns per block (backward)
+constexpr int64_t BQB = 128;  // backward query block
+constexpr int64_t BKF = 256;  // forward key block: fewer online-softmax steps per row
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// C[MR x NV*W] (+)= sum_k A(m, k) B[k, :], A(m, k) = A[m * sam + k * sak].
+template <typename T, int MR, int NV>
+void micro_kernel(int64_t K, const T* A, int64_t sam, int64_t sak, const T* B, int64_t ldb, T* C,
+                  int64_t ldc, bool accumulate) {
+  using Vec = Vectorized<T>;
+  constexpr int W = Vec::size();
+  Vec c[MR][NV];
+  if (accumulate) {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) c[m][v] = Vec::loadu(C + m * ldc + v * W);
+  } else {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) c[m][v] = Vec(T(0));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    Vec b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = Vec::loadu(B + k * ldb + v * W);
+    const T* a = A + k * sak;
+    for (int m = 0; m < MR; ++m) {
+      const Vec am(a[m * sam]);
+      for (int v = 0; v < NV; ++v) c[m][v] = at::vec::fmadd(am, b[v], c[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) c[m][v].store(C + m * ldc + v * W);
+}
+
+template <typename T>
+using MicroFn = void (*)(int64_t, const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t, bool);
+
+template <typename T, int MR, int... NVs>
+constexpr std::array<MicroFn<T>, sizeof...(NVs)> row_table(std::integer_sequence<int, NVs...>) {
+  return {&micro_kernel<T, MR, NVs + 1>...};
+}
+
+template <typename T, int... MRs>
+constexpr std::array<std::array<MicroFn<T>, kNV>, sizeof...(MRs)> micro_table(
+    std::integer_sequence<int, MRs...>) {
+  return {row_table<T, MRs + 1>(std::make_integer_sequence<int, kNV>{})...};
+}
+
+// C[M x N] (+)= A[M x K] B[K x N]; N must be a multiple of the vector width.
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t sam, int64_t sak, const T* B,
+          int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  static constexpr auto table = micro_table<T>(std::make_integer_sequence<int, kMR>{});
+  constexpr int64_t W = Vectorized<T>::size();
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, T(0));
+    return;
+  }
+  for (int64_t n0 = 0; n0 < N; n0 += kNV * W) {
+    const int64_t nv = std::min<int64_t>(kNV, (N - n0) / W);
+    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      const int64_t mr = std::min<int64_t>(kMR, M - m0);
+      table[mr - 1][nv - 1](K, A + m0 * sam, sam, sak, B + n0, ldb, C + m0 * ldc + n0, ldc,
+                            accumulate);
+    }
+  }
+}
+
+// exp for the softmax: float math uses ATen's exp_u20 (about 20 ulp, maps -inf to 0; what SDPA's
+// CPU kernel uses). It keeps the float32 results within 2x of the reference's error (tests);
+// the sums over keys/queries are per-tile partial sums for that reason (see add_tile).
+template <typename scalar_t, typename T>
+inline Vectorized<T> vexp(const Vectorized<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x.exp_u20();
+  } else {
+    return x.exp();
+  }
+}
+
+// dst[0..n) = mul * src[0, stride, ..., (n-1) stride] as T, zeros up to n_pad.
+template <typename S, typename T>
+inline void load_row(const S* src, int64_t stride, int64_t n, int64_t n_pad, T mul, T* dst) {
+  if (stride == 1) {
+    at::vec::convert(src, dst, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i * stride]);
+  }
+  if (mul != T(1))
+    for (int64_t i = 0; i < n; ++i) dst[i] *= mul;
+  for (int64_t i = n; i < n_pad; ++i) dst[i] = T(0);
+}
+
+template <typename T, typename S>
+inline void store_row(const T* src, int64_t n, T mul, S* dst, int64_t stride) {
+  if (stride == 1 && mul == T(1)) {
+    at::vec::convert(src, dst, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<S>(src[i] * mul);
+  }
+}
+
+// dst[r, :] = dst[r, :] * (alpha ? alpha[r] : 1) + src[r, :], rows x n (n a multiple of the vector
+// width), both with leading dimension n. Products of one tile go to a scratch tile first and are
+// added here, so long sums are sums of per-tile partial sums (a float32 accuracy matter: a single
+// running FMA chain over S = 1000 terms misses the 2x-reference error rule).
+template <typename T>
+inline void add_tile(T* dst, const T* src, int64_t rows, int64_t n, const T* alpha) {
+  using Vec = Vectorized<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* d = dst + r * n;
+    const T* x = src + r * n;
+    if (alpha != nullptr && alpha[r] != T(1)) {
+      const Vec a(alpha[r]);
+      for (int64_t j = 0; j < n; j += Vec::size())
+        at::vec::fmadd(Vec::loadu(d + j), a, Vec::loadu(x + j)).store(d + j);
+    } else {
+      for (int64_t j = 0; j < n; j += Vec::size()) (Vec::loadu(d + j) + Vec::loadu(x + j)).store(d + j);
+    }
+  }
+}
+
+
+struct Strides4 {
+  int64_t b, h, s, d;
+  explicit Strides4(const at::Tensor& t) : b(t.stride(0)), h(t.stride(1)), s(t.stride(2)), d(t.stride(3)) {}
+};
+
+// Additive key bias per batch row: 0, or -inf for padded keys and for the padding columns >= S_k.
+template <typename T>
+std::vector<T> key_bias(const c10::optional<at::Tensor>& mask, int64_t B, int64_t Sk, int64_t Skp) {
+  std::vector<T> bias(B * Skp, T(0));
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = Sk; j < Skp; ++j) bias[b * Skp + j] = ninf;
+    if (mask.has_value()) {
+      const bool* m = mask->const_data_ptr<bool>() + b * Sk;
+      for (int64_t j = 0; j < Sk; ++j)
+        if (m[j]) bias[b * Skp + j] = ninf;
+    }
+  }
+  return bias;
+}
+
+// K^T of one (b, kv head) in panels of KP keys: panel p holds keys [p KP, (p+1) KP) as a contiguous
+// D x KP block (columns past `rows` zero). Contiguous panels keep the micro-kernel's B reads in
+// consecutive cache lines; a plain D x S_k layout strides them S_k floats apart, which aliases
+// into one L1 set and thrashes for long sequences.
+constexpr int64_t KP = 64;
+
+template <typename S, typename T>
+void pack_panels(const S* k, const Strides4& st, int64_t rows, int64_t D, T* kt) {
+  const int64_t npanels = (rows + KP - 1) / KP;
+  for (int64_t pnl = 0; pnl < npanels; ++pnl) {
+    T* dst = kt + pnl * D * KP;
+    const int64_t j0 = pnl * KP, jn = std::min(KP, rows - j0);
+    for (int64_t d = 0; d < D; ++d) {
+      const S* src = k + j0 * st.s + d * st.d;
+      T* row = dst + d * KP;
+      for (int64_t j = 0; j < jn; ++j) row[j] = static_cast<T>(src[j * st.s]);
+      std::fill(row + jn, row + KP, T(0));
+    }
+  }
+}
+
+inline int64_t panels_size(int64_t rows, int64_t D) { return (rows + KP - 1) / KP * KP * D; }
+
+// S[0..qn) x [0..knp) = A K^T for keys k0 .. k0 + knp (k0 a multiple of KP), ld of S = lds.
+template <typename T>
+void scores(int64_t qn, int64_t knp, int64_t D, const T* A, int64_t lda, const T* kt, int64_t k0,
+            T* S, int64_t lds) {
+  for (int64_t n = 0; n < knp; n += KP)
+    gemm<T>(qn, std::min(KP, knp - n), D, A, lda, 1, kt + (k0 + n) / KP * D * KP, KP, S + n, lds, false);
+}
+
+// Row-major rows x Dp copy of one (b, kv head) of k or v, or the tensor itself when it already is
+// one (float type, unit last stride, D a multiple of the vector width). Returns (pointer, ld).
+template <typename S, typename T>
+std::pair<const T*, int64_t> rows_operand(const S* x, const Strides4& st, int64_t rows, int64_t D,
+                                          int64_t Dp, std::vector<T>& buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    if (st.d == 1 && D == Dp) return {x, st.s};
+  }
+  buf.resize(rows * Dp);
+  for (int64_t j = 0; j < rows; ++j) load_row(x + j * st.s, st.d, D, Dp, T(1), buf.data() + j * Dp);
+  return {buf.data(), Dp};
+}
+
+template <typename scalar_t, typename T>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const c10::optional<at::Tensor>& mask, bool causal, double scale,
+                  const AttentionGeometry& g, at::Tensor& out, at::Tensor& lse) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
+  const Strides4 sq(q), sk(k), sv(v), so(out);
+  const scalar_t* qp = q.const_data_ptr<scalar_t>();
+  const scalar_t* kp = k.const_data_ptr<scalar_t>();
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  T* lp = lse.mutable_data_ptr<T>();
+  const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
+  const T ninf = -std::numeric_limits<T>::infinity();
+
+  // Query chunks: enough tasks to keep every thread busy, few enough to pack K once per chunk.
+  const int64_t nqb = (g.Sq + BQ - 1) / BQ;
+  const int64_t heads = g.B * g.H;
+  const int64_t want_chunks = std::max<int64_t>(1, (4 * at::get_num_threads() + heads - 1) / heads);
+  const int64_t nchunks = std::min(nqb, want_chunks);
+  const int64_t blocks_per_chunk = (nqb + nchunks - 1) / nchunks;
+
+  at::parallel_for(0, heads * nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt, vbuf, qbuf(BQ * Dp), obuf(BQ * Dp), tbuf(BQ * Dp), sbuf(BQ * BKF), m(BQ),
+        l(BQ), alpha(BQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / nchunks;
+      // Zig-zag the chunks so that a contiguous range of tasks mixes short and long causal rows.
+      const int64_t t = task % nchunks;
+      const int64_t c = (t % 2 == 0) ? t / 2 : nchunks - 1 - t / 2;
+      const int64_t b = bh / g.H, h = bh % g.H, hk = h / g.group();
+      const int64_t qb_begin = c * blocks_per_chunk, qb_end = std::min(nqb, qb_begin + blocks_per_chunk);
+      if (qb_begin >= qb_end) continue;
+      const int64_t q_last = std::min(g.Sq, qb_end * BQ) - 1;
+      const int64_t kend_chunk = causal ? std::clamp<int64_t>(q_last + off + 1, 0, g.Sk) : g.Sk;
+      const scalar_t* kh = kp + b * sk.b + hk * sk.h;
+      const scalar_t* vh = vp + b * sv.b + hk * sv.h;
+      kt.resize(panels_size(kend_chunk, D));
+      pack_panels(kh, sk, kend_chunk, D, kt.data());
+      auto [vop, ldv] = rows_operand<scalar_t, T>(vh, sv, kend_chunk, D, Dp, vbuf);
+      const T* bias_b = bias.data() + b * Skp;
+
+      for (int64_t qb = qb_begin; qb < qb_end; ++qb) {
+        const int64_t q0 = qb * BQ, qn = std::min(BQ, g.Sq - q0);
+        const scalar_t* qh = qp + b * sq.b + h * sq.h + q0 * sq.s;
+        for (int64_t i = 0; i < qn; ++i)
+          load_row(qh + i * sq.s, sq.d, D, Dp, static_cast<T>(scale), qbuf.data() + i * Dp);
+        std::fill(m.begin(), m.end(), ninf);
+        std::fill(l.begin(), l.end(), T(0));
+        std::fill(obuf.begin(), obuf.end(), T(0));
+        const int64_t kend = causal ? std::clamp<int64_t>(q0 + qn - 1 + off + 1, 0, g.Sk) : g.Sk;
+        for (int64_t k0 = 0; k0 < kend; k0 += BKF) {
+          const int64_t kn = std::min(BKF, kend - k0), knp = round_up(kn, W);
+          scores<T>(qn, knp, D, qbuf.data(), Dp, kt.data(), k0, sbuf.data(), BKF);
+          for (int64_t i = 0; i < qn; ++i) {
+            T* s = sbuf.data() + i * BKF;
+            const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
+            Vec vmax(ninf);
+            for (int64_t j = 0; j < knp; j += W) {
+              Vec x = Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j);
+              x.store(s + j);
+            }
+            for (int64_t j = lim; j < knp; ++j) s[j] = ninf;
+            for (int64_t j = 0; j < knp; j += W) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
+            const T mx = at::vec::vec_reduce_all<T>(
+                [](Vec& a, Vec& bb) { return at::vec::maximum(a, bb); }, vmax);
+            const T m_new = std::max(m[i], mx);
+            alpha[i] = T(1);
+            if (m_new == ninf) {  // nothing visible yet: P row is zero
+              std::fill(s, s + knp, T(0));
+              continue;
+            }
+            alpha[i] = std::exp(m[i] - m_new);  // 0 when m[i] = -inf
+            const Vec vm(m_new);
+            Vec vsum(T(0));
+            for (int64_t j = 0; j < knp; j += W) {
+              Vec p = vexp<scalar_t, T>(Vec::loadu(s + j) - vm);
+              p.store(s + j);
+              vsum = vsum + p;
+            }
+            const T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, vsum);
+            l[i] = l[i] * alpha[i] + sum;
+            m[i] = m_new;
+          }
+          // O = O * alpha + P V
+          gemm<T>(qn, Dp, kn, sbuf.data(), BKF, 1, vop + k0 * ldv, ldv, tbuf.data(), Dp, false);
+          add_tile(obuf.data(), tbuf.data(), qn, Dp, alpha.data());
+        }
+        scalar_t* oh = op + b * so.b + h * so.h + q0 * so.s;
+        T* lh = lp + (b * g.H + h) * g.Sq + q0;
+        for (int64_t i = 0; i < qn; ++i) {
+          if (l[i] > T(0)) {
+            store_row(obuf.data() + i * Dp, D, T(1) / l[i], oh + i * so.s, so.d);
+            lh[i] = m[i] + std::log(l[i]);
+          } else {  // no visible key: zeros, logsumexp -inf
+            for (int64_t d = 0; d < D; ++d) oh[i * so.s + d * so.d] = scalar_t(0);
+            lh[i] = ninf;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename T>
+void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                   const c10::optional<at::Tensor>& mask, bool causal, double scale,
+                   const AttentionGeometry& g, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
+  const Strides4 sgo(go), sq(q), sk(k), sv(v), so(out), sdq(dq), sdk(dk), sdv(dv);
+  const scalar_t* gop = go.const_data_ptr<scalar_t>();
+  const scalar_t* qp = q.const_data_ptr<scalar_t>();
+  const scalar_t* kp = k.const_data_ptr<scalar_t>();
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  const scalar_t* op = out.const_data_ptr<scalar_t>();
+  const T* lp = lse.const_data_ptr<T>();
+  scalar_t* dqp = dq.mutable_data_ptr<scalar_t>();
+  scalar_t* dkp = dk.mutable_data_ptr<scalar_t>();
+  scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
+  const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
+  const T ninf = -std::numeric_limits<T>::infinity(), tscale = static_cast<T>(scale);
+
+  // Tasks: (batch, kv head, key chunk). One chunk per (b, kv head) when those keep every thread
+  // busy; otherwise the keys are split and each chunk leaves its dQ partial sum in a workspace
+  // (O(S D) per chunk) that a second pass adds up.
+  const int64_t nkb = (g.Sk + BK - 1) / BK, kvheads = g.B * g.Hkv;
+  const int64_t threads = at::get_num_threads();
+  const int64_t nkc = kvheads >= 2 * threads ? 1 : std::min(nkb, (2 * threads + kvheads - 1) / kvheads);
+  const int64_t kb_per_chunk = (nkb + nkc - 1) / nkc;
+  std::vector<T> dq_part(nkc > 1 ? nkc * g.B * g.H * g.Sq * Dp : 0, T(0));
+
+  at::parallel_for(0, kvheads * nkc, 1, [&](int64_t begin, int64_t end) {
+    const int64_t kmax = std::min(g.Sk, kb_per_chunk * BK);
+    std::vector<T> kt(panels_size(kmax, D)), vt(panels_size(kmax, D)), kbuf, qs(g.Sq * Dp),
+        dob(g.Sq * Dp), dqa(g.Sq * Dp), dka(kmax * Dp), dva(kmax * Dp), delta(g.Sq), lrow(g.Sq),
+        pbuf(BQB * BK), dsbuf(BQB * BK), orow(Dp), tile(std::max(BQB, BK) * Dp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bhk = task / nkc, t = task % nkc;
+      const int64_t c = (t % 2 == 0) ? t / 2 : nkc - 1 - t / 2;  // zig-zag: mix long and short
+      const int64_t b = bhk / g.Hkv, hk = bhk % g.Hkv;
+      const int64_t kbeg = c * kb_per_chunk * BK, kend = std::min(g.Sk, kbeg + kb_per_chunk * BK);
+      if (kbeg >= kend) continue;
+      const int64_t klen = kend - kbeg;
+      const scalar_t* kh = kp + b * sk.b + hk * sk.h + kbeg * sk.s;
+      const scalar_t* vh = vp + b * sv.b + hk * sv.h + kbeg * sv.s;
+      pack_panels(kh, sk, klen, D, kt.data());
+      pack_panels(vh, sv, klen, D, vt.data());
+      auto [kop, ldk] = rows_operand<scalar_t, T>(kh, sk, klen, D, Dp, kbuf);
+      std::fill(dka.begin(), dka.end(), T(0));
+      std::fill(dva.begin(), dva.end(), T(0));
+      const T* bias_b = bias.data() + b * Skp + kbeg;
+      // First query that sees key kbeg: i + off >= kbeg.
+      const int64_t qchunk = causal ? std::clamp<int64_t>(kbeg - off, 0, g.Sq) : 0;
+      for (int64_t h = hk * g.group(); h < (hk + 1) * g.group(); ++h) {
+        const scalar_t* qh = qp + b * sq.b + h * sq.h;
+        const scalar_t* goh = gop + b * sgo.b + h * sgo.h;
+        const scalar_t* oh = op + b * so.b + h * so.h;
+        const T* lh = lp + (b * g.H + h) * g.Sq;
+        for (int64_t i = qchunk / BQB * BQB; i < g.Sq; ++i) {
+          load_row(qh + i * sq.s, sq.d, D, Dp, tscale, qs.data() + i * Dp);
+          T* d_o = dob.data() + i * Dp;
+          load_row(goh + i * sgo.s, sgo.d, D, Dp, T(1), d_o);
+          load_row(oh + i * so.s, so.d, D, Dp, T(1), orow.data());
+          Vec acc(T(0));
+          for (int64_t d = 0; d < Dp; d += W) acc = at::vec::fmadd(Vec::loadu(d_o + d), Vec::loadu(orow.data() + d), acc);
+          delta[i] = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, acc);
+          // Rows that saw no key: +inf makes every P entry exp(-inf) = 0.
+          lrow[i] = lh[i] == ninf ? std::numeric_limits<T>::infinity() : lh[i];
+        }
+        std::fill(dqa.begin(), dqa.end(), T(0));
+        for (int64_t k0 = 0; k0 < klen; k0 += BK) {  // k0: offset in the chunk
+          const int64_t kn = std::min(BK, klen - k0), knp = round_up(kn, W), kg = kbeg + k0;
+          // First query that sees key kg: i + off >= kg.
+          const int64_t qfirst = causal ? std::max<int64_t>(0, kg - off) : 0;
+          for (int64_t q0 = qfirst / BQB * BQB; q0 < g.Sq; q0 += BQB) {
+            const int64_t qn = std::min(BQB, g.Sq - q0);
+            T* p = pbuf.data();
+            T* ds = dsbuf.data();
+            scores<T>(qn, knp, D, qs.data() + q0 * Dp, Dp, kt.data(), k0, p, BK);
+            for (int64_t i = 0; i < qn; ++i) {
+              T* s = p + i * BK;
+              const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - kg + 1, 0, kn) : kn;
+              const Vec vl(lrow[q0 + i]);
+              for (int64_t j = 0; j < knp; j += W)
+                vexp<scalar_t, T>(Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j) - vl).store(s + j);
+              for (int64_t j = lim; j < knp; ++j) s[j] = T(0);
+            }
+            // dV += P^T dO
+            gemm<T>(kn, Dp, qn, p, 1, BK, dob.data() + q0 * Dp, Dp, tile.data(), Dp, false);
+            add_tile(dva.data() + k0 * Dp, tile.data(), kn, Dp, static_cast<const T*>(nullptr));
+            // dP = dO V^T, then dS = P (dP - delta)
+            scores<T>(qn, knp, D, dob.data() + q0 * Dp, Dp, vt.data(), k0, ds, BK);
+            for (int64_t i = 0; i < qn; ++i) {
+              const Vec vd(delta[q0 + i]);
+              T* dsr = ds + i * BK;
+              const T* pr = p + i * BK;
+              for (int64_t j = 0; j < knp; j += W)
+                (Vec::loadu(pr + j) * (Vec::loadu(dsr + j) - vd)).store(dsr + j);
+            }
+            // dQ += dS K ; dK += dS^T (scale Q)
+            gemm<T>(qn, Dp, kn, ds, BK, 1, kop + k0 * ldk, ldk, tile.data(), Dp, false);
+            add_tile(dqa.data() + q0 * Dp, tile.data(), qn, Dp, static_cast<const T*>(nullptr));
+            gemm<T>(kn, Dp, qn, ds, 1, BK, qs.data() + q0 * Dp, Dp, tile.data(), Dp, false);
+            add_tile(dka.data() + k0 * Dp, tile.data(), kn, Dp, static_cast<const T*>(nullptr));
+          }
+        }
+        if (nkc == 1) {
+          scalar_t* dqh = dqp + b * sdq.b + h * sdq.h;
+          for (int64_t i = 0; i < g.Sq; ++i) store_row(dqa.data() + i * Dp, D, tscale, dqh + i * sdq.s, sdq.d);
+        } else {
+          std::copy(dqa.begin(), dqa.end(), dq_part.begin() + ((c * g.B + b) * g.H + h) * g.Sq * Dp);
+        }
+      }
+      scalar_t* dkh = dkp + b * sdk.b + hk * sdk.h + kbeg * sdk.s;
+      scalar_t* dvh = dvp + b * sdv.b + hk * sdv.h + kbeg * sdv.s;
+      for (int64_t j = 0; j < klen; ++j) {
+        store_row(dka.data() + j * Dp, D, T(1), dkh + j * sdk.s, sdk.d);
+        store_row(dva.data() + j * Dp, D, T(1), dvh + j * sdv.s, sdv.d);
+      }
+    }
+  });
+  if (nkc == 1) return;
+  const int64_t rows = g.B * g.H * g.Sq, chunk_stride = rows * Dp;
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(Dp);
+    for (int64_t r = begin; r < end; ++r) {
+      std::copy_n(dq_part.begin() + r * Dp, Dp, acc.begin());
+      for (int64_t c = 1; c < nkc; ++c) add_tile(acc.data(), dq_part.data() + c * chunk_stride + r * Dp, 1, Dp, static_cast<const T*>(nullptr));
+      const int64_t i = r % g.Sq, h = (r / g.Sq) % g.H, b = r / (g.Sq * g.H);
+      store_row(acc.data(), D, tscale, dqp + b * sdq.b + h * sdq.h + i * sdq.s, sdq.d);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v,
+                                                 const c10::optional<at::Tensor>& key_padding_mask,
+                                                 bool causal, double scale) {
+  const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention");
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out = at::empty({g.B, g.H, g.Sq, g.D}, q.options());
+  at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
+  if (out.numel() == 0) return {out, lse};
+  if (g.Sk == 0) {
+    out.zero_();
+    lse.fill_(-std::numeric_limits<double>::infinity());
+    return {out, lse};
+  }
+  c10::optional<at::Tensor> mask;
+  if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  AT_DISPATCH_SWITCH(q.scalar_type(), "attention_cpu",
+      AT_DISPATCH_CASE(at::kFloat, [&] { forward_impl<float, float>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { forward_impl<double, double>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { forward_impl<at::BFloat16, float>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { forward_impl<at::Half, float>(q, k, v, mask, causal, scale, g, out, lse); }));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& key_padding_mask,
+    bool causal, double scale) {
+  const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention_backward");
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && out.sizes() == q.sizes(),
+              "attention_backward: grad_out ", grad_out.sizes(), " and out ", out.sizes(),
+              " must have the shape of q ", q.sizes());
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(lse.scalar_type() == acc && lse.dim() == 3 && lse.size(0) == g.B &&
+                  lse.size(1) == g.H && lse.size(2) == g.Sq,
+              "attention_backward: lse must be ", acc, " of shape (", g.B, ", ", g.H, ", ", g.Sq,
+              "), got ", lse.scalar_type(), " ", lse.sizes());
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  if (q.numel() == 0 || k.numel() == 0) {
+    dq.zero_(); dk.zero_(); dv.zero_();
+    return {dq, dk, dv};
+  }
+  const at::Tensor go = grad_out.to(q.scalar_type());
+  const at::Tensor l = lse.contiguous();
+  c10::optional<at::Tensor> mask;
+  if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  AT_DISPATCH_SWITCH(q.scalar_type(), "attention_backward_cpu",
+      AT_DISPATCH_CASE(at::kFloat, [&] { backward_impl<float, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { backward_impl<double, double>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { backward_impl<at::BFloat16, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { backward_impl<at::Half, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); }));
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace gencore
+
+TORCH_LIBRARY_IMPL(gencore, CPU, m) {
+  m.impl("attention", &gencore::attention_cpu);
+  m.impl("attention_backward", &gencore::attention_backward_cpu);
+}

@@ -1,0 +1,154 @@
+// Flash-style attention, CUDA wrapper: checks, device guard, current stream, workspaces, launch.
+// The kernels are in attention_kernels.cu (torch-free).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../checks.h"
+#include "attention_kernels.h"
+
+namespace gencore {
+namespace {
+
+cuda::AttnDtype attn_dtype(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return cuda::AttnDtype::kFloat32;
+    case at::kDouble: return cuda::AttnDtype::kFloat64;
+    case at::kHalf: return cuda::AttnDtype::kFloat16;
+    case at::kBFloat16: return cuda::AttnDtype::kBFloat16;
+    default: TORCH_CHECK(false, "attention: unsupported dtype ", st);
+  }
+}
+
+// The kernels read the head dim with unit stride; other strides are passed through.
+at::Tensor unit_last_stride(const at::Tensor& t) {
+  return t.stride(-1) == 1 ? t : t.contiguous();
+}
+
+void set_strides(int64_t* dst, const at::Tensor& t) {
+  dst[0] = t.stride(0);
+  dst[1] = t.stride(1);
+  dst[2] = t.stride(2);
+}
+
+void check_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const c10::optional<at::Tensor>& mask, const AttentionGeometry& g, const char* op) {
+  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device(), op,
+              ": q, k, v must be on one CUDA device, got ", q.device(), ", ", k.device(), ", ",
+              v.device());
+  TORCH_CHECK(g.D >= 1 && g.D <= 256, op, ": head dim must be in [1, 256] on CUDA, got ", g.D);
+  TORCH_CHECK(g.Sq < std::numeric_limits<int>::max() && g.Sk < std::numeric_limits<int>::max(), op,
+              ": sequence too long");
+  (void)mask;
+}
+
+cuda::AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const c10::optional<at::Tensor>& mask, bool causal, double scale,
+                                  const AttentionGeometry& g) {
+  cuda::AttentionParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  set_strides(p.q_stride, q);
+  set_strides(p.k_stride, k);
+  set_strides(p.v_stride, v);
+  p.key_padding_mask = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  p.B = static_cast<int>(g.B);
+  p.H = static_cast<int>(g.H);
+  p.Hkv = static_cast<int>(g.Hkv);
+  p.Sq = static_cast<int>(g.Sq);
+  p.Sk = static_cast<int>(g.Sk);
+  p.D = static_cast<int>(g.D);
+  p.causal = causal;
+  p.scale = scale;
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                  const at::Tensor& v_in,
+                                                  const c10::optional<at::Tensor>& key_padding_mask,
+                                                  bool causal, double scale) {
+  const AttentionGeometry g = check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention");
+  check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention");
+  c10::cuda::OptionalCUDAGuard guard(q_in.device());
+  const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
+  c10::optional<at::Tensor> mask;
+  if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out = at::empty({g.B, g.H, g.Sq, g.D}, q.options());
+  at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
+  if (out.numel() == 0) return {out, lse};
+  if (g.Sk == 0) {
+    out.zero_();
+    lse.fill_(-std::numeric_limits<double>::infinity());
+    return {out, lse};
+  }
+  cuda::AttentionParams p = make_params(q, k, v, mask, causal, scale, g);
+  p.out = out.mutable_data_ptr();
+  p.lse = lse.mutable_data_ptr();
+  const cudaError_t err =
+      cuda::launch_attention_forward(p, attn_dtype(q.scalar_type()), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "attention: CUDA launch failed: ", cudaGetErrorString(err));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
+    const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale) {
+  const AttentionGeometry g =
+      check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention_backward");
+  check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention_backward");
+  TORCH_CHECK(grad_out.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
+              "attention_backward: grad_out ", grad_out.sizes(), " and out ", out_in.sizes(),
+              " must have the shape of q ", q_in.sizes());
+  const auto acc = q_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(lse_in.scalar_type() == acc && lse_in.dim() == 3 && lse_in.size(0) == g.B &&
+                  lse_in.size(1) == g.H && lse_in.size(2) == g.Sq,
+              "attention_backward: lse must be ", acc, " of shape (", g.B, ", ", g.H, ", ", g.Sq,
+              "), got ", lse_in.scalar_type(), " ", lse_in.sizes());
+  c10::cuda::OptionalCUDAGuard guard(q_in.device());
+  const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
+  const at::Tensor go = unit_last_stride(grad_out.to(q.scalar_type()));
+  const at::Tensor out = out_in.contiguous(), lse = lse_in.contiguous();
+  c10::optional<at::Tensor> mask;
+  if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::zeros(k.sizes(), k.options());
+  at::Tensor dv = at::zeros(v.sizes(), v.options());
+  if (q.numel() == 0 || k.numel() == 0) {
+    dq.zero_();
+    return {dq, dk, dv};
+  }
+  at::Tensor dq_accum = at::empty({g.B, g.H, g.Sq, g.D}, q.options().dtype(acc));
+  at::Tensor delta = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
+  cuda::AttentionBackwardParams p{};
+  static_cast<cuda::AttentionParams&>(p) = make_params(q, k, v, mask, causal, scale, g);
+  p.out = const_cast<void*>(out.const_data_ptr());
+  p.lse = const_cast<void*>(lse.const_data_ptr());
+  p.dout = go.const_data_ptr();
+  set_strides(p.dout_stride, go);
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+  p.dq_accum = dq_accum.mutable_data_ptr();
+  p.delta = delta.mutable_data_ptr();
+  const cudaError_t err = cuda::launch_attention_backward(p, attn_dtype(q.scalar_type()),
+                                                          c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "attention_backward: CUDA launch failed: ", cudaGetErrorString(err));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace gencore
+
+TORCH_LIBRARY_IMPL(gencore, CUDA, m) {
+  m.impl("attention", &gencore::attention_cuda);
+  m.impl("attention_backward", &gencore::attention_backward_cuda);
+}

@@ -1,0 +1,274 @@
+"""gencore.ops.attention: fused kernels vs the float64 reference (FlashAttention's error rule),
+gradcheck, opcheck, torch.compile, masks, GQA, odd sizes, strides, bad input."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gencore.ops import attention
+from gencore.ops.reference import attention_reference
+
+from _helpers import ALL_DEVICES, need_fused
+
+LOW = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def make(B, H, Hkv, Sq, Sk, D, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Sq, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, Sk, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, Sk, D, generator=g, dtype=torch.float64)
+    dout = torch.randn(B, H, Sq, D, generator=g, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v, dout)]
+
+
+def run(fn, q, k, v, dout, **kw):
+    """(out, dq, dk, dv) of fn at the given inputs."""
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v, **kw)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    return out.detach(), dq, dk, dv
+
+
+def fused(q, k, v, **kw):
+    return attention(q, k, v, impl="fused", **kw)
+
+
+def ref(q, k, v, causal=False, key_padding_mask=None, scale=None):
+    return attention_reference(q, k, v, causal, key_padding_mask, scale)[0]
+
+
+def check_flash_rule(q, k, v, dout, **kw):
+    """Fused error vs the float64 reference <= 2x the error of the reference run in the inputs'
+    own precision (plus a tiny absolute slack for errors at rounding level)."""
+    exact = run(ref, *(t.double() for t in (q, k, v, dout)), **kw)
+    same = run(ref, q, k, v, dout, **kw)
+    got = run(fused, q, k, v, dout, **kw)
+    for name, e, s, f in zip(("out", "dq", "dk", "dv"), exact, same, got):
+        assert f.dtype == q.dtype and f.shape == e.shape, name
+        assert torch.isfinite(f).all(), f"{name} has non-finite values"
+        err_fused = (f.double() - e).abs().max().item()
+        err_ref = (s.double() - e).abs().max().item()
+        slack = 1e-6 if q.dtype != torch.float64 else 1e-12
+        assert err_fused <= 2 * err_ref + slack, f"{name}: fused err {err_fused} > 2 x ref err {err_ref}"
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 128, 128, 64), (1, 4, 2, 77, 200, 32), (2, 2, 1, 64, 64, 128)])
+def test_flash_rule(device, dtype, causal, shape):
+    need_fused("attention", device)
+    q, k, v, dout = make(*shape, dtype, device)
+    check_flash_rule(q, k, v, dout, causal=causal)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+def test_flash_rule_padding_and_gqa(device, dtype):
+    need_fused("attention", device)
+    q, k, v, dout = make(3, 6, 2, 50, 90, 64, dtype, device)
+    mask = torch.rand(3, 90, generator=torch.Generator().manual_seed(1)) < 0.4
+    check_flash_rule(q, k, v, dout, causal=True, key_padding_mask=mask.to(device))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("S", [1, 17, 1000])
+@pytest.mark.parametrize("D", [16, 40, 80, 256])
+def test_odd_sizes(device, S, D):
+    need_fused("attention", device)
+    if S == 1000 and D == 256:
+        pytest.skip("covered by the smaller head dims; slow reference")
+    q, k, v, dout = make(1, 2, 1, S, S, D, torch.float32, device)
+    check_flash_rule(q, k, v, dout, causal=True)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_gradcheck_fp64(device, causal, gqa):
+    need_fused("attention", device)
+    q, k, v, _ = make(1, 2, 1 if gqa else 2, 5, 7, 16, torch.float64, device)
+    mask = torch.tensor([[False, True, False, False, False, False, True]], device=device)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    torch.autograd.gradcheck(
+        lambda q, k, v: fused(q, k, v, causal=causal, key_padding_mask=mask), (q, k, v))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("Sq,Sk", [(5, 12), (12, 5), (1, 30), (64, 130)])
+def test_causal_bottom_right(device, Sq, Sk):
+    """Query i sees keys j <= i + S_k - S_q; rows with none (S_q > S_k) are zeros, zero grad."""
+    need_fused("attention", device)
+    q, k, v, dout = make(2, 2, 2, Sq, Sk, 32, torch.float64, device)
+    got = run(fused, q, k, v, dout, causal=True)
+    want = run(ref, q, k, v, dout, causal=True)
+    for f, r in zip(got, want):
+        torch.testing.assert_close(f, r)
+    # The reference itself against an explicit mask through SDPA.
+    allowed = torch.arange(Sk)[None, :] <= torch.arange(Sq)[:, None] + (Sk - Sq)
+    rows = allowed.any(-1)
+    sdpa = F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=allowed[rows].to(device))
+    torch.testing.assert_close(got[0][:, :, rows], sdpa)
+    assert (got[0][:, :, ~rows] == 0).all() and (got[1][:, :, ~rows] == 0).all()
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fully_masked_rows(device, dtype):
+    need_fused("attention", device)
+    q, k, v, dout = make(3, 2, 2, 20, 20, 64, dtype, device)
+    mask = torch.zeros(3, 20, dtype=torch.bool)
+    mask[0] = True          # batch 0: every key padded
+    mask[1, :10] = True     # batch 1, causal: queries 0..9 see no key
+    mask = mask.to(device)
+    out, dq, dk, dv = run(fused, q, k, v, dout, causal=True, key_padding_mask=mask)
+    for t in (out, dq, dk, dv):
+        assert torch.isfinite(t).all()
+    assert (out[0] == 0).all() and (dq[0] == 0).all() and (dk[0] == 0).all() and (dv[0] == 0).all()
+    assert (out[1, :, :10] == 0).all() and (dq[1, :, :10] == 0).all()
+    assert (dk[1, :, :10] == 0).all() and (dv[1, :, :10] == 0).all()
+    want = run(ref, *(t.double() for t in (q, k, v, dout)), causal=True, key_padding_mask=mask)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    for f, r in zip((out, dq, dk, dv), want):
+        torch.testing.assert_close(f.double(), r, atol=tol, rtol=tol)
+    _, lse = torch.ops.gencore.attention(q, k, v, mask, True, 0.125)
+    assert torch.isneginf(lse[0]).all() and torch.isneginf(lse[1, :, :10]).all()
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_lse(device):
+    need_fused("attention", device)
+    q, k, v, _ = make(2, 4, 2, 33, 47, 40, torch.float32, device)
+    mask = (torch.arange(47) >= 40).expand(2, 47).to(device)
+    out, lse = torch.ops.gencore.attention(q, k, v, mask, True, 0.3)
+    r_out, r_lse = attention_reference(q.double(), k.double(), v.double(), True, mask, 0.3)
+    torch.testing.assert_close(lse.double(), r_lse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), r_out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_contiguous_fused_qkv(device, dtype):
+    """q, k, v as views of one fused projection (B, S, 3, H, D) -> (B, H, S, D) strides."""
+    need_fused("attention", device)
+    B, S, H, D = 2, 37, 4, 48
+    qkv = torch.randn(B, S, 3, H, D, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    assert not q.is_contiguous()
+    dout = torch.randn(B, S, H, D, generator=torch.Generator().manual_seed(4)).to(device, dtype).transpose(1, 2)
+    got = run(fused, q, k, v, dout, causal=True)
+    want = run(fused, *(t.contiguous() for t in (q, k, v, dout)), causal=True)
+    for f, w in zip(got, want):
+        torch.testing.assert_close(f, w, atol=0, rtol=0)
+    check_flash_rule(q, k, v, dout, causal=True)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_scale_and_sdpa(device):
+    need_fused("attention", device)
+    q, k, v, _ = make(2, 3, 3, 40, 40, 64, torch.float32, device)
+    for causal in (False, True):
+        for scale in (None, 0.05):
+            got = fused(q, k, v, causal=causal, scale=scale)
+            want = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_opcheck(device):
+    need_fused("attention", device)
+    q, k, v, _ = make(2, 4, 2, 9, 13, 32, torch.float32, device)
+    mask = torch.zeros(2, 13, dtype=torch.bool, device=device)
+    mask[1, 3] = True
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    for m, causal in ((None, False), (mask, True)):
+        torch.library.opcheck(torch.ops.gencore.attention.default, (q, k, v, m, causal, 0.2))
+    out, lse = torch.ops.gencore.attention(q, k, v, mask, True, 0.2)
+    args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse, mask, True, 0.2)
+    torch.library.opcheck(torch.ops.gencore.attention_backward.default, args)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_compile_fullgraph(device):
+    need_fused("attention", device)
+    q, k, v, dout = make(2, 4, 2, 24, 24, 32, torch.float32, device)
+    mask = torch.zeros(2, 24, dtype=torch.bool, device=device)
+    mask[0, -5:] = True
+
+    def f(q, k, v):
+        return attention(q, k, v, causal=True, key_padding_mask=mask, impl="fused") * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = run(lambda q, k, v: compiled(q, k, v), q, k, v, dout)
+    want = run(f, q, k, v, dout)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_reference_matches_sdpa():
+    q, k, v, _ = make(2, 4, 2, 30, 30, 16, torch.float64, "cpu")
+    mask = torch.zeros(2, 30, dtype=torch.bool)
+    mask[1, 20:] = True
+    got = ref(q, k, v, causal=True, key_padding_mask=mask)
+    allowed = torch.ones(30, 30, dtype=torch.bool).tril() & ~mask[:, None, None, :]
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+    torch.testing.assert_close(got, want)
+
+
+def test_reference_fallback_impl():
+    q, k, v, _ = make(1, 2, 2, 8, 8, 16, torch.float32, "cpu")
+    torch.testing.assert_close(attention(q, k, v, impl="reference"), ref(q, k, v))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_bad_input(device):
+    q, k, v, _ = make(2, 4, 2, 8, 8, 16, torch.float32, device)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        attention(q, k[:1], v[:1])
+    with pytest.raises(ValueError, match="head dims differ"):
+        attention(q, k[..., :8], v[..., :8])
+    with pytest.raises(ValueError, match="multiple of k/v heads"):
+        attention(q, k[:, :1].expand(2, 3, 8, 16), v[:, :1].expand(2, 3, 8, 16))
+    with pytest.raises(ValueError, match="same heads and length"):
+        attention(q, k, v[:, :, :5])
+    with pytest.raises(ValueError, match="4-d"):
+        attention(q[0], k[0], v[0])
+    with pytest.raises(TypeError, match="bool"):
+        attention(q, k, v, key_padding_mask=torch.zeros(2, 8, device=device))
+    with pytest.raises(ValueError, match=r"shape \(batch, S_k\)"):
+        attention(q, k, v, key_padding_mask=torch.zeros(2, 7, dtype=torch.bool, device=device))
+    with pytest.raises(TypeError, match="same dtype|one dtype"):
+        attention(q, k.double(), v)
+    with pytest.raises(TypeError, match="float32, float64"):
+        attention(q.int(), k.int(), v.int())
+
+
+def test_bad_input_reaches_kernel_checks():
+    """The compiled op checks its inputs too (callers of torch.ops.gencore.attention)."""
+    need_fused("attention", "cpu")
+    q, k, v, _ = make(2, 4, 3, 8, 8, 16, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="multiple of k/v heads"):
+        torch.ops.gencore.attention(q, k, v, None, False, 1.0)
+    with pytest.raises(RuntimeError, match="key_padding_mask must be bool"):
+        torch.ops.gencore.attention(q, k[:, :2], v[:, :2], torch.zeros(2, 8), False, 1.0)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_backward_few_kv_heads_any_threads(device, threads):
+    """Batch x kv heads below the thread count: the CPU backward splits the keys into chunks and
+    adds their dQ partial sums; results must not depend on the thread count."""
+    need_fused("attention", device)
+    q, k, v, dout = make(1, 4, 1, 300, 300, 64, torch.float32, device)
+    mask = torch.zeros(1, 300, dtype=torch.bool, device=device)
+    mask[0, 100:130] = True
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_flash_rule(q, k, v, dout, causal=True, key_padding_mask=mask)
+    finally:
+        torch.set_num_threads(old)

@@ -1,0 +1,122 @@
+"""gencore.nn.MultiHeadAttention: against a plain SDPA composition, GQA, rotary, KV cache."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gencore.nn import KVCache, MultiHeadAttention
+
+from _helpers import ALL_DEVICES, need_fused
+
+
+def sdpa_mha(m, x, key_padding_mask=None, causal=True):
+    """The same computation through F.scaled_dot_product_attention (no rotary)."""
+    B, S, _ = x.shape
+    H, Hkv, D = m.n_heads, m.n_kv_heads, m.head_dim
+    q, k, v = m.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+    q = q.view(B, S, H, D).transpose(1, 2)
+    k = k.view(B, S, Hkv, D).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+    v = v.view(B, S, Hkv, D).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+    allowed = torch.ones(S, S, dtype=torch.bool, device=x.device)
+    if causal:
+        allowed = allowed.tril()
+    allowed = allowed.expand(B, 1, S, S)
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask[:, None, None, :]
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return m.out(y.transpose(1, 2).reshape(B, S, H * D))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("causal", [True, False])
+def test_matches_sdpa(device, n_kv_heads, causal):
+    need_fused("attention", device)
+    torch.manual_seed(0)
+    m = MultiHeadAttention(64, 4, n_kv_heads=n_kv_heads, bias=True).to(device)
+    x = torch.randn(2, 19, 64, device=device)
+    mask = torch.zeros(2, 19, dtype=torch.bool, device=device)
+    mask[1, 15:] = True
+    got = m(x, key_padding_mask=mask, causal=causal)
+    want = sdpa_mha(m, x, mask, causal)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1, :15], want[1, :15], atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("rotary", [False, True])
+def test_kv_cache_decoding_matches_full(device, rotary):
+    need_fused("attention", device)
+    torch.manual_seed(1)
+    m = MultiHeadAttention(48, 6, n_kv_heads=3, rotary=rotary).to(device).eval()
+    x = torch.randn(2, 13, 48, device=device)
+    full = m(x)
+    cache = KVCache()
+    parts = [m(x[:, :5], cache=cache)]
+    for t in range(5, 13):
+        parts.append(m(x[:, t:t + 1], cache=cache))
+    assert cache.length == 13 and cache.k.shape == (2, 3, 13, 8)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_kv_cache_keeps_padding(device):
+    need_fused("attention", device)
+    torch.manual_seed(2)
+    m = MultiHeadAttention(32, 4, rotary=True).to(device).eval()
+    x = torch.randn(2, 9, 32, device=device)
+    mask = torch.zeros(2, 9, dtype=torch.bool, device=device)
+    mask[0, :3] = True  # left padding on the first sequence
+    full = m(x, key_padding_mask=mask)
+    cache = KVCache()
+    parts = [m(x[:, :4], key_padding_mask=mask[:, :4], cache=cache)]
+    for t in range(4, 9):
+        parts.append(m(x[:, t:t + 1], cache=cache))
+    got = torch.cat(parts, dim=1)
+    torch.testing.assert_close(got[:, 3:], full[:, 3:], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(got).all()
+
+
+def test_rotary_is_relative():
+    """RoPE scores depend on relative positions only."""
+    from gencore.nn import RotaryEmbedding
+    rope = RotaryEmbedding(16)
+    q = torch.randn(1, 1, 1, 16).double()
+    k = torch.randn(1, 1, 1, 16).double()
+    rope = rope.double()
+    s1 = (rope(q, 5) * rope(k, 2)).sum()
+    s2 = (rope(q, 13) * rope(k, 10)).sum()
+    torch.testing.assert_close(s1, s2)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        MultiHeadAttention(30, 4)
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        MultiHeadAttention(32, 4, n_kv_heads=3)
+    m = MultiHeadAttention(32, 4)
+    with pytest.raises(ValueError, match="batch, seq"):
+        m(torch.randn(2, 5, 16))
+
+
+def test_dropout_only_in_training():
+    m = MultiHeadAttention(32, 4, dropout=0.5)
+    x = torch.randn(2, 5, 32)
+    m.eval()
+    torch.testing.assert_close(m(x), m(x))
+    m.train()
+    assert not torch.equal(m(x), m(x))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_compile_fullgraph(device):
+    need_fused("attention", device)
+    torch.manual_seed(3)
+    m = MultiHeadAttention(64, 4, n_kv_heads=2, rotary=True).to(device)
+    x = torch.randn(2, 7, 64, device=device)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    torch.testing.assert_close(y, m(x))
+    y.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._atomic import atomic_torch_save
 from .frechet import frechet_distance, kid
 
 __all__ = ["DigitClassifier", "feature_net", "digit_features", "image_metrics", "default_cache_dir"]
@@ -86,21 +86,6 @@ def _train(data) -> DigitClassifier:
     return net.eval()
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 _NETS: Dict[str, DigitClassifier] = {}
 
 
@@ -125,7 +110,7 @@ def feature_net(cache_dir: Optional[Union[str, Path]] = None) -> DigitClassifier
         net = _train(data)
         with torch.no_grad():
             acc = float((net(data.val).argmax(1) == data.val_labels).float().mean())
-        _atomic_save({"model": net.state_dict(), "recipe": dict(RECIPE), "val_accuracy": acc}, path)
+        atomic_torch_save({"model": net.state_dict(), "recipe": dict(RECIPE), "val_accuracy": acc}, path)
     net.eval().requires_grad_(False)
     _NETS[key] = net
     return net

@@ -17,13 +17,14 @@ import os
 import random
 import re
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_torch_save
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CheckpointManager",
            "capture_rng_state", "restore_rng_state", "FORMAT"]
@@ -73,39 +74,12 @@ def _digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return  # e.g. platforms without directory fds
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> Path:
     """Writes `state` (tensors and plain types only) atomically to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "digest": _digest(state), "state": state}
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:

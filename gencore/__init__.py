@@ -1,7 +1,7 @@
 """gencore: fused PyTorch ops for generative models, the models, and a trainer.
 
-`import gencore` loads the ops and the nn modules; the upper layers (data, metrics, train) load on
-first use, so a user of the ops alone never imports them.
+`import gencore` loads the ops and the nn modules; the upper layers (models, data, train, metrics,
+recipes) load on first use, so a user of the ops alone never imports them.
 """
 import importlib
 
@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from . import nn, ops  # noqa: E402,F401
 
-_LAZY = ("data", "metrics", "train")
+_LAZY = ("models", "data", "train", "metrics", "recipes")
 __all__ = ["nn", "ops", *_LAZY, "__version__"]
 
 

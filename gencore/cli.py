@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -43,55 +44,84 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _time(fn, repeat: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _overrides(pairs) -> dict:
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from .recipes import train_recipe
+    overrides = _overrides(args.set)
+    if args.steps is not None:
+        overrides["steps"] = str(args.steps)
+    out = args.out or os.path.join("runs", args.recipe)
+    res = train_recipe(args.recipe, overrides, out_dir=out, device=args.device,
+                       resume=args.resume, progress=args.progress)
+    if res:
+        _print_results(res, out)
+    return 0
+
+
+def _print_results(res: dict, out) -> None:
+    print(f"{res['recipe']}: {res['steps']} steps in {res['train_seconds']:.0f} s")
+    m = res["metrics"]
+    for k, v in m.items():
+        if not k.endswith("_floor") and not k.endswith("_std"):
+            std = f" ± {m[k + '_std']:.4f}" if k + "_std" in m else ""
+            floor = m.get(f"{k}_floor")
+            print(f"  {k:<14} {v:10.4f}{std}" + (f"   (floor {floor:.4f})" if floor is not None else ""))
+    print(f"  samples: {Path(out) / res['samples']}")
+
+
+def cmd_sample(args) -> int:
+    from .recipes import load_run, save_samples
+    _, _, trainer = load_run(args.run_dir, device=args.device)
+    with trainer.eval_mode():
+        samples = trainer.task.generate(args.n, args.prompt, seed=args.seed)
+    if isinstance(samples, str):
+        if args.out:
+            print(save_samples(samples, Path(args.out).with_suffix("")))
+        else:
+            print(samples)
+        return 0
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"sample-seed{args.seed}.png"
+    print(save_samples(samples, out.with_suffix("")))
+    return 0
 
 
 def cmd_demo(args) -> int:
-    """A short demonstration of the fused Gumbel-softmax op."""
-    from .ops import gumbel_softmax
-    import torch.nn.functional as F
+    """Short runs of every recipe on the embedded data, then one report.html."""
+    import shutil
+    from .recipes import RUN_FILE, recipe_names, train_recipe
+    from .report import write_report
 
-    torch.manual_seed(0)
-    print("gencore demo: Gumbel-softmax sampling with the fused kernel\n")
-    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    n = 100_000
-    counts = gumbel_softmax(logits.expand(n, -1), hard=True).sum(0)
-    print("1) hard samples follow softmax(logits): the Gumbel-max trick")
-    print("   category         " + "".join(f"{i:>9}" for i in range(4)))
-    print("   softmax          " + "".join(f"{p:>9.4f}" for p in torch.softmax(logits, 0).tolist()))
-    print(f"   freq, {n // 1000}k draws" + "".join(f"{c / n:>9.4f}" for c in counts.tolist()))
-    print("\n2) the temperature sharpens the soft samples (mean max probability over 10k draws)")
-    for tau in (5.0, 1.0, 0.5, 0.1):
-        y = gumbel_softmax(logits.expand(10_000, -1), tau=tau)
-        print(f"   tau={tau:<4} mean max = {y.max(-1).values.mean():.3f}")
-    print("\n3) same seed, same samples; a generator of your own works too")
-    g = torch.Generator().manual_seed(42)
-    a = gumbel_softmax(logits, hard=True, generator=g)
-    b = gumbel_softmax(logits, hard=True, generator=torch.Generator().manual_seed(42))
-    print(f"   {a.tolist()} == {b.tolist()}: {torch.equal(a, b)}")
-    x = torch.randn(1280, 5000, requires_grad=True)
-    print("\n4) speed, forward + backward over a (1280, 5000) float32 tensor "
-          f"(RelGAN batch x vocab), {torch.get_num_threads()} threads:")
-
-    def run(fn):
-        def step():
-            y = fn(x)
-            y.backward(torch.ones_like(y))
-        return _time(step, 3)
-
-    fused = run(lambda t: gumbel_softmax(t))
-    builtin = run(lambda t: F.gumbel_softmax(t))
-    print(f"   gencore fused {fused * 1e3:7.1f} ms   F.gumbel_softmax {builtin * 1e3:7.1f} ms   "
-          f"-> {builtin / fused:.1f}x faster")
-    if not _backend.has_kernel("gumbel_softmax", "cpu"):
-        print(f"   (the compiled core is not in use: {_backend.reason()})")
+    names = args.only or recipe_names()
+    for n in names:  # fail before any training on a typo
+        if n not in recipe_names():
+            raise ValueError(f"unknown recipe {n!r}; valid recipes: {', '.join(recipe_names())}")
+    root = Path(args.out)
+    t0 = time.time()
+    runs = []
+    print(f"gencore demo: {len(names)} short runs ({', '.join(names)}) on {args.device}, "
+          f"{torch.get_num_threads()} threads; output in {root}")
+    for i, name in enumerate(names, 1):
+        out = root / name
+        if (out / RUN_FILE).is_file():  # an earlier demo's run: the demo starts fresh
+            shutil.rmtree(out)
+        print(f"\n[{i}/{len(names)}] {name}")
+        overrides = {"steps": str(args.steps)} if args.steps is not None else {}
+        res = train_recipe(name, overrides, out_dir=out, device=args.device, demo=True,
+                           progress=args.progress)
+        _print_results(res, out)
+        runs.append(out)
+    report = write_report(runs, root / "report.html", title="gencore demo",
+                          note=f"{len(names)} recipes trained in {time.time() - t0:.0f} s in total.")
+    print(f"\ndemo done in {time.time() - t0:.0f} s; report: {report.resolve()}")
     return 0
 
 
@@ -112,18 +142,65 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="gencore", description="gencore: fused ops for generative models")
+    ap = argparse.ArgumentParser(prog="gencore", description="gencore: train generative models fast")
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, devices, and which fused kernels are built").set_defaults(fn=cmd_info)
-    sub.add_parser("demo", help="a short demonstration").set_defaults(fn=cmd_demo)
+    progress = dict(default="auto", choices=["auto", "bar", "lines", "none"],
+                    help="progress display (auto: a bar on a terminal, log lines otherwise)")
+
+    t = sub.add_parser("train", help="train a recipe (run `gencore train --help` for the list)",
+                       epilog=_recipes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("recipe", help="recipe name")
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    t.add_argument("--out", default=None, help="run directory (default runs/RECIPE)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
+    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override recipe settings")
+    t.add_argument("--progress", **progress)
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="sample from a trained run")
+    s.add_argument("run_dir", help="a run directory written by `gencore train`")
+    s.add_argument("--n", type=int, default=16, help="number of samples")
+    s.add_argument("--prompt", default=None, help="text prompt (text recipes)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", default=None, help="file to write (images: default RUN_DIR/samples/)")
+    s.set_defaults(fn=cmd_sample)
+
+    d = sub.add_parser("demo", help="train every recipe briefly and write report.html (~10 min)")
+    d.add_argument("--out", default=os.path.join("out", "demo"), help="output folder")
+    d.add_argument("--only", nargs="+", default=None, metavar="RECIPE", help="run these recipes only")
+    d.add_argument("--steps", type=int, default=None, help="steps per recipe (default: each demo's)")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--progress", **progress)
+    d.set_defaults(fn=cmd_demo)
+
     b = sub.add_parser("bench", help="run the benchmarks and print ratio tables")
     b.add_argument("-k", default=None, help="pytest -k expression selecting benchmarks")
     b.add_argument("--json", default="benchmark.json", help="where to write pytest-benchmark's JSON")
     b.add_argument("--markdown", action="store_true", help="print Markdown tables")
     b.set_defaults(fn=cmd_bench)
+    sub.add_parser("info", help="versions, devices, and which fused kernels are built").set_defaults(fn=cmd_info)
     return ap
+
+
+def _recipes_epilog() -> str:
+    from .recipes import get_recipe, recipe_names
+    lines = ["recipes:"]
+    for n in recipe_names():
+        r = get_recipe(n)
+        lines.append(f"  {n:<16} {r.summary}")
+        lines.append(textwrap.fill("settings: " + ", ".join(f"{k}={v}" for k, v in r.defaults.items()),
+                                   width=100, initial_indent=" " * 19, subsequent_indent=" " * 21))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except ValueError as exc:  # user errors (recipe, setting, run directory): say what, no trace
+        if os.environ.get("GENCORE_DEBUG"):
+            raise
+        print(f"gencore {args.command}: error: {exc}", file=sys.stderr)
+        return 2

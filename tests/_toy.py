@@ -127,3 +127,40 @@ def lm_setup(batch: int = 8, block: int = 32, seed: int = 0):
     torch.manual_seed(seed)
     task = CharLMTask(tok.vocab_size, tok)
     return task, LMBatches(train, block, batch, seed=seed), LMEvalBatches(val, block, batch, max_batches=4)
+
+
+class ToyRecipeTask(CharLMTask):
+    """CharLMTask with the two methods recipes add (evaluate, generate)."""
+
+    def __init__(self, vocab, tokenizer, lr, val):
+        super().__init__(vocab, tokenizer, lr)
+        self.val = val
+
+    def evaluate(self):
+        model = self.inference_module("model")
+        x, y = self.val[:-1].unsqueeze(0), self.val[1:].unsqueeze(0)
+        nll = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten()).item()
+        return {"val_nll": nll, "val_nll_floor": 1.0}
+
+    def generate(self, n, prompt=None, seed=None):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if seed is None else seed)
+            return "\n\n".join(self.sample(0) for _ in range(n))
+
+
+def toy_recipe():
+    """A recipe around CharLMTask, for the command-line tests (seconds to train)."""
+    from gencore.recipes import Recipe, RunPlan
+
+    def build(cfg, device):
+        tok, train, val = text_data()
+        task = ToyRecipeTask(tok.vocab_size, tok, cfg["lr"], val[:2000])
+        return RunPlan(task, LMBatches(train, cfg["block"], cfg["batch_size"], seed=cfg["seed"]),
+                       LMEvalBatches(val, cfg["block"], cfg["batch_size"], max_batches=2),
+                       trainer={"val_every": 5, "sample_every": 5, "ckpt_every": 5, "log_every": 2,
+                                "warmup_steps": 2})
+
+    return Recipe(name="toy-char", summary="next-character MLP on English text (tests)",
+                  defaults={"steps": 10, "seed": 0, "batch_size": 8, "lr": 3e-3, "block": 16,
+                            "mode": "a"},
+                  choices={"mode": ("a", "b")}, demo={"steps": 6}, build=build)

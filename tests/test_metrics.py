@@ -79,7 +79,8 @@ def test_kid_sanity():
 
 def test_digit_feature_net_cached_and_image_metrics(tmp_path):
     t = torch.get_num_threads()
-    net = metrics.feature_net(tmp_path)
+    with torch.no_grad():  # first use inside an evaluation loop: it must still train
+        net = metrics.feature_net(tmp_path)
     files = list(tmp_path.glob("digit-features-*.pt"))
     assert len(files) == 1
     saved = torch.load(files[0], weights_only=True)

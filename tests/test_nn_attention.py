@@ -120,3 +120,42 @@ def test_compile_fullgraph(device):
     torch.testing.assert_close(y, m(x))
     y.sum().backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_sdpa_impl_matches_fused(device, n_kv_heads, causal, padded):
+    """impl="sdpa" (PyTorch's built-in) computes what the fused op does: outputs and gradients,
+    with GQA, rotary, key padding (a fully padded row gives zeros) and the KV cache."""
+    need_fused("attention", device)
+    torch.manual_seed(4)
+    fused = MultiHeadAttention(64, 4, n_kv_heads=n_kv_heads, rotary=True, bias=True, impl="fused").to(device)
+    sdpa = MultiHeadAttention(64, 4, n_kv_heads=n_kv_heads, rotary=True, bias=True, impl="sdpa").to(device)
+    sdpa.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 11, 64, device=device)
+    mask = None
+    if padded:
+        mask = torch.zeros(3, 11, dtype=torch.bool, device=device)
+        mask[1, 7:] = True
+        mask[2] = True  # every key of this sequence is padding: its rows must be zeros
+    ys = [m(x, key_padding_mask=mask, causal=causal) for m in (fused, sdpa)]
+    torch.testing.assert_close(ys[1], ys[0], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(ys[1]).all()
+    for y in ys:
+        (y * torch.linspace(-1, 1, 64, device=device)).sum().backward()
+    for (name, pf), ps in zip(fused.named_parameters(), sdpa.parameters()):
+        torch.testing.assert_close(ps.grad, pf.grad, atol=1e-4, rtol=1e-4, msg=name)
+    with torch.no_grad():  # incremental decoding: a prefix, a chunk (bottom-right mask), singles
+        caches = [KVCache(), KVCache()]
+        outs = [[m(x[:, :4], cache=c)] for m, c in zip((fused, sdpa), caches)]
+        for lo, hi in [(4, 7)] + [(t, t + 1) for t in range(7, 11)]:
+            for o, m, c in zip(outs, (fused, sdpa), caches):
+                o.append(m(x[:, lo:hi], cache=c))
+        torch.testing.assert_close(torch.cat(outs[1], 1), torch.cat(outs[0], 1), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_impl():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        MultiHeadAttention(32, 4, impl="flash")

@@ -69,7 +69,8 @@ def _train(data) -> DigitClassifier:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # summation order fixed: same weights on any machine's thread count
     try:
-        with torch.random.fork_rng(devices=[]):
+        # enable_grad: the first call may come from inside no_grad (an evaluation loop)
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(RECIPE["seed"])
             net = DigitClassifier(RECIPE["width"], RECIPE["feat"])
             opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"])

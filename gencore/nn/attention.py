@@ -12,15 +12,21 @@ Incremental decoding with a KV cache (one cache object per layer, updated in pla
 With a cache the causal mask is aligned bottom-right (gencore.ops.attention's convention), so new
 queries see all cached keys plus the new keys up to their own position, and rotary positions
 continue from `cache.length`.
+
+`impl="sdpa"` runs the same attention through PyTorch's `F.scaled_dot_product_attention` (same
+masks, GQA and fully-masked-row semantics): the "built-in ops" baseline of the benchmarks.
 """
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops.attention import attention
+
+IMPLS = ("auto", "fused", "reference", "sdpa")
 
 
 class KVCache:
@@ -101,6 +107,33 @@ class RotaryEmbedding(nn.Module):
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                   key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """gencore.ops.attention's semantics on `F.scaled_dot_product_attention`: bottom-right causal
+    mask, GQA (k/v with fewer heads), bool key padding mask (True = ignore), zeros for rows that
+    see no key."""
+    H, Hkv = q.shape[1], k.shape[1]
+    if Hkv != H:  # expand, not enable_gqa: every SDPA backend takes equal head counts
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    Sq, Sk = q.shape[2], k.shape[2]
+    if key_padding_mask is None and (not causal or Sq == 1):
+        return F.scaled_dot_product_attention(q, k, v)  # nothing masked (one query sees all keys)
+    if key_padding_mask is None and Sq == Sk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # top-left == bottom-right
+    visible = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device)
+    if causal:
+        visible = visible.tril(Sk - Sq)
+    visible = visible.expand(q.shape[0], 1, Sq, Sk)
+    if key_padding_mask is not None:
+        visible = visible & ~key_padding_mask[:, None, None, :]
+    # A row with no visible key would give NaN: let it see everything, then zero its output
+    # (with `where`, so its gradient is zero too).
+    seen = visible.any(dim=-1, keepdim=True)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen)
+    return torch.where(seen, y, torch.zeros_like(y))
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention: fused QKV projection, gencore.ops.attention, output projection, dropout.
 
@@ -113,7 +146,8 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout probability on the output (after the projection). There is no dropout on
             the attention probabilities (the fused op has none).
         bias: biases in the projections.
-        impl: passed to gencore.ops.attention ("auto", "fused", "reference").
+        impl: passed to gencore.ops.attention ("auto", "fused", "reference"), or "sdpa" for
+            PyTorch's `F.scaled_dot_product_attention` with the same semantics.
     """
 
     def __init__(self, embed_dim: int, n_heads: int, n_kv_heads: Optional[int] = None,
@@ -125,6 +159,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"MultiHeadAttention: embed_dim {embed_dim} is not a multiple of n_heads {n_heads}")
         if n_kv_heads <= 0 or n_heads % n_kv_heads:
             raise ValueError(f"MultiHeadAttention: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+        if impl not in IMPLS:
+            raise ValueError(f"MultiHeadAttention: impl must be one of {list(IMPLS)}, got {impl!r}")
         self.embed_dim, self.n_heads, self.n_kv_heads = embed_dim, n_heads, n_kv_heads
         self.head_dim = embed_dim // n_heads
         self.impl = impl
@@ -159,6 +195,9 @@ class MultiHeadAttention(nn.Module):
         mask = key_padding_mask
         if cache is not None:
             k, v, mask = cache.append(k, v, key_padding_mask)
-        y = attention(q, k, v, causal=causal, key_padding_mask=mask, impl=self.impl)
+        if self.impl == "sdpa":
+            y = sdpa_attention(q, k, v, causal=causal, key_padding_mask=mask)
+        else:
+            y = attention(q, k, v, causal=causal, key_padding_mask=mask, impl=self.impl)
         y = y.transpose(1, 2).reshape(B, S, H * D)
         return self.dropout(self.out(y))

@@ -60,6 +60,22 @@ class Task:
         `torch.no_grad()` in eval mode, with the training RNG streams left untouched."""
         return None
 
+    def inference_module(self, name: str) -> nn.Module:
+        """The module to evaluate and sample with: the trainer's EMA copy of `name` when it keeps
+        one, else the trained module itself."""
+        ema = getattr(self.trainer, "ema", None) or {}
+        return ema[name].module if name in ema else self.modules()[name]
+
+    def evaluate(self) -> Dict[str, float]:
+        """Final metrics on held-out data (recipes; see gencore.recipes.base)."""
+        raise NotImplementedError
+
+    def generate(self, n: int, prompt: Optional[str] = None,
+                 seed: Optional[int] = None) -> Union[str, torch.Tensor]:
+        """n samples to show (text, or images (n, C, H, W) in [0, 1]) drawn with a local
+        generator seeded by `seed` (recipes)."""
+        raise NotImplementedError
+
     def state_dict(self) -> Dict[str, Any]:
         """Extra state to resume exactly (e.g. a temperature schedule's position): tensors and
         plain types only. Modules, optimizers, schedulers and EMA are saved by the Trainer."""

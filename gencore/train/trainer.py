@@ -414,7 +414,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval / samples
     @contextlib.contextmanager
-    def _eval_mode(self):
+    def eval_mode(self):
         """Eval mode, no grad, and the training RNG streams left exactly as they were (so
         validating or sampling more or less often does not change training)."""
         rng = capture_rng_state()
@@ -435,7 +435,7 @@ class Trainer:
             return {}
         sums: Dict[str, float] = {}
         n = 0
-        with self._eval_mode(), self._autocast():
+        with self.eval_mode(), self._autocast():
             for batch in self.val_data:
                 out = self.task.validation_step(to_device(batch, self.device))
                 for k, v in out.items():
@@ -455,7 +455,7 @@ class Trainer:
         self.setup()
         if not self.is_main:
             return []
-        with self._eval_mode():
+        with self.eval_mode():
             out = self.task.sample(self.step)
         if out is None:
             return []
@@ -506,8 +506,10 @@ class Trainer:
         summary: step, last train metrics, last validation metrics, seconds."""
         self.setup()
         cfg = self.config
+        # Sums and counts per key: a number logged on only some steps (say an R1 penalty every
+        # 4th step) is averaged over the steps that logged it.
         pending: Dict[str, float] = {}
-        pending_n = 0
+        pending_n: Dict[str, int] = {}
         last_train: Dict[str, float] = {}
         last_val: Dict[str, float] = {}
         t0, steps_done = time.time(), 0
@@ -539,18 +541,18 @@ class Trainer:
             if metrics is not None:
                 for k, v in metrics.items():
                     pending[k] = pending.get(k, 0.0) + v
-                pending_n += 1
+                    pending_n[k] = pending_n.get(k, 0) + 1
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                if pending_n:
+                if pending:
                     keys = sorted(pending)
                     t = dist_utils.all_reduce_sum(torch.tensor(
-                        [pending[k] / pending_n for k in keys], dtype=torch.float64,
+                        [pending[k] / pending_n[k] for k in keys], dtype=torch.float64,
                         device=self.device)) / self.world_size
                     last_train = {k: float(t[i]) for i, k in enumerate(keys)}
                     lrs = {f"lr_{n}" if len(self.optimizers) > 1 else "lr": o.param_groups[0]["lr"]
                            for n, o in self.optimizers.items()}
                     self._record({"event": "train", **last_train, **lrs})
-                pending, pending_n = {}, 0
+                pending, pending_n = {}, {}
             self._progress(last_train, steps_done / max(time.time() - t0, 1e-9))
             if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps):
                 last_val = self.validate()

@@ -1,0 +1,127 @@
+"""GPT benchmarks: a training step per attention implementation, and KV-cache generation.
+
+    python -m pytest benchmarks/bench_gpt.py -p no:randomly --benchmark-only \
+        --benchmark-json /tmp/gpt.json -q
+    python benchmarks/report.py /tmp/gpt.json --markdown
+
+On a machine shared with other jobs, pytest-benchmark's one-case-after-another timing turns load
+changes into ratio errors; `python benchmarks/bench_gpt.py [--rounds N]` times the same cases
+round-robin (one call of each case per round) and prints medians and ratios.
+
+Groups (extra_info "impl"; report.py gives each time as a multiple of the "fused" one):
+- "gpt train step ...": one full training step (forward, cross-entropy, backward, gradient
+  clipping, AdamW step) of the gpt-text model (4 layers, 4 heads, 128 wide, context 64, batch 12,
+  vocabulary 100) with attention impl "fused" (gencore's kernel), "reference" (gencore's PyTorch
+  reference) and "torch" (the same model on `F.scaled_dot_product_attention`, impl="sdpa").
+  Target: fused at least as fast as torch.
+- "gpt generate ...": 256 new tokens after a 16-token prompt (context 512, so no crop), top-k
+  sampling with a seeded generator: "fused" = KV cache + fused attention, "torch" = KV cache +
+  SDPA, "uncached" = fused attention over the whole sequence at every step. Target: uncached
+  at least 5x the fused (cached) time.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pytest
+import torch
+
+from gencore import _backend
+from gencore.models import GPT, GPTConfig
+
+MODEL = dict(vocab_size=100, n_layer=4, n_head=4, n_embd=128)
+TRAIN_IMPLS = {"fused": "fused", "reference": "reference", "torch": "sdpa"}
+GEN_CASES = {"fused": ("fused", True), "torch": ("sdpa", True), "uncached": ("fused", False)}
+TRAIN_GROUP = "gpt train step <L4,H4,E128> T=64 B=12 V=100 fwd+bwd+adamw"
+GEN_GROUP = "gpt generate 256 tokens <L4,H4,E128> prompt 16, B={batch}"
+
+
+def train_step(impl: str):
+    """One training step of the gpt-text model with attention `impl` ("fused", "sdpa", ...)."""
+    torch.manual_seed(0)
+    block, batch = 64, 12
+    model = GPT(GPTConfig(block_size=block, impl=impl, **MODEL))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 100, (batch, block), generator=g)
+    y = torch.randint(0, 100, (batch, block), generator=g)
+
+    def step():
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return step
+
+
+def generation(impl: str, use_cache: bool, batch: int):
+    """256 sampled tokens after a 16-token prompt, context 512."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=512, impl=impl, **MODEL)).eval()
+    prompt = torch.randint(0, 100, (batch, 16), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        model.generate(prompt, 256, top_k=50, use_cache=use_cache,
+                       generator=torch.Generator().manual_seed(2))
+    return run
+
+
+def _need(impl: str) -> None:
+    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
+        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
+
+
+@pytest.mark.parametrize("impl", list(TRAIN_IMPLS))
+def test_gpt_train_step(benchmark, impl):
+    _need(TRAIN_IMPLS[impl])
+    step = train_step(TRAIN_IMPLS[impl])
+    benchmark.group = TRAIN_GROUP
+    benchmark.extra_info["impl"] = impl
+    benchmark.pedantic(step, rounds=30, iterations=1, warmup_rounds=5)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("impl", list(GEN_CASES))
+def test_gpt_generate(benchmark, impl, batch):
+    attn, use_cache = GEN_CASES[impl]
+    _need(attn)
+    run = generation(attn, use_cache, batch)
+    benchmark.group = GEN_GROUP.format(batch=batch)
+    benchmark.extra_info["impl"] = impl
+    benchmark.pedantic(run, rounds=3 if use_cache else 2, iterations=1, warmup_rounds=1)
+
+
+def _round_robin(cases: dict, rounds: int) -> dict:
+    for fn in cases.values():
+        fn()  # warm-up
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="round-robin timing of the GPT benchmark cases")
+    ap.add_argument("--rounds", type=int, default=30, help="rounds of training steps")
+    ap.add_argument("--gen-rounds", type=int, default=3, help="rounds of generation")
+    args = ap.parse_args(argv)
+    print(f"torch threads: {torch.get_num_threads()}")
+    print("| case | impl | median ms | x fused time |\n|---|---|---:|---:|")
+    groups = [(TRAIN_GROUP, {k: train_step(v) for k, v in TRAIN_IMPLS.items()}, args.rounds)]
+    for batch in (1, 8):
+        groups.append((GEN_GROUP.format(batch=batch),
+                       {k: generation(a, c, batch) for k, (a, c) in GEN_CASES.items()}, args.gen_rounds))
+    for group, cases, rounds in groups:
+        med = _round_robin(cases, rounds)
+        for name, t in med.items():
+            print(f"| {group} | {name} | {t * 1e3:.1f} | {t / med['fused']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

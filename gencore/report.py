@@ -1,0 +1,202 @@
+"""One self-contained HTML page from run directories: loss curves (inline SVG), samples (text,
+PNG grids inlined as base64), final metrics next to their real-data floors. No dependencies, no
+network: the file opens anywhere.
+
+    python -m gencore demo            # writes and prints the path of out/demo/report.html
+    from gencore.report import write_report; write_report(["runs/a", "runs/b"], "report.html")
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["write_report", "render_report", "line_chart", "read_metrics_log"]
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
+Series = Dict[str, List[Tuple[float, float]]]
+
+
+def read_metrics_log(path: Union[str, Path]) -> Tuple[Series, Series]:
+    """(train series, validation series) by metric name from a Trainer's metrics.jsonl."""
+    train: Series = {}
+    val: Series = {}
+    p = Path(path)
+    if not p.is_file():
+        return train, val
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        event, step = rec.get("event"), rec.get("step")
+        if event not in ("train", "val") or step is None:
+            continue
+        for k, v in rec.items():
+            if k in ("event", "step", "time") or k.startswith("lr") or not isinstance(v, (int, float)):
+                continue
+            if math.isfinite(v):
+                (train if event == "train" else val).setdefault(k, []).append((float(step), float(v)))
+    return train, val
+
+
+def _fmt(v: float) -> str:
+    if v == 0 or not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    return f"{v:.3g}" if 1e-3 <= a < 1e4 else f"{v:.2e}"
+
+
+def line_chart(series: Series, title: str = "", width: int = 520, height: int = 220) -> str:
+    """An SVG line chart of several (x, y) series sharing the axes."""
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return ""
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    left, right, top, bottom = 52, 24, 22, 26
+    w, h = width - left - right, height - top - bottom
+
+    def sx(x):
+        return left + (x - x0) / (x1 - x0) * w
+
+    def sy(y):
+        return top + (1 - (y - y0) / (y1 - y0)) * h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#bbb"/>']
+    for frac in (0.0, 0.5, 1.0):
+        y = y0 + frac * (y1 - y0)
+        out.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>')
+        x = x0 + frac * (x1 - x0)  # steps: whole numbers
+        out.append(f'<text x="{sx(x):.1f}" y="{height - 8}" text-anchor="middle">{x:.0f}</text>')
+    legend_x = left + 8
+    for i, (name, s) in enumerate(series.items()):
+        color = _COLORS[i % len(_COLORS)]
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
+        if len(s) == 1:
+            out.append(f'<circle cx="{sx(s[0][0]):.1f}" cy="{sy(s[0][1]):.1f}" r="3" fill="{color}"/>')
+        else:
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
+        out.append(f'<text x="{legend_x}" y="{top + 14 + 13 * i}" fill="{color}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _with_std(metrics: Dict[str, float], k: str) -> str:
+    std = metrics.get(f"{k}_std")
+    return _fmt(metrics[k]) + ("" if std is None else f" ± {_fmt(std)}")
+
+
+def _metrics_table(metrics: Dict[str, float]) -> str:
+    """One row per metric; `m_floor` goes in m's row, `m_std` / `m_floor_std` after a ±."""
+    rows = []
+    for k, v in metrics.items():
+        if k.endswith("_floor") or k.endswith("_std"):
+            continue
+        floor_key = f"{k}_floor"
+        floor = metrics.get(floor_key)
+        ratio = f"{v / floor:.2f}x" if floor not in (None, 0) else ""
+        rows.append(f"<tr><td>{html.escape(k)}</td><td>{_with_std(metrics, k)}</td>"
+                    f"<td>{'' if floor is None else _with_std(metrics, floor_key)}</td>"
+                    f"<td>{ratio}</td></tr>")
+    return ("<table><tr><th>metric</th><th>value</th><th>floor (real data, or H(oracle))</th><th>value / floor</th>"
+            "</tr>" + "".join(rows) + "</table>")
+
+
+def _samples_html(run: Path, rel: Optional[str]) -> str:
+    if not rel or not (run / rel).is_file():
+        return "<p><em>no samples</em></p>"
+    p = run / rel
+    if p.suffix == ".png":
+        data = base64.b64encode(p.read_bytes()).decode()
+        return f'<img alt="samples" src="data:image/png;base64,{data}">'
+    text = p.read_text(errors="replace")
+    if len(text) > 6000:
+        text = text[:6000] + "\n..."
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def _run_section(run: Path) -> Tuple[str, str, str]:
+    """(section id, summary table row, section html) for one run directory."""
+    info = json.loads((run / "run.json").read_text())
+    name = info["recipe"]
+    res_path = run / "results.json"
+    res = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    metrics = res.get("metrics", {})
+    sid = "run-" + "".join(c if c.isalnum() else "-" for c in name)
+    train, val = read_metrics_log(run / "metrics.jsonl")
+    # Losses share a chart; other logged numbers (grad norms, D outputs...) get their own scale.
+    losses = {k: v for k, v in train.items() if "loss" in k}
+    others = {k: v for k, v in train.items() if "loss" not in k}
+    charts = [line_chart(series, title) for series, title in (
+        (losses, "training losses (mean over each logging interval)"),
+        (val, "validation"), (others, "other training numbers")) if series]
+    config = ", ".join(f"{k}={v}" for k, v in info["config"].items())
+    head = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
+                     if not k.endswith("_floor") and not k.endswith("_std"))
+    row = (f'<tr><td><a href="#{sid}">{html.escape(name)}</a></td><td>{res.get("steps", "-")}</td>'
+           f'<td>{res.get("train_seconds", float("nan")):.0f} s</td><td>{html.escape(head)}</td></tr>')
+    body = (f'<section id="{sid}"><h2>{html.escape(name)}</h2>'
+            f'<p class="cfg">{html.escape(config)}</p>'
+            f'<h3>Loss curves</h3><div class="charts">{"".join(charts) or "<em>no log</em>"}</div>'
+            f'<h3>Metrics</h3>{_metrics_table(metrics) if metrics else "<p><em>not evaluated</em></p>"}'
+            f'<h3>Samples</h3>{_samples_html(run, res.get("samples"))}</section>')
+    return sid, row, body
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {dev}; "
+            f"torch {torch.__version__}, python {platform.python_version()}")
+
+
+def render_report(run_dirs: Sequence[Union[str, Path]], title: str = "gencore report",
+                  note: str = "") -> str:
+    sections = [_run_section(Path(r)) for r in run_dirs]
+    from . import _backend
+    fused = "compiled core in use" if _backend.build_info() else f"references only ({_backend.reason()})"
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+           "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+           "text-align:left}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap;font-size:12px}"
+           ".cfg{color:#666;font-size:12px}.charts svg{margin-right:1em}img{image-rendering:pixelated;width:280px}")
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{css}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(time.strftime('%Y-%m-%d %H:%M'))} · "
+            f"{html.escape(_machine())} · {html.escape(fused)}</p>"
+            + (f"<p>{html.escape(note)}</p>" if note else "")
+            + '<section id="summary"><h2>Summary</h2><table><tr><th>recipe</th><th>steps</th>'
+              "<th>training time</th><th>final metrics</th></tr>"
+            + "".join(s[1] for s in sections) + "</table></section>"
+            + "".join(s[2] for s in sections) + "</body></html>\n")
+
+
+def write_report(run_dirs: Sequence[Union[str, Path]], path: Union[str, Path], **kw) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_report(run_dirs, **kw))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,176 @@
+"""TextGANTask: RelGAN on the synthetic oracle: MLE pre-training, then Gumbel-softmax adversarial
+training, with NLL_oracle / NLL_gen / NLL_div as the final metrics.
+
+Steps [0, mle_steps) are MLE steps of the generator on the oracle batch (optimizer "mle"); the
+remaining `total_steps - mle_steps` steps are adversarial: `d_steps` discriminator updates, then
+one generator update through the Gumbel-softmax relaxation (optimizers "d" and "g"). The inverse
+temperature beta follows its schedule over exactly those adversarial steps. Learning rates are
+constant (RelGAN), so `configure_schedulers` returns none.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ...metrics.nll import nll_div, nll_gen, nll_oracle
+from ...models.oracle import OracleLSTM
+from ...models.text_gan import (LOSS_KINDS, CNNDiscriminator, TemperatureSchedule, TextGenerator,
+                                discriminator_loss, generator_loss)
+from ..task import Task
+
+__all__ = ["TextGANTask"]
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module):
+    """No parameter gradients for `module` (the discriminator during the generator step: its
+    gradients would be thrown away, and its weight gradient is the biggest matmul of the step)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+class TextGANTask(Task):
+    automatic_optimization = False
+
+    def __init__(self, oracle: OracleLSTM, generator: TextGenerator,
+                 discriminator: CNNDiscriminator, total_steps: int, mle_steps: int,
+                 loss: str = "rsgan", schedule: str = "exp", beta_max: float = 100.0,
+                 mle_lr: float = 1e-2, g_lr: float = 1e-4, d_lr: float = 1e-4,
+                 betas: Tuple[float, float] = (0.9, 0.999), d_steps: int = 1,
+                 test_data: Optional[torch.Tensor] = None, eval_samples: int = 10_000,
+                 eval_seed: int = 777, impl: str = "auto"):
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+        if not isinstance(mle_steps, int) or not 0 <= mle_steps <= total_steps:
+            raise ValueError(f"mle_steps must be an int in [0, total_steps={total_steps}], "
+                             f"got {mle_steps!r}")
+        if loss not in LOSS_KINDS:
+            raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
+        if not isinstance(d_steps, int) or d_steps < 1:
+            raise ValueError(f"d_steps must be an int >= 1, got {d_steps!r}")
+        for name, lr in (("mle_lr", mle_lr), ("g_lr", g_lr), ("d_lr", d_lr)):
+            if not lr > 0:
+                raise ValueError(f"{name} must be > 0, got {lr!r}")
+        if generator.vocab_size != oracle.vocab_size or generator.seq_len != oracle.seq_len \
+                or discriminator.vocab_size != oracle.vocab_size:
+            raise ValueError("generator, discriminator and oracle must share vocab_size and seq_len")
+        self.oracle, self.G, self.D = oracle, generator, discriminator
+        self.total_steps, self.mle_steps = total_steps, mle_steps
+        self.loss, self.d_steps, self.impl = loss, d_steps, impl
+        self.mle_lr, self.g_lr, self.d_lr, self.betas = mle_lr, g_lr, d_lr, tuple(betas)
+        # horizon = the real number of adversarial steps (at least 1 so an MLE-only run is legal)
+        self.temperature = TemperatureSchedule(beta_max, schedule, max(1, total_steps - mle_steps))
+        self.phase = "mle" if mle_steps > 0 else "adversarial"
+        self.test_data, self.eval_samples, self.eval_seed = test_data, eval_samples, eval_seed
+        self._floor: Optional[float] = None
+
+    # -- Task protocol --------------------------------------------------------------------------
+    def modules(self) -> Dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D}
+
+    def ema_modules(self):
+        return ["G"]
+
+    def configure_optimizers(self):
+        return {"mle": torch.optim.Adam(self.G.parameters(), self.mle_lr),
+                "g": torch.optim.Adam(self.G.parameters(), self.g_lr, betas=self.betas),
+                "d": torch.optim.Adam(self.D.parameters(), self.d_lr, betas=self.betas)}
+
+    def configure_schedulers(self, optimizers, total_steps):
+        return {}  # constant learning rates
+
+    def training_step(self, batch: torch.Tensor, step: int) -> Dict[str, float]:
+        real = batch.to(self.G.out.weight.device)
+        if step < self.mle_steps:
+            self.phase = "mle"
+            loss = self.G.mle_loss(real)
+            self.trainer.optimizer_step("mle", loss)
+            return {"mle_loss": float(loss.detach())}
+        self.phase = "adversarial"
+        out = self.adversarial_step(real, self.trainer.optimizer_step)
+        self.temperature.step()
+        return out
+
+    def adversarial_step(self, real: torch.Tensor, optimizer_step) -> Dict[str, float]:
+        """d_steps discriminator updates, then one generator update; `optimizer_step(name, loss)`
+        does backward and the update (the Trainer's, or a bare one in the benchmark)."""
+        tau, n = self.temperature.tau, real.shape[0]
+        soft, _ = self.G.gumbel_sample(n, tau)  # kept with its graph for the generator step
+        for i in range(self.d_steps):
+            if i == 0:
+                fake = soft.detach()
+            else:
+                with torch.no_grad():
+                    fake, _ = self.G.gumbel_sample(n, tau)
+            d_loss = self.d_loss(self.D(real), self.D(fake))
+            optimizer_step("d", d_loss)
+        with _frozen(self.D):
+            real_logits = self.D(real) if self._g_needs_real() else None
+            g_loss = self.g_loss(real_logits, self.D(soft))
+            optimizer_step("g", g_loss)
+        return {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()), "beta": 1.0 / tau}
+
+    def _g_needs_real(self) -> bool:
+        return self.loss in ("rsgan", "ragan")
+
+    # The losses as methods, so the benchmark can run the same task on PyTorch built-ins.
+    def d_loss(self, real_logits, fake_logits):
+        return discriminator_loss(real_logits, fake_logits, self.loss, self.impl)
+
+    def g_loss(self, real_logits, fake_logits):
+        return generator_loss(real_logits, fake_logits, self.loss, self.impl)
+
+    def _eval_generator(self, seed: Optional[int] = None) -> torch.Generator:
+        dev = self.G.out.weight.device
+        return torch.Generator(device=dev).manual_seed(self.eval_seed if seed is None else seed)
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """NLL_oracle (oracle NLL of generator samples), NLL_gen (generator NLL of held-out oracle
+        samples), NLL_div (generator NLL of its own samples), NLL_oracle_floor = H(oracle); all in
+        nats per token, from `eval_samples` generator samples drawn with a fixed seed."""
+        G = self.inference_module("G")
+        was_training = G.training
+        G.eval()
+        try:
+            gen = self._eval_generator()
+            # in chunks: a (10000, V) float64 CDF per step would cost 400 MB at V = 5000
+            samples = torch.cat([G.sample(len(c), gen) for c in
+                                 torch.arange(self.eval_samples).split(1000)])
+            oracle_dev = self.oracle.out.weight.device
+            out = {"nll_oracle": nll_oracle(self.oracle, samples.to(oracle_dev)),
+                   "nll_div": nll_div(G, samples)}
+            if self.test_data is not None:
+                out["nll_gen"] = nll_gen(G, self.test_data.to(G.out.weight.device))
+            if self._floor is None:
+                self._floor = self.oracle.entropy(self.eval_samples)
+            out["nll_oracle_floor"] = self._floor
+        finally:
+            G.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def generate(self, n: int, prompt: Optional[str] = None, seed: Optional[int] = None) -> str:
+        """n generator samples as text: token ids separated by spaces, one sequence per line."""
+        if prompt is not None:
+            raise ValueError("textgan samples unconditionally: prompt must be None")
+        tokens = self.inference_module("G").sample(n, self._eval_generator(seed))
+        return "\n".join(" ".join(str(t) for t in row) for row in tokens.tolist())
+
+    def sample(self, step: int) -> str:
+        return self.generate(8)
+
+    def state_dict(self):
+        return {"temperature": self.temperature.state_dict(), "phase": self.phase}
+
+    def load_state_dict(self, state):
+        self.temperature.load_state_dict(state["temperature"])
+        self.phase = state["phase"]

@@ -1,0 +1,159 @@
+"""The command line: every verb, resume, the report, and the errors for bad recipes/settings."""
+import json
+import math
+
+import pytest
+import torch
+
+from _toy import toy_recipe
+from gencore import cli
+from gencore.recipes import get_recipe, register, resolve_config
+from gencore.train import load_checkpoint
+
+register(toy_recipe())
+
+
+def run(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def test_train_writes_a_complete_run_dir(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run("train", "toy-char", "--out", out, "--progress", "none", "--set", "lr=0.01") == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["recipe"] == "toy-char" and info["config"]["lr"] == 0.01
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 10 and set(res["metrics"]) == {"val_nll", "val_nll_floor"}
+    assert (out / res["samples"]).read_text().strip()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "ckpt-00000010.pt"
+    assert "val_nll" in capsys.readouterr().out
+
+
+def test_resume_extends_a_finished_run(tmp_path, capsys):
+    # Exact resume after a kill is tested in test_trainer.py; here: the CLI continues the run
+    # from its newest checkpoint with the settings in run.json.
+    out = tmp_path / "r"
+    assert run("train", "toy-char", "--out", out, "--progress", "none", "--steps", 10) == 0
+    capsys.readouterr()
+    assert run("train", "toy-char", "--out", out, "--progress", "none", "--steps", 15, "--resume") == 0
+    assert "ckpt-00000010.pt at step 10" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["steps"] == 15
+    assert load_checkpoint(out / "checkpoints" / "ckpt-00000015.pt")["trainer"]["step"] == 15
+
+
+def test_sample_from_a_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    run("train", "toy-char", "--out", out, "--progress", "none", "--steps", 5)
+    capsys.readouterr()
+    assert run("sample", out, "--n", 2, "--seed", 1) == 0
+    first = capsys.readouterr().out
+    assert first.strip()
+    run("sample", out, "--n", 2, "--seed", 1)
+    assert capsys.readouterr().out == first  # seeded: repeats
+    run("sample", out, "--n", 2, "--seed", 2)
+    assert capsys.readouterr().out != first
+    assert run("sample", out, "--n", 1, "--out", tmp_path / "s.txt") == 0
+    assert (tmp_path / "s.txt").read_text().strip()
+
+
+def test_demo_writes_report_with_every_section(tmp_path, capsys):
+    assert run("demo", "--only", "toy-char", "--out", tmp_path, "--progress", "none") == 0
+    html = (tmp_path / "report.html").read_text()
+    for part in ('id="summary"', 'id="run-toy-char"', "Loss curves", "<svg", "<polyline",
+                 "Metrics", "floor (real data", "Samples", "<pre>"):
+        assert part in html, part
+    assert json.loads((tmp_path / "toy-char" / "results.json").read_text())["steps"] == 6
+    assert str((tmp_path / "report.html").resolve()) in capsys.readouterr().out
+    # a second demo starts fresh instead of refusing the existing run directory
+    assert run("demo", "--only", "toy-char", "--out", tmp_path, "--progress", "none", "--steps", 3) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "nope"], "valid recipes: "),
+    (["train", "toy-char", "--set", "wrong=1"], "valid settings: batch_size, block, lr, mode, seed, steps"),
+    (["train", "toy-char", "--set", "lr=fast"], "is not a valid float"),
+    (["train", "toy-char", "--set", "mode=c"], "choose one of ['a', 'b']"),
+    (["train", "toy-char", "--set", "lr"], "expects key=value"),
+    (["train", "toy-char", "--steps", "0"], "steps must be >= 1"),
+    (["sample", "/nonexistent/run"], "not a gencore run directory"),
+    (["demo", "--only", "nope"], "valid recipes: "),
+])
+def test_bad_input_names_what_is_valid(argv, message, capsys, tmp_path):
+    assert run(*argv, *(["--out", tmp_path / "x"] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path, capsys):
+    out = tmp_path / "r"
+    run("train", "toy-char", "--out", out, "--progress", "none", "--steps", 5)
+    assert run("train", "toy-char", "--out", out, "--progress", "none") == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert run("train", "toy-char", "--out", out, "--resume", "--set", "lr=0.5") == 2
+    assert "only steps may change" in capsys.readouterr().err
+
+
+def test_resolve_config_types():
+    r = get_recipe("toy-char")
+    cfg = resolve_config(r, {"lr": "1e-2", "block": "8", "steps": 3})
+    assert cfg["lr"] == 0.01 and isinstance(cfg["lr"], float) and cfg["block"] == 8
+    assert resolve_config(r, demo=True)["steps"] == 6
+    with pytest.raises(ValueError, match="must be a int"):
+        resolve_config(r, {"block": 2.5})
+
+
+# Every gencore recipe through the real command (a subprocess, as a user runs it), tiny settings.
+TINY = {
+    "gpt-text": ["n_layer=1", "n_head=2", "n_embd=32", "block_size=16", "batch_size=4",
+                 "val_every=2", "val_batches=2", "eval_batches=2", "sample_tokens=20",
+                 "warmup_steps=1"],
+    "gpt-code": ["n_layer=1", "n_head=2", "n_embd=32", "block_size=16", "batch_size=4",
+                 "val_every=2", "val_batches=2", "eval_batches=2", "sample_tokens=20",
+                 "warmup_steps=1", "tokenizer=byte"],
+    "vae-digits": ["width=8", "latent=4", "batch_size=8", "nll_k=4", "prior_components=4"],
+    "gan-digits": ["width=8", "latent=4", "batch_size=8"],
+    "textgan-oracle": ["mle_steps=1", "vocab_size=50", "seq_len=6", "batch_size=8",
+                       "eval_samples=20"],
+}
+
+
+def _gencore(*argv, timeout=300):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "gencore", *map(str, argv)], capture_output=True,
+                         text=True, timeout=timeout, env={**__import__("os").environ,
+                                                          "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("recipe", list(TINY))
+def test_every_recipe_trains_resumes_and_samples(recipe, tmp_path):
+    out = tmp_path / recipe
+    _gencore("train", recipe, "--steps", 2, "--out", out, "--progress", "none", "--set", *TINY[recipe])
+    _gencore("train", recipe, "--steps", 3, "--out", out, "--progress", "none", "--resume")
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 3 and res["metrics"] and all(map(math.isfinite, res["metrics"].values()))
+    text = _gencore("sample", out, "--n", 2, *(["--prompt", "def "] if recipe.startswith("gpt") else []))
+    if (out / res["samples"]).suffix == ".png":
+        assert text.strip().endswith(".png")
+    else:
+        assert text.strip()
+
+
+@pytest.mark.slow
+def test_train_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node=2 -m gencore train ...`: one process writes, both train."""
+    import subprocess
+    import sys
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "gencore", "train", "gpt-text", "--steps", "3", "--out", str(out),
+         "--progress", "none", "--set", *TINY["gpt-text"]],
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("gpt-text: 3 steps") == 1  # the main process reports
+    res = json.loads((out / "results.json").read_text())
+    assert res["world_size"] == 2 and res["steps"] == 3

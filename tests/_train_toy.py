@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from _toy import lm_setup  # noqa: E402
-from gencore.train import Trainer, TrainerConfig  # noqa: E402
+from gencore.train import Trainer, TrainerConfig, distributed  # noqa: E402
 
 
 def main():
@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--stop-after", type=int, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    threads_before = _threads()  # before the process group exists
     task, train, val = lm_setup(batch=args.batch)
     task.model.drop.p = args.dropout
     if args.sleep:
@@ -45,6 +46,17 @@ def main():
     res = Trainer(task, cfg, train, val).fit(stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:
         print("DONE", res["step"], flush=True)
+    if distributed.is_distributed():
+        # Leaving the group must end its worker threads: threads left into interpreter shutdown
+        # can abort the process there (see gencore.train.distributed.init).
+        rank = distributed.rank()
+        distributed.shutdown()
+        print(f"rank {rank} threads left by the process group: "
+              f"{_threads() - threads_before}", flush=True)
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -264,18 +263,17 @@ def test_gan_two_optimizers_exact_resume(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(*args):
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", SCRIPT, *args],
+        # --standalone: torchrun picks a free port itself (no race between choosing and binding)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         SCRIPT, *args],
         env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+    # Each process really left the group: gloo's worker threads ended (ones left running into
+    # interpreter shutdown made a process abort there now and then).
+    for r in (0, 1):
+        assert f"rank {r} threads left by the process group: 0" in out.stdout, out.stdout
     return out
 
 
@@ -374,3 +372,22 @@ def test_progress_lines_when_not_a_tty(tmp_path, capsys):
     Trainer(task, TrainerConfig(max_steps=10, log_every=5, progress="lines"), train).fit()
     out = capsys.readouterr().out
     assert "step 5/10" in out and "step 10/10" in out and "it/s" in out
+
+
+class _SparseLogTask(TinyGANTask):
+    """Logs 'r1' on every 4th step only (a lazy regulariser)."""
+
+    def training_step(self, batch, step):
+        out = super().training_step(batch, step)
+        if step % 4 == 0:
+            out["r1"] = 8.0
+        return out
+
+
+def test_log_averages_each_key_over_the_steps_that_logged_it(tmp_path):
+    torch.manual_seed(0)
+    data = ImageBatches(digits().train, 16, seed=0)
+    Trainer(_SparseLogTask(), _cfg(tmp_path, max_steps=8, log_every=8), data).fit()
+    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["event"] == "train"]
+    assert train[-1]["r1"] == 8.0  # not 8 * 2/8

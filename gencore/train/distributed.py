@@ -10,6 +10,7 @@ generator's step but not stepped) need no `find_unused_parameters` or forward-co
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 from typing import Iterable, List
 
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init", "is_distributed", "rank", "world_size", "is_main", "all_reduce_grads",
-           "broadcast_module", "all_reduce_sum", "barrier"]
+           "broadcast_module", "all_reduce_sum", "barrier", "shutdown"]
 
 
 def is_distributed() -> bool:
@@ -45,16 +46,28 @@ def init(device: str = "cpu") -> torch.device:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             dev = torch.device("cuda", local)
+        # Import dynamo first: imported after the group exists (the first optimizer does it), it
+        # keeps references to the group that outlive destroy_process_group, so gloo's worker
+        # threads live on into interpreter shutdown, where one releasing a finished collective's
+        # tensors needs the GIL and aborts the process ("terminate called without an active
+        # exception", seen as a rank exiting with SIGABRT after training finished).
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend=backend)
-        atexit.register(_destroy)
+        atexit.register(shutdown)
     elif dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
-def _destroy() -> None:
+def shutdown() -> None:
+    """Leaves the process group (all processes together). Runs at exit; safe to call earlier."""
     if is_distributed():
-        dist.destroy_process_group()
+        # Leave together: no process closes its connections while a peer is still in its last
+        # collective.
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gencore import _backend
+from gencore.nn import KVCache
 from gencore.ops import attention
 
 M_MMAP_THRESHOLD = -3
@@ -130,3 +131,30 @@ def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
     if device == "cuda":
         flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
         benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+
+
+# One decoding step with a KV cache: one query per sequence against the cached keys, k/v as
+# gencore.nn.KVCache hands them over (views of its buffers), no autograd. Each impl gets the key
+# layout it reads fastest: transposed for gencore's kernel, row-major for PyTorch's.
+DECODE_SHAPES = [(1, 4, 256, 32), (1, 12, 1024, 64), (8, 8, 512, 64)]  # B, H, cached keys, D
+
+
+@pytest.mark.parametrize("shape", DECODE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_attention_decode(benchmark, shape, impl):
+    B, H, Sk, D = shape
+    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
+        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, 1, D, generator=g)
+    cache = KVCache(transposed_keys=impl != "torch")
+    k, v, _ = cache.append(*(torch.randn(B, H, Sk, D, generator=g) for _ in range(2)))
+    fn_impl = IMPLS[impl]
+
+    def run():
+        with torch.inference_mode():
+            fn_impl(q, k, v, True)
+
+    benchmark.group = f"attention decode <{B},{H},1 vs {Sk},{D}> float32"
+    benchmark.extra_info["impl"] = impl
+    benchmark.pedantic(run, rounds=30, iterations=20, warmup_rounds=2)

@@ -74,6 +74,26 @@ def test_flash_rule_padding_and_gqa(device, dtype):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("Sq", [1, 3, 4, 5])  # the CPU kernel's few-rows path ends at 4
+@pytest.mark.parametrize("Sk,D", [(1, 8), (300, 64), (5000, 40)])
+@pytest.mark.parametrize("key_layout", ["d-contiguous", "s-contiguous"])
+def test_flash_rule_decode(device, dtype, Sq, Sk, D, key_layout):
+    """Few queries against a KV cache: k, v are views of a longer cache buffer (non-contiguous),
+    keys either row-major or transposed as KVCache stores them; GQA, padded keys, causal aligned
+    to the newest key."""
+    need_fused("attention", device)
+    q, k, v, dout = make(2, 4, 2, Sq, Sk + 7, D, dtype, device)
+    if key_layout == "s-contiguous":
+        k = k.transpose(2, 3).contiguous().transpose(2, 3)
+    k, v = k[:, :, :Sk], v[:, :, :Sk]
+    mask = torch.rand(2, Sk, generator=torch.Generator().manual_seed(2)) < 0.3
+    mask[:, -1] = False  # the newest key is always visible
+    for causal in (False, True):
+        check_flash_rule(q, k, v, dout, causal=causal, key_padding_mask=mask.to(device))
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("S", [1, 17, 1000])
 @pytest.mark.parametrize("D", [16, 40, 80, 256])
 def test_odd_sizes(device, S, D):

@@ -50,14 +50,17 @@ def test_kv_cache_decoding_matches_full(device, rotary):
     need_fused("attention", device)
     torch.manual_seed(1)
     m = MultiHeadAttention(48, 6, n_kv_heads=3, rotary=rotary).to(device).eval()
-    x = torch.randn(2, 13, 48, device=device)
+    x = torch.randn(2, 37, 48, device=device)
     full = m(x)
-    cache = KVCache()
-    parts = [m(x[:, :5], cache=cache)]
-    for t in range(5, 13):
-        parts.append(m(x[:, t:t + 1], cache=cache))
-    assert cache.length == 13 and cache.k.shape == (2, 3, 13, 8)
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    for transposed in (None, True, False):
+        cache = KVCache(transposed_keys=transposed)
+        parts = [m(x[:, :5], cache=cache)]
+        for t in range(5, 37):  # the buffers grow twice (capacity 16, 32, 64)
+            parts.append(m(x[:, t:t + 1], cache=cache))
+        assert cache.length == 37 and cache.k.shape == (2, 3, 37, 8)
+        keys_along_s = cache.k.stride(2) == 1
+        assert keys_along_s == (device == "cpu" if transposed is None else transposed)
+        torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)

@@ -6,6 +6,8 @@
 // online softmax walks key blocks of BKF columns: S = (scale Q) K^T, running row max m and sum l,
 // O = O * alpha + P V. Memory: one BQ x BKF score tile and O(S D) packed operands per thread,
 // never S x S. Saves the row logsumexp (-inf for rows that see no key).
+// With 1-4 query rows (decoding with a KV cache) the forward takes forward_rows instead: no
+// packing, no score tiles, threads only when the work pays for them.
 //
 // Backward (FlashAttention-2): one task per (batch, kv head, key chunk); for each query head of
 // its group, key blocks outer, query blocks inner; P is recomputed from the saved logsumexp,
@@ -470,6 +472,159 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   });
 }
 
+// A few query rows against the keys (decoding with a KV cache: one new token per step). Packing
+// all of K into panels and zeroing BQ x BKF score tiles cost more than the math for one row, so
+// each (batch, head, row) takes its scores NB x W keys at a time, an exact softmax, and P V in
+// blocks of KP keys (per-block partial sums, for float32 accuracy as in add_tile). Threads only
+// when there is enough work to pay for waking them.
+constexpr int64_t kRowsMaxSq = 4;
+
+// acc[c] = sum over d in order of q[d] * key(d, c), c < NB: NB independent FMA chains, each lane
+// one key, so per key exactly the micro-kernel's sequence.
+template <typename T, int NB, typename KeyVec>
+inline void dot_blocks(const T* q, int64_t D, Vectorized<T>* acc, KeyVec key) {
+  for (int c = 0; c < NB; ++c) acc[c] = Vectorized<T>(T(0));
+  for (int64_t d = 0; d < D; ++d) {
+    const Vectorized<T> qd(q[d]);
+    for (int c = 0; c < NB; ++c) acc[c] = at::vec::fmadd(qd, key(d, c), acc[c]);
+  }
+}
+
+template <typename scalar_t, typename T>
+void forward_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const c10::optional<at::Tensor>& mask, bool causal, double scale,
+                  const AttentionGeometry& g, at::Tensor& out, at::Tensor& lse) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  constexpr int NB = 4;  // key blocks of W per step of the scores loop
+  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
+  const Strides4 sq(q), sk(k), sv(v), so(out);
+  const scalar_t* qp = q.const_data_ptr<scalar_t>();
+  const scalar_t* kp = k.const_data_ptr<scalar_t>();
+  const scalar_t* vp = v.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  T* lp = lse.mutable_data_ptr<T>();
+  const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  // Rows of V are read in place when they already are padded T rows; else converted. Keys: see
+  // the scores loop.
+  const bool direct = std::is_same_v<scalar_t, T> && D == Dp;
+  const bool key_major = std::is_same_v<scalar_t, T> && sk.s == 1;
+  const bool row_major = std::is_same_v<scalar_t, T> && sk.d == 1 && !key_major;
+  const int64_t rows = g.B * g.H * g.Sq;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, g.Sk * D));
+
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> qrow(Dp), xrow(Dp), orow(Dp), s(Skp), kt(D * NB * W);
+    auto row = [&](const scalar_t* x, int64_t stride_d) -> const T* {
+      if constexpr (std::is_same_v<scalar_t, T>) {
+        if (direct && stride_d == 1) return x;
+      }
+      load_row(x, stride_d, D, Dp, T(1), xrow.data());
+      return xrow.data();
+    };
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (g.H * g.Sq), h = (r / g.Sq) % g.H, i = r % g.Sq;
+      const int64_t hk = h / g.group();
+      const int64_t kend = causal ? std::clamp<int64_t>(i + off + 1, 0, g.Sk) : g.Sk;
+      const scalar_t* kh = kp + b * sk.b + hk * sk.h;
+      const scalar_t* vh = vp + b * sv.b + hk * sv.h;
+      const T* kh_t = reinterpret_cast<const T*>(kh);  // read as T only when scalar_t is T
+      const T* bias_b = bias.data() + b * Skp;
+      load_row(qp + b * sq.b + h * sq.h + i * sq.s, sq.d, D, Dp, static_cast<T>(scale), qrow.data());
+
+      // s_j = scale q . k_j + bias_j, NB x W keys at a time (NB independent FMA chains), per key
+      // the same FMA sequence over d as the tiled path's micro-kernel, so the backward, which
+      // recomputes the scores that way, finds exactly the saved logsumexp's scores. The keys'
+      // coordinate d is a vector load when keys are contiguous along S (KVCache's transposed
+      // keys), else it comes from a D x NB W tile transposed in registers (keys contiguous along
+      // D) or element by element.
+      for (int64_t j0 = 0; j0 < kend; j0 += NB * W) {
+        const int64_t jn = std::min(NB * W, kend - j0);
+        Vec acc[NB];
+        if (key_major && jn == NB * W) {
+          dot_blocks<T, NB>(qrow.data(), D, acc,
+                            [&](int64_t d, int c) { return Vec::loadu(kh_t + d * sk.d + j0 + c * W); });
+        } else if (key_major) {
+          for (int c = 0; c * W < jn; ++c) {
+            const int64_t cn = std::min(W, jn - c * W);
+            dot_blocks<T, 1>(qrow.data(), D, acc + c,
+                             [&](int64_t d, int) { return Vec::loadu(kh_t + d * sk.d + j0 + c * W, cn); });
+          }
+        } else {
+          if (jn < NB * W) std::fill(kt.begin(), kt.end(), T(0));
+          if (row_major) {
+            at::vec::transpose_mxn<T>(kh_t + j0 * sk.s, sk.s, kt.data(), NB * W,
+                                      static_cast<int>(jn), static_cast<int>(D));
+          } else {
+            for (int64_t jj = 0; jj < jn; ++jj)
+              for (int64_t d = 0; d < D; ++d)
+                kt[d * NB * W + jj] = static_cast<T>(kh[(j0 + jj) * sk.s + d * sk.d]);
+          }
+          dot_blocks<T, NB>(qrow.data(), D, acc,
+                            [&](int64_t d, int c) { return Vec::loadu(kt.data() + d * NB * W + c * W); });
+        }
+        for (int c = 0; c * W < jn; ++c)
+          (acc[c] + Vec::loadu(bias_b + j0 + c * W)).store(s.data() + j0 + c * W);
+      }
+      std::fill(s.begin() + kend, s.end(), ninf);
+      Vec vmax(ninf);
+      for (int64_t j = 0; j < Skp; j += W) vmax = at::vec::maximum(vmax, Vec::loadu(s.data() + j));
+      const T mx = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return at::vec::maximum(a, bb); }, vmax);
+      scalar_t* orow_out = op + b * so.b + h * so.h + i * so.s;
+      T* lrow = lp + (b * g.H + h) * g.Sq + i;
+      if (mx == ninf) {  // no visible key: zeros, logsumexp -inf
+        for (int64_t d = 0; d < D; ++d) orow_out[d * so.d] = scalar_t(0);
+        *lrow = ninf;
+        continue;
+      }
+      const Vec vm(mx);
+      Vec vsum(T(0));
+      for (int64_t j = 0; j < Skp; j += W) {
+        Vec pj = vexp<scalar_t, T>(Vec::loadu(s.data() + j) - vm);
+        pj.store(s.data() + j);
+        vsum = vsum + pj;
+      }
+      const T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, vsum);
+
+      // O = P V over blocks of KP keys; per block, up to 4 vectors of the output row in registers
+      // and two keys in flight (even and odd keys into separate accumulators, added at the end).
+      std::fill(orow.begin(), orow.end(), T(0));
+      for (int64_t j0 = 0; j0 < kend; j0 += KP) {
+        const int64_t j1 = std::min(kend, j0 + KP);
+        for (int64_t dc = 0; dc < Dp; dc += 4 * W) {
+          const int nv = static_cast<int>(std::min<int64_t>(4, (Dp - dc) / W));
+          Vec o[2][4];
+          for (int e = 0; e < 2; ++e)
+            for (int c = 0; c < 4; ++c) o[e][c] = Vec(T(0));
+          for (int64_t j = j0; j < j1; ++j) {
+            if (s[j] == T(0)) continue;  // padded key
+            const T* vr = row(vh + j * sv.s, sv.d) + dc;
+            const Vec pj(s[j]);
+            Vec* oe = o[j & 1];
+            for (int c = 0; c < nv; ++c) oe[c] = at::vec::fmadd(pj, Vec::loadu(vr + c * W), oe[c]);
+          }
+          for (int c = 0; c < nv; ++c)
+            (Vec::loadu(orow.data() + dc + c * W) + (o[0][c] + o[1][c])).store(orow.data() + dc + c * W);
+        }
+      }
+      store_row(orow.data(), D, T(1) / sum, orow_out, so.d);
+      *lrow = mx + std::log(sum);
+    }
+  });
+}
+
+template <typename scalar_t, typename T>
+void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+             const c10::optional<at::Tensor>& mask, bool causal, double scale,
+             const AttentionGeometry& g, at::Tensor& out, at::Tensor& lse) {
+  if (g.Sq <= kRowsMaxSq) {
+    forward_rows<scalar_t, T>(q, k, v, mask, causal, scale, g, out, lse);
+  } else {
+    forward_impl<scalar_t, T>(q, k, v, mask, causal, scale, g, out, lse);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v,
                                                  const c10::optional<at::Tensor>& key_padding_mask,
@@ -487,10 +642,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
   c10::optional<at::Tensor> mask;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
   AT_DISPATCH_SWITCH(q.scalar_type(), "attention_cpu",
-      AT_DISPATCH_CASE(at::kFloat, [&] { forward_impl<float, float>(q, k, v, mask, causal, scale, g, out, lse); })
-      AT_DISPATCH_CASE(at::kDouble, [&] { forward_impl<double, double>(q, k, v, mask, causal, scale, g, out, lse); })
-      AT_DISPATCH_CASE(at::kBFloat16, [&] { forward_impl<at::BFloat16, float>(q, k, v, mask, causal, scale, g, out, lse); })
-      AT_DISPATCH_CASE(at::kHalf, [&] { forward_impl<at::Half, float>(q, k, v, mask, causal, scale, g, out, lse); }));
+      AT_DISPATCH_CASE(at::kFloat, [&] { forward<float, float>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { forward<double, double>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { forward<at::BFloat16, float>(q, k, v, mask, causal, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { forward<at::Half, float>(q, k, v, mask, causal, scale, g, out, lse); }));
   return {out, lse};
 }
 

@@ -133,7 +133,7 @@ class GPT(nn.Module):
 
     def new_cache(self) -> List[KVCache]:
         """An empty KV cache for `forward(..., cache=)`: one KVCache per layer."""
-        return [KVCache() for _ in self.blocks]
+        return [b.attn.new_cache() for b in self.blocks]
 
     def _check_idx(self, idx: torch.Tensor, what: str = "idx") -> None:
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:

@@ -33,19 +33,24 @@ class KVCache:
     """Keys/values of the tokens seen so far, for one attention layer.
 
     `k`, `v` are views (B, H_kv, length, D) of buffers that grow by doubling, so appending one
-    token costs O(1) amortised copies; keys are stored after the rotary embedding. `mask` is the
-    key padding mask (B, length) when any step passed one (True = ignore), else None.
+    token costs O(1) amortised copies; keys are stored after the rotary embedding.
+    `transposed_keys`: lay the key buffer out as (B, H_kv, D, capacity), so that a decoding step,
+    which reads the same coordinate of many keys, loads them as one vector in gencore's CPU kernel
+    instead of transposing; None (default) = on CPU only. `F.scaled_dot_product_attention` reads
+    untransposed keys fastest (`MultiHeadAttention.new_cache()` picks per impl). `mask` is the key
+    padding mask (B, length) when any step passed one (True = ignore), else None.
     Call `reset()` (or make a new cache) to start a new sequence.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, transposed_keys: Optional[bool] = None) -> None:
+        self.transposed_keys = transposed_keys
         self._k: Optional[torch.Tensor] = None
         self._v: Optional[torch.Tensor] = None
         self._mask: Optional[torch.Tensor] = None
         self.length = 0
 
     def reset(self) -> None:
-        self.__init__()
+        self.__init__(self.transposed_keys)
 
     @property
     def k(self) -> Optional[torch.Tensor]:
@@ -66,7 +71,11 @@ class KVCache:
         new_len = self.length + S
         if self._k is None or new_len > self._k.shape[2]:
             cap = max(new_len, 2 * (0 if self._k is None else self._k.shape[2]), 16)
-            kb = k.new_zeros(B, Hkv, cap, D)
+            # (B, H_kv, cap, D) either way; transposed: memory laid out as (B, H_kv, D, cap).
+            transposed = (k.device.type == "cpu" if self.transposed_keys is None
+                          else self.transposed_keys)
+            kb = (k.new_zeros(B, Hkv, D, cap).transpose(2, 3) if transposed
+                  else k.new_zeros(B, Hkv, cap, D))
             vb = v.new_zeros(B, Hkv, cap, D)
             if self._k is not None:
                 kb[:, :, : self.length] = self.k
@@ -168,6 +177,10 @@ class MultiHeadAttention(nn.Module):
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.rotary = RotaryEmbedding(self.head_dim, rotary_base) if rotary else None
         self.dropout = nn.Dropout(dropout)
+
+    def new_cache(self) -> KVCache:
+        """An empty KVCache in the key layout this layer's attention reads fastest."""
+        return KVCache(transposed_keys=False if self.impl == "sdpa" else None)
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
                 causal: bool = True, cache: Optional[KVCache] = None) -> torch.Tensor:

@@ -19,38 +19,40 @@ _FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _check(q, k, v, key_padding_mask, scale) -> float:
+    # Runs on every call (a decoding step included), so each shape is read once.
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"attention: {name} must be 4-d (batch, heads, seq, head_dim), "
                              f"got shape {tuple(t.shape)}")
-    if q.dtype not in _FLOATING:
-        raise TypeError(f"attention: q must be float32, float64, bfloat16 or float16, got {q.dtype}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    B, H, _, D = q.shape
-    if k.shape[0] != B or v.shape[0] != B:
-        raise ValueError(f"attention: batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
-    if k.shape[3] != D or v.shape[3] != D:
-        raise ValueError(f"attention: head dims differ: q {D}, k {k.shape[3]}, v {v.shape[3]}")
-    if k.shape[1:3] != v.shape[1:3]:
+    dtype = q.dtype
+    if dtype not in _FLOATING:
+        raise TypeError(f"attention: q must be float32, float64, bfloat16 or float16, got {dtype}")
+    if k.dtype != dtype or v.dtype != dtype:
+        raise TypeError(f"attention: q, k, v must share one dtype, got {dtype}, {k.dtype}, {v.dtype}")
+    device = q.device
+    if k.device != device or v.device != device:
+        raise ValueError(f"attention: q, k, v must be on one device, got {device}, {k.device}, {v.device}")
+    (B, H, _, D), (Bk, Hkv, Sk, Dk), (Bv, Hv, Sv, Dv) = q.shape, k.shape, v.shape
+    if Bk != B or Bv != B:
+        raise ValueError(f"attention: batch sizes differ: q {B}, k {Bk}, v {Bv}")
+    if Dk != D or Dv != D:
+        raise ValueError(f"attention: head dims differ: q {D}, k {Dk}, v {Dv}")
+    if Hv != Hkv or Sv != Sk:
         raise ValueError(f"attention: k and v must have the same heads and length, got k "
                          f"{tuple(k.shape)} and v {tuple(v.shape)}")
-    Hkv = k.shape[1]
     if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"attention: q heads ({H}) must be a multiple of k/v heads ({Hkv})")
     if key_padding_mask is not None:
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
             what = key_padding_mask.dtype if isinstance(key_padding_mask, torch.Tensor) else type(key_padding_mask).__name__
             raise TypeError(f"attention: key_padding_mask must be a bool tensor (True = ignore), got {what}")
-        if tuple(key_padding_mask.shape) != (B, k.shape[2]):
+        if tuple(key_padding_mask.shape) != (B, Sk):
             raise ValueError(f"attention: key_padding_mask must have shape (batch, S_k) = "
-                             f"({B}, {k.shape[2]}), got {tuple(key_padding_mask.shape)}")
-        if key_padding_mask.device != q.device:
-            raise ValueError(f"attention: key_padding_mask is on {key_padding_mask.device}, q on {q.device}")
+                             f"({B}, {Sk}), got {tuple(key_padding_mask.shape)}")
+        if key_padding_mask.device != device:
+            raise ValueError(f"attention: key_padding_mask is on {key_padding_mask.device}, q on {device}")
     if scale is None:
         return 1.0 / math.sqrt(D) if D > 0 else 1.0
     if isinstance(scale, torch.Tensor):

@@ -1,5 +1,4 @@
-"""Shared by the image tasks: digit-space metrics next to their real-data floor, and seeded
-sampling that leaves the training RNG streams alone."""
+"""Shared by the image tasks: digit-space metrics next to their real-data floor."""
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -7,13 +6,6 @@ from typing import Callable, Dict
 import torch
 
 DIGIT_SHAPE = (1, 8, 8)
-
-
-def seeded_generator(module: torch.nn.Module, seed: int) -> torch.Generator:
-    """A fresh generator on the module's device: the same seed gives the same images, and the
-    global RNG streams are not touched."""
-    dev = next(module.parameters()).device
-    return torch.Generator(device=dev).manual_seed(seed)
 
 
 def digit_image_metrics(sample: Callable[[int, torch.Generator], torch.Tensor], n: int,

@@ -19,7 +19,8 @@ from ...models.dcgan import Discriminator, Generator, r1_penalty
 from ...nn import GANLoss
 from ...ops.reference.gan_loss import FAKE_ONLY
 from ..task import Task
-from ._images import DIGIT_SHAPE, digit_image_metrics, seeded_generator
+from ._images import DIGIT_SHAPE, digit_image_metrics
+from ._sampling import seeded_generator
 
 __all__ = ["ImageGANTask"]
 

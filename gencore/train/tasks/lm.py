@@ -20,6 +20,7 @@ import torch.nn as nn
 from ...data import LMEvalBatches
 from ...metrics import bits_per_char, perplexity
 from ..task import Task
+from ._sampling import seeded_generator
 
 __all__ = ["LanguageModelTask"]
 
@@ -150,9 +151,8 @@ class LanguageModelTask(Task):
             raise ValueError(f"LanguageModelTask.generate: n must be an integer >= 1, got {n!r}")
         ids = self._prompt_ids(prompt)
         with _eval_mode(self.inference_module("model")) as model:
-            device = self._device(model)
-            g = torch.Generator(device=device).manual_seed(self.sample_seed if seed is None else seed)
-            idx = torch.tensor([ids] * n, dtype=torch.long, device=device)
+            g = seeded_generator(model, self.sample_seed if seed is None else seed)
+            idx = torch.tensor([ids] * n, dtype=torch.long, device=self._device(model))
             out = model.generate(idx, self.sample_tokens, temperature=self.temperature,
                                  top_k=self.top_k, generator=g)
         skip = 0 if prompt else len(ids)  # keep the user's prompt, not the default newline

@@ -20,6 +20,7 @@ from ...models.oracle import OracleLSTM
 from ...models.text_gan import (LOSS_KINDS, CNNDiscriminator, TemperatureSchedule, TextGenerator,
                                 discriminator_loss, generator_loss)
 from ..task import Task
+from ._sampling import seeded_generator
 
 __all__ = ["TextGANTask"]
 
@@ -129,8 +130,7 @@ class TextGANTask(Task):
         return generator_loss(real_logits, fake_logits, self.loss, self.impl)
 
     def _eval_generator(self, seed: Optional[int] = None) -> torch.Generator:
-        dev = self.G.out.weight.device
-        return torch.Generator(device=dev).manual_seed(self.eval_seed if seed is None else seed)
+        return seeded_generator(self.G, self.eval_seed if seed is None else seed)
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:

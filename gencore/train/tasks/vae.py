@@ -19,7 +19,8 @@ import torch
 
 from ...models.vae import VAE
 from ..task import Task
-from ._images import DIGIT_SHAPE, digit_image_metrics, seeded_generator
+from ._images import DIGIT_SHAPE, digit_image_metrics
+from ._sampling import seeded_generator
 
 __all__ = ["VAETask"]
 

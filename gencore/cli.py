@@ -132,9 +132,14 @@ def cmd_bench(args) -> int:
         print("gencore bench: the benchmarks/ folder is only in a source checkout", file=sys.stderr)
         return 2
     out = Path(args.json)
-    cmd = [sys.executable, "-m", "pytest", str(root), "-q", "--benchmark-only",
+    # The suites by name: pytest's default collection only picks up test_*.py files.
+    suites = [str(p) for p in sorted(root.glob("bench_*.py"))]
+    cmd = [sys.executable, "-m", "pytest", *suites, "-q", "--benchmark-only",
            f"--benchmark-json={out}"] + (["-k", args.k] if args.k else [])
     code = subprocess.call(cmd)
+    if code == 5:  # pytest: nothing collected
+        print(f"gencore bench: error: no benchmark matches -k {args.k!r}", file=sys.stderr)
+        return 2
     if code != 0:
         return code
     return subprocess.call([sys.executable, str(root / "report.py"), str(out)] +

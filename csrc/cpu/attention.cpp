@@ -496,7 +496,7 @@ void forward_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const AttentionGeometry& g, at::Tensor& out, at::Tensor& lse) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  constexpr int NB = 4;  // key blocks of W per step of the scores loop
+  constexpr int NB = 8;  // key blocks of W per step of the scores loop (8 chains in flight)
   const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
   const Strides4 sq(q), sk(k), sv(v), so(out);
   const scalar_t* qp = q.const_data_ptr<scalar_t>();

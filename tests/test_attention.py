@@ -107,9 +107,10 @@ def test_odd_sizes(device, S, D):
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("gqa", [False, True])
-def test_gradcheck_fp64(device, causal, gqa):
+@pytest.mark.parametrize("Sq", [2, 5])  # 2: the CPU kernel's few-rows (decoding) path
+def test_gradcheck_fp64(device, causal, gqa, Sq):
     need_fused("attention", device)
-    q, k, v, _ = make(1, 2, 1 if gqa else 2, 5, 7, 16, torch.float64, device)
+    q, k, v, _ = make(1, 2, 1 if gqa else 2, Sq, 7, 16, torch.float64, device)
     mask = torch.tensor([[False, True, False, False, False, False, True]], device=device)
     for t in (q, k, v):
         t.requires_grad_(True)
@@ -198,9 +199,10 @@ def test_scale_and_sdpa(device):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
-def test_opcheck(device):
+@pytest.mark.parametrize("Sq", [1, 9])  # 1: the CPU kernel's few-rows (decoding) path
+def test_opcheck(device, Sq):
     need_fused("attention", device)
-    q, k, v, _ = make(2, 4, 2, 9, 13, 32, torch.float32, device)
+    q, k, v, _ = make(2, 4, 2, Sq, 13, 32, torch.float32, device)
     mask = torch.zeros(2, 13, dtype=torch.bool, device=device)
     mask[1, 3] = True
     for t in (q, k, v):

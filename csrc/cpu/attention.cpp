@@ -234,6 +234,28 @@ std::pair<const T*, int64_t> rows_operand(const S* x, const Strides4& st, int64_
   return {buf.data(), Dp};
 }
 
+// What both forward paths read: strides, data pointers, and the additive key bias (rows of Skp).
+template <typename scalar_t, typename T>
+struct ForwardOperands {
+  Strides4 sq, sk, sv, so;
+  const scalar_t *q, *k, *v;
+  scalar_t* out;
+  T* lse;
+  std::vector<T> bias;
+};
+
+template <typename scalar_t, typename T>
+ForwardOperands<scalar_t, T> forward_operands(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v,
+                                              const c10::optional<at::Tensor>& mask,
+                                              const AttentionGeometry& g, int64_t Skp,
+                                              at::Tensor& out, at::Tensor& lse) {
+  return {Strides4(q), Strides4(k), Strides4(v), Strides4(out),
+          q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(),
+          out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<T>(),
+          key_bias<T>(mask, g.B, g.Sk, Skp)};
+}
+
 template <typename scalar_t, typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const c10::optional<at::Tensor>& mask, bool causal, double scale,
@@ -241,13 +263,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
-  const Strides4 sq(q), sk(k), sv(v), so(out);
-  const scalar_t* qp = q.const_data_ptr<scalar_t>();
-  const scalar_t* kp = k.const_data_ptr<scalar_t>();
-  const scalar_t* vp = v.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  T* lp = lse.mutable_data_ptr<T>();
-  const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
+  const auto [sq, sk, sv, so, qp, kp, vp, op, lp, bias] =
+      forward_operands<scalar_t, T>(q, k, v, mask, g, Skp, out, lse);
   const T ninf = -std::numeric_limits<T>::infinity();
 
   // Query chunks: enough tasks to keep every thread busy, few enough to pack K once per chunk.
@@ -498,13 +515,8 @@ void forward_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   constexpr int64_t W = Vec::size();
   constexpr int NB = 8;  // key blocks of W per step of the scores loop (8 chains in flight)
   const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
-  const Strides4 sq(q), sk(k), sv(v), so(out);
-  const scalar_t* qp = q.const_data_ptr<scalar_t>();
-  const scalar_t* kp = k.const_data_ptr<scalar_t>();
-  const scalar_t* vp = v.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  T* lp = lse.mutable_data_ptr<T>();
-  const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
+  const auto [sq, sk, sv, so, qp, kp, vp, op, lp, bias] =
+      forward_operands<scalar_t, T>(q, k, v, mask, g, Skp, out, lse);
   const T ninf = -std::numeric_limits<T>::infinity();
   // Rows of V are read in place when they already are padded T rows; else converted. Keys: see
   // the scores loop.

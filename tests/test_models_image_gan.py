@@ -161,3 +161,12 @@ def test_recipe_resume_is_exact(tmp_path):
     recipe, = RECIPES
     assert_resume_is_exact(recipe, {"steps": 6, "batch_size": 16, "width": 4, "r1_every": 2},
                            tmp_path)
+
+
+def test_task_generate_is_seeded_and_takes_no_prompt():
+    task = ImageGANTask(Generator(4, 8, 1, 8), Discriminator(8, 1, 8))
+    a, b = task.generate(3, seed=1), task.generate(3, seed=1)
+    assert a.shape == (3, 1, 8, 8) and torch.equal(a, b)
+    assert not torch.equal(a, task.generate(3, seed=2))
+    with pytest.raises(ValueError, match="takes no prompt"):
+        task.generate(3, prompt="a")

@@ -211,6 +211,15 @@ def test_bad_inputs_raise():
         VAETask(vae, torch.rand(2, 1, 8, 8), prior_refit_every=10, train_images=torch.rand(2, 1, 8, 8))
 
 
+def test_task_generate_is_seeded_and_takes_no_prompt():
+    task = VAETask(VAE(8, latent_dim=2, width=4), torch.rand(2, 1, 8, 8))
+    a, b = task.generate(3, seed=1), task.generate(3, seed=1)
+    assert a.shape == (3, 1, 8, 8) and torch.equal(a, b)
+    assert not torch.equal(a, task.generate(3, seed=2))
+    with pytest.raises(ValueError, match="takes no prompt"):
+        task.generate(3, prompt="a")
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_recipe_smoke(tmp_path, likelihood):
     recipe, = RECIPES

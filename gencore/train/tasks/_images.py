@@ -1,11 +1,22 @@
-"""Shared by the image tasks: digit-space metrics next to their real-data floor."""
+"""Shared by the image tasks: unconditional seeded samples, and digit-space metrics next to their
+real-data floor."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
+from ._sampling import seeded_generator
+
 DIGIT_SHAPE = (1, 8, 8)
+
+
+def unconditional_samples(model: torch.nn.Module, n: int, prompt: Optional[str],
+                          seed: int) -> torch.Tensor:
+    """Task.generate for an image model with `sample(n, generator=)`: it takes no prompt."""
+    if prompt is not None:
+        raise ValueError("this recipe generates images unconditionally: it takes no prompt")
+    return model.sample(n, generator=seeded_generator(model, seed))
 
 
 def digit_image_metrics(sample: Callable[[int, torch.Generator], torch.Tensor], n: int,

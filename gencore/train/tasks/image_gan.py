@@ -19,7 +19,7 @@ from ...models.dcgan import Discriminator, Generator, r1_penalty
 from ...nn import GANLoss
 from ...ops.reference.gan_loss import FAKE_ONLY
 from ..task import Task
-from ._images import DIGIT_SHAPE, digit_image_metrics
+from ._images import DIGIT_SHAPE, digit_image_metrics, unconditional_samples
 from ._sampling import seeded_generator
 
 __all__ = ["ImageGANTask"]
@@ -122,7 +122,5 @@ class ImageGANTask(Task):
 
     def generate(self, n: int, prompt: Optional[str] = None,
                  seed: Optional[int] = None) -> torch.Tensor:
-        if prompt is not None:
-            raise ValueError("this recipe generates images unconditionally: it takes no prompt")
-        G = self.inference_module("G")
-        return G.sample(n, generator=seeded_generator(G, self.seed if seed is None else seed))
+        return unconditional_samples(self.inference_module("G"), n, prompt,
+                                     self.seed if seed is None else seed)

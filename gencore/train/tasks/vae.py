@@ -19,7 +19,7 @@ import torch
 
 from ...models.vae import VAE
 from ..task import Task
-from ._images import DIGIT_SHAPE, digit_image_metrics
+from ._images import DIGIT_SHAPE, digit_image_metrics, unconditional_samples
 from ._sampling import seeded_generator
 
 __all__ = ["VAETask"]
@@ -135,7 +135,5 @@ class VAETask(Task):
 
     def generate(self, n: int, prompt: Optional[str] = None,
                  seed: Optional[int] = None) -> torch.Tensor:
-        if prompt is not None:
-            raise ValueError("this recipe generates images unconditionally: it takes no prompt")
-        vae = self.inference_module("vae")
-        return vae.sample(n, generator=seeded_generator(vae, self.seed if seed is None else seed))
+        return unconditional_samples(self.inference_module("vae"), n, prompt,
+                                     self.seed if seed is None else seed)

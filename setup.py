@@ -74,34 +74,79 @@ def cuda_archs() -> str:
     return archs
 
 
+# Flags applied to every C++ file. Nothing else departs from how torch builds extensions: its own
+# C++ standard (torch 2.11 is built as C++17, 2.13 as C++20), its ABI, no ISA flags. Code that
+# crosses into torch (TORCH_CHECK messages, autograd, the dispatcher) is then compiled as torch's is.
+# OpenMP on every file: at::parallel_for is inline, and one file without it would make the linker's
+# pick of its copy serial.
+COMMON_CXX = ["-O3", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+
+
+class SourceGroup:
+    """Source files compiled with flags and macros of their own (BuildExt compiles them first)."""
+
+    def __init__(self, sources, cxx=(), macros=()):
+        self.sources, self.cxx, self.macros = list(sources), list(cxx), list(macros)
+
+
+class BuildExt(cpp_extension.BuildExtension):
+    """torch's BuildExtension, plus per-file flags: each SourceGroup of an extension is compiled
+    with its own flags into its own build folder, and its objects join the link."""
+
+    def build_extension(self, ext):
+        groups = getattr(ext, "source_groups", [])
+        grouped = {src for g in groups for src in g.sources}
+        ext.sources = [src for src in ext.sources if src not in grouped]
+        ext.depends = list(ext.depends) + sorted(grouped)  # a change there relinks
+        objects = []
+        for i, g in enumerate(groups):
+            flags = dict(ext.extra_compile_args)
+            flags["cxx"] = flags["cxx"] + g.cxx
+            objects += self.compiler.compile(
+                g.sources, output_dir=os.path.join(self.build_temp, f"group{i}"),
+                macros=ext.define_macros + g.macros, include_dirs=ext.include_dirs,
+                debug=self.debug, extra_postargs=flags, depends=ext.depends)
+        ext.extra_objects = objects + list(ext.extra_objects or [])
+        super().build_extension(ext)
+
+
 def extension():
     capability = cpu_capability()
     with_cuda = want_cuda()
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    defines = [
+    cpu_kernels = sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + cpu_kernels
+    # The CPU kernels alone get this machine's vector ISA (and at::vec's CPU_CAPABILITY, as torch
+    # compiles its own per-ISA kernel files); -ffp-contract=off keeps their float sums in the order
+    # the code writes, which the few-rows and tiled attention paths rely on to agree exactly.
+    isa_macros = []
+    if capability != "DEFAULT":
+        isa_macros = [(f"CPU_CAPABILITY_{capability}", None), ("CPU_CAPABILITY", capability)]
+    kernels = SourceGroup(cpu_kernels, ["-ffp-contract=off"] + ISA_FLAGS[capability], isa_macros)
+    # What `gencore info` and the import-time check read; only ops.cpp, so that editing one kernel
+    # does not recompile every file.
+    facts = [
         ("GENCORE_SOURCE_HASH", f'"{source_hash()}"'),
         ("GENCORE_TORCH_VERSION", f'"{Version(torch.__version__).base_version}"'),
         ("GENCORE_CPU_CAPABILITY_NAME", f'"{capability}"'),
     ]
-    if capability != "DEFAULT":
-        defines += [(f"CPU_CAPABILITY_{capability}", None), ("CPU_CAPABILITY", capability)]
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off"] + ISA_FLAGS[capability]
-    kwargs = dict(extra_link_args=["-fopenmp"])
+    defines = []
     if with_cuda:
         archs = cuda_archs()
         sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
-        defines += [("GENCORE_WITH_CUDA", None), ("GENCORE_CUDA_ARCHS", f'"{archs}"')]
-        # No --use_fast_math: its logf loses all relative accuracy near 1 (the Gumbel noise needs it).
-        nvcc = ["-O3", "-std=c++20", "-lineinfo"]
-        return cpp_extension.CUDAExtension(
-            "gencore._C", sources, define_macros=defines,
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
-    return cpp_extension.CppExtension(
-        "gencore._C", sources, define_macros=defines, extra_compile_args={"cxx": cxx}, **kwargs)
+        defines.append(("GENCORE_WITH_CUDA", None))
+        facts.append(("GENCORE_CUDA_ARCHS", f'"{archs}"'))
+    build_facts = SourceGroup(["csrc/ops.cpp"], macros=facts)
+    # No --use_fast_math: its logf loses all relative accuracy near 1 (the Gumbel noise needs it).
+    flags = {"cxx": COMMON_CXX, "nvcc": ["-O3", "-lineinfo"]}
+    make = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
+    ext = make("gencore._C", sources, define_macros=defines, extra_compile_args=flags,
+               extra_link_args=["-fopenmp"])
+    ext.source_groups = [kernels, build_facts]
+    return ext
 
 
 setup(
     packages=find_packages(include=["gencore", "gencore.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

@@ -9,8 +9,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
-#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -56,6 +54,21 @@ constexpr const char* kNoDoubleBackward =
     "gencore.ops.gan_loss does not support double backward (second derivatives of the loss); "
     "use impl='reference' for that";
 
+// create_graph=True: the saved gradients carry no graph back to the logits, so a second
+// derivative through them would be silently wrong. The results pass through this identity, made a
+// function of the logits they depend on, whose backward raises. (Public autograd API only: the
+// autograd internals that could attach an error node directly differ between torch releases.)
+struct NoDoubleBackward : public torch::autograd::Function<NoDoubleBackward> {
+  static variable_list forward(AutogradContext*, const at::Tensor& grad,
+                               const at::Tensor& /*logits*/) {
+    return {grad};
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false, kNoDoubleBackward);
+    return {};
+  }
+};
+
 struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
   static variable_list forward(AutogradContext* ctx, const std::optional<at::Tensor>& real,
                                const at::Tensor& fake, int64_t kind, int64_t role,
@@ -68,7 +81,8 @@ struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
     ctx->saved_data["uses_real"] = uses_real;
     // needs_input_grad counts tensor inputs only: fake is input 0 when real is None.
     ctx->saved_data["fake_index"] = static_cast<int64_t>(real.has_value() && real->defined() ? 1 : 0);
-    ctx->save_for_backward({grad_real, grad_fake});
+    // The logits only anchor the graph of a create_graph=True backward (see NoDoubleBackward).
+    ctx->save_for_backward({grad_real, grad_fake, real.value_or(at::Tensor()), fake});
     ctx->mark_non_differentiable({grad_real, grad_fake});
     return {loss, grad_real, grad_fake};
   }
@@ -92,13 +106,8 @@ struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
       if (want_f) df = at::mul(saved[1], g);
     }
     if (at::GradMode::is_enabled()) {
-      // create_graph=True: the saved gradients carry no graph back to the logits, so a second
-      // derivative through them would be silently wrong. Route the results through a node that
-      // raises when differentiated.
-      auto err = c10::make_intrusive<torch::autograd::Error>(kNoDoubleBackward,
-                                                             torch::autograd::edge_list{});
-      if (dr.defined()) torch::autograd::set_history(dr, err);
-      if (df.defined()) torch::autograd::set_history(df, err);
+      if (dr.defined()) dr = NoDoubleBackward::apply(dr, saved[2])[0];
+      if (df.defined()) df = NoDoubleBackward::apply(df, saved[3])[0];
     }
     return {dr, df, at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -46,7 +46,7 @@ def test_kernel_files_exist_and_are_torch_free():
 def test_kernels_compile(arch, tmp_path):
     def build(src):
         out = tmp_path / (Path(src).stem + ".o")
-        cmd = [NVCC, "-c", "-std=c++20", "-O3", f"-arch={arch}", src, "-o", str(out)]
+        cmd = [NVCC, "-c", "-std=c++17", "-O3", f"-arch={arch}", src, "-o", str(out)]
         return src, subprocess.run(cmd, capture_output=True, text=True)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -60,7 +60,7 @@ def test_wrappers_parse_against_torch_headers(tmp_path):
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
     includes = [str(tmp_path)] + cpp_extension.include_paths() + [cuda_include(),
                                                                    sysconfig.get_paths()["include"]]
-    flags = ["-std=c++20", "-fsyntax-only", "-DGENCORE_WITH_CUDA"] + [f"-I{p}" for p in includes]
+    flags = ["-std=c++17", "-fsyntax-only", "-DGENCORE_WITH_CUDA"] + [f"-I{p}" for p in includes]
 
     def check(src):
         return src, subprocess.run(["g++", *flags, src], capture_output=True, text=True)

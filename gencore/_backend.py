@@ -1,7 +1,8 @@
 """Loads the compiled core `gencore._C` once and answers which fused kernels can run.
 
 Importing gencore never fails because `_C` is missing, stale or built for another machine: the
-ops then fall back to their pure-PyTorch references, with one warning that says why.
+ops then fall back to PyTorch built-ins with gencore's semantics, with one warning that says why.
+What impl="auto" picks where `_C` is fine lives in gencore/ops/auto.py.
 """
 from __future__ import annotations
 
@@ -99,34 +100,20 @@ def has_kernel(op: str, device_type: str) -> bool:
 
 
 def warn_fallback(op: str, device_type: str) -> None:
-    """One warning per process, the first time an op runs its reference instead of a kernel."""
+    """One warning per process, the first time auto runs a built-in where a kernel was expected."""
     global _warned
     if _warned or torch.compiler.is_compiling():
         return
     _warned = True
     why = reason() or f"this build has no {device_type} kernel for {op}"
     warnings.warn(
-        f"gencore: using the pure-PyTorch reference ops ({why}). "
+        f"gencore: the fused kernels are not used ({why}); the ops run PyTorch's built-ins "
+        "or their pure-PyTorch references. "
         "Build the kernels with `pip install --no-build-isolation -e .`; "
         "`python -m gencore info` shows what is built.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,  # the user's call (op -> auto.resolve -> here)
     )
-
-
-def use_fused(op: str, impl: str, device_type: str) -> bool:
-    """Resolves impl="auto" | "fused" | "reference" for one call."""
-    if impl == "reference":
-        return False
-    if impl not in ("auto", "fused"):
-        raise ValueError(f"impl must be 'auto', 'fused' or 'reference', got {impl!r}")
-    if has_kernel(op, device_type):
-        return True
-    if impl == "fused":
-        why = reason() or f"this build has no {device_type} kernel"
-        raise RuntimeError(f"gencore.ops: impl='fused' asked for {op} on {device_type}, but {why}")
-    warn_fallback(op, device_type)
-    return False
 
 
 def register_autograd_and_fake(op: str, *, fake, setup_context, backward) -> None:

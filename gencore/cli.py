@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import _backend
+from .ops import auto
 
 # Every compiled op, by the schema name its kernels register under.
 OPS = ["gumbel_softmax", "gan_loss", "attention"]
@@ -36,11 +37,17 @@ def cmd_info(args) -> int:
         archs = info["cuda_archs"] or "-"
         print(f"compiled core: built for torch {info['torch_version']}, CPU ISA "
               f"{info['cpu_capability']}, CUDA {'yes, archs ' + archs if info['cuda'] else 'no'}")
-    print("ops (fused kernel per device; otherwise the reference runs):")
-    for op in OPS:
-        cpu = "fused" if _backend.has_kernel(op, "cpu") else "reference"
-        cuda = "fused" if _backend.has_kernel(op, "cuda") else "reference"
-        print(f"  {op:<16} cpu: {cpu:<10} cuda: {cuda}")
+    print("fused kernels built: " + ", ".join(
+        f"{op} ({'/'.join(d for d in ('cpu', 'cuda') if _backend.has_kernel(op, d)) or 'none'})"
+        for op in OPS))
+    print("impl='auto' runs (gencore/ops/auto.py; fused only where measured at least as fast as "
+          "PyTorch's built-in):")
+    for rule in auto.RULES:
+        built = _backend.has_kernel(rule.op, rule.device)
+        runs = "fused" if rule.pick == auto.FUSED and built else "builtin"
+        note = " (kernel not built here)" if rule.pick == auto.FUSED and not built else ""
+        print(f"  {rule.op:<15} {rule.device:<5} {rule.case:<15} {runs}{note}")
+        print(textwrap.indent(textwrap.fill(rule.evidence, 88), " " * 8))
     return 0
 
 

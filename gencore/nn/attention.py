@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops.attention import attention
@@ -116,33 +115,6 @@ class RotaryEmbedding(nn.Module):
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                   key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """gencore.ops.attention's semantics on `F.scaled_dot_product_attention`: bottom-right causal
-    mask, GQA (k/v with fewer heads), bool key padding mask (True = ignore), zeros for rows that
-    see no key."""
-    H, Hkv = q.shape[1], k.shape[1]
-    if Hkv != H:  # expand, not enable_gqa: every SDPA backend takes equal head counts
-        k = k.repeat_interleave(H // Hkv, dim=1)
-        v = v.repeat_interleave(H // Hkv, dim=1)
-    Sq, Sk = q.shape[2], k.shape[2]
-    if key_padding_mask is None and (not causal or Sq == 1):
-        return F.scaled_dot_product_attention(q, k, v)  # nothing masked (one query sees all keys)
-    if key_padding_mask is None and Sq == Sk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # top-left == bottom-right
-    visible = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device)
-    if causal:
-        visible = visible.tril(Sk - Sq)
-    visible = visible.expand(q.shape[0], 1, Sq, Sk)
-    if key_padding_mask is not None:
-        visible = visible & ~key_padding_mask[:, None, None, :]
-    # A row with no visible key would give NaN: let it see everything, then zero its output
-    # (with `where`, so its gradient is zero too).
-    seen = visible.any(dim=-1, keepdim=True)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen)
-    return torch.where(seen, y, torch.zeros_like(y))
-
-
 class MultiHeadAttention(nn.Module):
     """Self-attention: fused QKV projection, gencore.ops.attention, output projection, dropout.
 
@@ -155,7 +127,7 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout probability on the output (after the projection). There is no dropout on
             the attention probabilities (the fused op has none).
         bias: biases in the projections.
-        impl: passed to gencore.ops.attention ("auto", "fused", "reference"), or "sdpa" for
+        impl: passed to gencore.ops.attention: "auto", "fused", "reference", or "sdpa" for
             PyTorch's `F.scaled_dot_product_attention` with the same semantics.
     """
 
@@ -208,9 +180,6 @@ class MultiHeadAttention(nn.Module):
         mask = key_padding_mask
         if cache is not None:
             k, v, mask = cache.append(k, v, key_padding_mask)
-        if self.impl == "sdpa":
-            y = sdpa_attention(q, k, v, causal=causal, key_padding_mask=mask)
-        else:
-            y = attention(q, k, v, causal=causal, key_padding_mask=mask, impl=self.impl)
+        y = attention(q, k, v, causal=causal, key_padding_mask=mask, impl=self.impl)
         y = y.transpose(1, 2).reshape(B, S, H * D)
         return self.dropout(self.out(y))

@@ -3,7 +3,9 @@
 Layout (B, H, S, D) as `torch.nn.functional.scaled_dot_product_attention`. The fused kernels
 (csrc/cpu/attention.cpp, csrc/cuda/attention*.cu) run the online softmax over key tiles and never
 form the S_q x S_k score matrix, forward or backward (memory O(S*D)); the backward recomputes the
-scores from the saved row logsumexp. The reference (reference/attention.py) defines the semantics.
+scores from the saved row logsumexp. The reference (reference/attention.py) defines the semantics;
+`attention_sdpa` gives the same semantics on PyTorch's `F.scaled_dot_product_attention`, which
+impl="auto" runs where the fused kernel is not the faster one (ops/auto.py).
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .. import _backend
+from . import auto
 from .reference.attention import attention_reference
 
 _FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -75,16 +79,59 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
             cache the last query sees every key; with S_q == S_k it is the usual lower triangle).
         key_padding_mask: bool (B, S_k), True = ignore that key.
         scale: multiplies q k^T; default 1 / sqrt(D).
-        impl: "auto" (fused where built for the device, else the reference), "fused", "reference".
+        impl: "auto" (the fused kernel where it is measured faster than SDPA for this device and
+            case, else SDPA: see gencore/ops/auto.py), "fused", "reference", or "sdpa" (PyTorch's
+            `F.scaled_dot_product_attention` with gencore's semantics).
 
     Returns (B, H, S_q, D) in q's dtype. Rows that see no key (all keys padded, or causal with
     S_q > S_k) are zeros and get zero gradients.
     """
     scale = _check(q, k, v, key_padding_mask, scale)
-    if _backend.use_fused("attention", impl, q.device.type):
-        out, _ = torch.ops.gencore.attention(q, k, v, key_padding_mask, bool(causal), scale)
-        return out
-    return attention_reference(q, k, v, bool(causal), key_padding_mask, scale)[0]
+    causal = bool(causal)
+    case = _auto_case(q, causal, key_padding_mask) if impl == "auto" else "*"
+    choice = auto.resolve("attention", impl, q.device.type, case, builtin_name="sdpa")
+    if choice == auto.FUSED:
+        return torch.ops.gencore.attention(q, k, v, key_padding_mask, causal, scale)[0]
+    if choice == auto.BUILTIN:
+        return attention_sdpa(q, k, v, causal, key_padding_mask, scale)
+    return attention_reference(q, k, v, causal, key_padding_mask, scale)[0]
+
+
+def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor]) -> str:
+    """The row of the auto table (ops/auto.py) a call falls in."""
+    if q.dtype != torch.float32 or key_padding_mask is not None:
+        return "*"
+    if q.shape[2] <= 4:  # a few queries against many keys: KV-cache decoding
+        return "float32 decode"
+    return "float32 causal" if causal else "*"
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                   key_padding_mask: Optional[torch.Tensor] = None,
+                   scale: Optional[float] = None) -> torch.Tensor:
+    """gencore.ops.attention's semantics on `F.scaled_dot_product_attention`: bottom-right causal
+    mask, GQA (k/v with fewer heads), bool key padding mask (True = ignore), zeros (and zero
+    gradients) for rows that see no key. Arguments are not checked here (attention() does)."""
+    H, Hkv = q.shape[1], k.shape[1]
+    if Hkv != H:  # expand, not enable_gqa: every SDPA backend takes equal head counts
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    Sq, Sk = q.shape[2], k.shape[2]
+    if key_padding_mask is None and (not causal or Sq == 1):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)  # a lone query sees every key
+    if key_padding_mask is None and Sq == Sk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    visible = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device)
+    if causal:
+        visible = visible.tril(Sk - Sq)
+    visible = visible.expand(q.shape[0], 1, Sq, Sk)
+    if key_padding_mask is not None:
+        visible = visible & ~key_padding_mask[:, None, None, :]
+    # A row with no visible key would give NaN: let it see everything, then zero its output
+    # (with `where`, so its gradient is zero too).
+    seen = visible.any(dim=-1, keepdim=True)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, scale=scale)
+    return torch.where(seen, y, torch.zeros_like(y))
 
 
 # -- torch.library: fake kernels and autograd for the compiled op ---------------------------------

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
+from . import auto
 from .reference.gan_loss import FAKE_ONLY, KINDS, REDUCTIONS, ROLES, gan_loss_reference
 
 _FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -85,7 +86,8 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
         role: "discriminator" or "generator".
         reduction: "mean" (each term averaged over its own tensor, then added), "sum", or "none"
             (the per-element loss; not for ragan).
-        impl: "auto" (fused where built for the device, else the reference), "fused", "reference".
+        impl: "auto" (the fused kernel where built and measured faster, else the composed
+            built-ins of the reference: see gencore/ops/auto.py), "fused", "reference".
 
     Returns the loss in the logits' dtype (float32 math; float64 for float64), a scalar unless
     reduction is "none". Gradients flow to both inputs. See reference/gan_loss.py for formulas.
@@ -94,6 +96,7 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
     # Fast path (GAN losses run on tiny tensors, where Python costs more than the kernel): once the
     # kernel has run, call it directly; it checks everything again in C++. Any error sends the call
     # down the checked path, which raises the clear Python error or falls back to the reference.
+    # (Right for "auto" because the auto table picks the kernel on every device that has one.)
     if _fast and (impl == "auto" or impl == "fused") and not torch.compiler.is_compiling():
         codes = _CODES.get((kind, role, reduction))
         if codes is not None:
@@ -103,7 +106,7 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
                 pass
     _check(real_logits, fake_logits, kind, role, reduction)
     dev = fake_logits.device.type
-    if impl in ("auto", "fused") and dev in _fused_ok or _backend.use_fused("gan_loss", impl, dev):
+    if impl in ("auto", "fused") and dev in _fused_ok or auto.resolve("gan_loss", impl, dev) == auto.FUSED:
         _fused_ok.add(dev)
         _fast = True
         return torch.ops.gencore.gan_loss.default(

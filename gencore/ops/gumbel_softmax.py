@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from .. import _backend
+from . import auto
 from .reference.gumbel_softmax import gumbel_softmax_reference
 from .rng import philox_seed_offset
 
@@ -47,7 +48,8 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
         dim: the category dimension.
         generator: torch generator for the noise; default: torch's default CPU generator, so
             `torch.manual_seed` repeats runs and CPU and CUDA give the same samples.
-        impl: "auto" (fused where built for the device, else the reference), "fused", "reference".
+        impl: "auto" (the fused kernel where built and measured faster, else the reference: see
+            gencore/ops/auto.py), "fused", "reference".
 
     Returns a tensor of the shape and dtype of `logits`. Math is float32 (float64 for float64).
     Rows holding NaN or +inf, or only -inf, come out as NaN rows, as with torch.softmax.
@@ -56,7 +58,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
     seed_offset = philox_seed_offset(generator)
     if logits.numel() == 0:
         return logits.clone()  # empty in, empty out (still attached to the graph)
-    if _backend.use_fused("gumbel_softmax", impl, logits.device.type):
+    if auto.resolve("gumbel_softmax", impl, logits.device.type) == auto.FUSED:
         out, _ = torch.ops.gencore.gumbel_softmax(logits, seed_offset, float(tau), bool(hard), dim)
         return out
     return gumbel_softmax_reference(logits, seed_offset[0], seed_offset[1], tau, hard, dim)

@@ -1,0 +1,130 @@
+"""impl="auto": the table in gencore/ops/auto.py decides, and auto computes what fused computes."""
+import importlib
+
+import pytest
+import torch
+
+from _helpers import ALL_DEVICES, need_fused
+from gencore.ops import attention, auto, gan_loss, gumbel_softmax
+from gencore.ops.reference import attention_reference
+
+# The module (gencore.ops.attention the name is the function).
+attention_mod = importlib.import_module("gencore.ops.attention")
+
+OPS = {"attention", "gan_loss", "gumbel_softmax"}
+
+
+def test_table_is_well_formed():
+    keys = [(r.op, r.device, r.case) for r in auto.RULES]
+    assert len(keys) == len(set(keys)), "a (op, device, case) row appears twice"
+    for r in auto.RULES:
+        assert r.op in OPS and r.device in ("cpu", "cuda") and r.pick in (auto.FUSED, auto.BUILTIN)
+        assert len(r.evidence) > 20, f"{r} names no benchmark"
+    for op in OPS:
+        for dev in ("cpu", "cuda"):
+            assert (op, dev, "*") in keys, f"no catch-all row for {op} on {dev}"
+
+
+def test_pick_falls_back_to_catch_all_and_builtin():
+    assert auto.pick("attention", "cpu", "no such case") == auto.pick("attention", "cpu", "*")
+    assert auto.pick("attention", "mps") == auto.BUILTIN  # a device with no rows
+    assert auto.pick("attention", "cuda", "float32 causal") == auto.BUILTIN
+
+
+def test_gan_loss_auto_is_fused_wherever_a_kernel_exists():
+    # gencore.ops.gan_loss's fast path calls the kernel directly for impl="auto": right only while
+    # the table picks the kernel on every device that has one.
+    for dev in ("cpu", "cuda"):
+        assert auto.pick("gan_loss", dev) == auto.FUSED
+
+
+def test_resolve_names_the_valid_impls():
+    with pytest.raises(ValueError, match="'auto', 'fused', 'reference', got 'sdpa'"):
+        auto.resolve("gumbel_softmax", "sdpa", "cpu")
+    with pytest.raises(ValueError, match="'auto', 'fused', 'reference', 'sdpa', got 'flash'"):
+        auto.resolve("attention", "flash", "cpu", builtin_name="sdpa")
+    assert auto.resolve("attention", "sdpa", "cpu", builtin_name="sdpa") == auto.BUILTIN
+    assert auto.resolve("attention", "reference", "cpu") == auto.REFERENCE
+
+
+def _qkv(device, dtype, B=2, H=4, Hkv=2, Sq=37, Sk=37, D=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)
+    return make(B, H, Sq, D), make(B, Hkv, Sk, D), make(B, Hkv, Sk, D)
+
+
+ATTENTION_CASES = [  # (dtype, causal, masked, Sq): one call per row kind of the table
+    (torch.float32, True, False, 37),   # float32 causal
+    (torch.float32, False, False, 3),   # float32 decode
+    (torch.float32, False, False, 37),  # *: non-causal
+    (torch.float32, True, True, 37),    # *: masked
+    (torch.bfloat16, True, False, 37),  # *: other dtype
+]
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("dtype,causal,masked,Sq", ATTENTION_CASES)
+def test_attention_auto_follows_the_table(device, dtype, causal, masked, Sq, monkeypatch):
+    q, k, v = _qkv(device, dtype, Sq=Sq, Sk=37)
+    mask = None
+    if masked:
+        mask = torch.zeros(2, 37, dtype=torch.bool, device=device)
+        mask[0, 30:] = True
+    case = attention_mod._auto_case(q, causal, mask)
+    want = auto.pick("attention", q.device.type, case)
+    if want == auto.FUSED:
+        need_fused("attention", device)
+    calls = []
+    real_sdpa = attention_mod.attention_sdpa
+    monkeypatch.setattr(attention_mod, "attention_sdpa", lambda *a: calls.append(1) or real_sdpa(*a))
+    out = attention(q, k, v, causal=causal, key_padding_mask=mask)
+    assert bool(calls) == (want == auto.BUILTIN), (case, want)
+    gold = attention_reference(q.double(), k.double(), v.double(), causal, mask,
+                               q.shape[-1] ** -0.5)[0]
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out.double(), gold, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("causal,masked,Sq", [(True, False, 37), (False, True, 20), (True, True, 5)])
+def test_attention_sdpa_matches_fused(device, causal, masked, Sq):
+    """The built-in path has gencore's semantics: bottom-right causal, GQA, padding, empty rows."""
+    need_fused("attention", device)
+    q, k, v = _qkv(device, torch.float32, Sq=Sq, Sk=37)
+    mask = None
+    if masked:
+        mask = torch.zeros(2, 37, dtype=torch.bool, device=device)
+        mask[1] = True  # batch 1 sees no key: zeros and zero gradients
+        mask[0, :7] = True
+    grads = []
+    for impl in ("fused", "sdpa"):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        out = attention(qq, kk, vv, causal=causal, key_padding_mask=mask, scale=0.3, impl=impl)
+        out.backward(torch.ones_like(out))
+        grads.append((out, qq.grad, kk.grad, vv.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if masked:
+        assert grads[1][0][1].abs().max() == 0 and grads[1][1][1].abs().max() == 0
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_gumbel_and_gan_loss_auto_equal_fused(device):
+    for op in ("gumbel_softmax", "gan_loss"):
+        if auto.pick(op, torch.device(device).type) == auto.FUSED:
+            need_fused(op, device)
+    x = torch.randn(8, 33, device=device)
+    a = gumbel_softmax(x, tau=0.7, generator=torch.Generator().manual_seed(3))
+    b = gumbel_softmax(x, tau=0.7, generator=torch.Generator().manual_seed(3), impl="fused")
+    assert torch.equal(a, b)
+    r, f = torch.randn(17, device=device), torch.randn(9, device=device)
+    assert torch.equal(gan_loss(r, f, "ragan", "discriminator"),
+                       gan_loss(r, f, "ragan", "discriminator", impl="fused"))
+
+
+def test_info_prints_the_table():
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-m", "gencore", "info"], capture_output=True, text=True,
+                         timeout=300).stdout
+    for r in auto.RULES:
+        assert f"{r.op:<15} {r.device:<5} {r.case:<15}" in out, out

@@ -35,14 +35,10 @@ from gencore import _backend
 from gencore.ops import attention
 from gencore.ops.reference import attention_reference
 
-ISSUE_SHAPES = [  # (B, H, S, D), causal, mode
-    ((4, 16, 4096, 128), False, "fwd"),
-    ((4, 16, 4096, 128), False, "fwd+bwd"),
-    ((4, 16, 4096, 128), True, "fwd"),
-    ((4, 16, 4096, 128), True, "fwd+bwd"),
-    ((8, 16, 2048, 64), True, "fwd+bwd"),
-    ((1, 16, 16384, 128), True, "fwd+bwd"),
-]
+# Issue 12's cases and the FLOP count are benchmarks/bench_attention.py's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_attention import GPU_CASES, attention_flops  # noqa: E402
+
 ODD = [  # B, H, Hkv, Sq, Sk, D, dtype, causal, padding
     (1, 4, 2, 1, 5003, 64, torch.bfloat16, False, False),
     (1, 4, 2, 3, 3, 128, torch.float16, True, False),
@@ -53,7 +49,7 @@ ODD = [  # B, H, Hkv, Sq, Sk, D, dtype, causal, padding
     (2, 4, 4, 129, 129, 96, torch.float16, False, False),
     (2, 6, 3, 300, 333, 128, torch.float16, True, True),
 ]
-SMOKE_ISSUE_SHAPES = [((1, 2, 70, 64), False, "fwd"), ((1, 2, 70, 64), True, "fwd+bwd")]
+SMOKE_GPU_CASES = [((1, 2, 70, 64), False, "fwd"), ((1, 2, 70, 64), True, "fwd+bwd")]
 SMOKE_ODD = [(1, 2, 1, 5, 9, 64, torch.bfloat16, True, True), (1, 2, 2, 17, 17, 96, torch.float16, False, False)]
 VARIANTS = ["mma", "legacy"]
 DEVICE = "cuda"
@@ -61,11 +57,6 @@ DEVICE = "cuda"
 
 def set_variant(name: str) -> None:
     os.environ["GENCORE_ATTENTION_KERNEL"] = name
-
-
-def flops(shape, causal, mode):
-    B, H, S, D = shape
-    return 4 * B * H * S * S * D * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
 
 
 def poison(*tensors_like) -> None:
@@ -211,7 +202,7 @@ def issue_rows(shapes, quick: bool, failures: list) -> list:
             t = ms[variant]
             rows.append(dict(shape="x".join(map(str, shape)), causal=causal, mode=mode, variant=variant,
                              err_out=e_out, sdpa_err_out=s_out, err_grad=e_grad, sdpa_err_grad=s_grad, ms=t,
-                             tflops=flops(shape, causal, mode) / (t * 1e-3) / 1e12 if t == t else float("nan"),
+                             tflops=attention_flops(shape, causal, mode) / (t * 1e-3) / 1e12 if t == t else float("nan"),
                              vs_sdpa=t / ms["sdpa"]))
         print(f"done {shape} causal={causal} {mode}: mma {ms['mma']:.3f} ms, sdpa {ms['sdpa']:.3f} ms, "
               f"legacy {ms['legacy']:.1f} ms", flush=True)
@@ -243,7 +234,7 @@ def main(argv=None) -> int:
     failures: list = []
     n_odd = check_odd(SMOKE_ODD if args.smoke else ODD, failures)
     print(f"odd shapes: {n_odd} variant runs checked in {time.time() - t0:.0f} s", flush=True)
-    shapes = SMOKE_ISSUE_SHAPES if args.smoke else ISSUE_SHAPES
+    shapes = SMOKE_GPU_CASES if args.smoke else GPU_CASES
     rows = issue_rows(shapes, args.quick, failures)
     if args.json:
         with open(args.json, "w") as f:

@@ -65,6 +65,23 @@ template <> struct FwdTile<64> { using type = Tile<64, 4, 2, 64>; };
 // kernel with 32 rows per warp at D = 64 spills on sm_80).
 template <int D> struct BwdTile { using type = Tile<D, 8, 1, 64>; };
 
+// This thread's place: warp, lane, and the lane's fragment coordinates g = lane / 4 (row),
+// t = lane % 4 (column pair).
+struct LaneIds {
+  int tid, warp, lane, g, t;
+  __device__ LaneIds() : tid(threadIdx.x), warp(tid / 32), lane(tid % 32), g(lane / 4), t(lane % 4) {}
+};
+
+// Backward inputs of query row i of (batch, head) row block bh * S_q: the forward's lse in log2
+// units, +inf where P must be 0 (rows past S_q, rows that saw no key), and delta (0 past S_q).
+__device__ __forceinline__ float lse_log2(const AttentionBackwardParams& p, int64_t bh, int i) {
+  const float l = i < p.Sq ? static_cast<const float*>(p.lse)[bh * p.Sq + i] : -INFINITY;
+  return l == -INFINITY ? INFINITY : l * kLog2e;
+}
+__device__ __forceinline__ float delta_at(const AttentionBackwardParams& p, int64_t bh, int i) {
+  return i < p.Sq ? static_cast<const float*>(p.delta)[bh * p.Sq + i] : 0.f;
+}
+
 // The key tiles [0, n) a block of query rows [q0, q0 + BM) needs, and whether tile `k0` needs the
 // element mask (padding, past S_k, or crossing the causal diagonal of the block's first row).
 struct KeyRange {
@@ -135,7 +152,8 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
   constexpr int D = C::D, BM = C::BM, BN = C::BN, LD = C::LD, kM = C::kM;
   T* sQ = reinterpret_cast<T*>(mma::dynamic_smem());
   KvStages<T, C> kv(sQ + BM * LD);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const LaneIds id;
+  const int tid = id.tid, lane = id.lane, g = id.g, t = id.t;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;
   const HeadPtrs<T> ptr(p, b, h);
   const KeyRange keys(p, q0, BM, BN);
@@ -148,7 +166,7 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
   mma::cp_async_wait<1>();
   __syncthreads();
 
-  const int wrow = warp * 16 * kM;  // the warp's first row in the block
+  const int wrow = id.warp * 16 * kM;  // the warp's first row in the block
   uint32_t qf[kM][C::kK][4];
 #pragma unroll
   for (int m = 0; m < kM; ++m) mma::load_a_frags<D>(qf[m], sQ, wrow + 16 * m, lane);
@@ -224,6 +242,7 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
   }
 
   float* lse = static_cast<float*>(p.lse) + ((int64_t)b * p.H + h) * p.Sq;
+  float inv[kM][2];
 #pragma unroll
   for (int m = 0; m < kM; ++m) {
 #pragma unroll
@@ -231,15 +250,13 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
       float l = row_sum[m][hi];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-      for (int n = 0; n < C::kN; ++n) o[m][n][2 * hi] *= inv, o[m][n][2 * hi + 1] *= inv;
+      inv[m][hi] = l > 0.f ? 1.f / l : 0.f;
       const int i = q0 + wrow + 16 * m + g + 8 * hi;
       if (t == 0 && i < p.Sq) lse[i] = l > 0.f ? (row_max[m][hi] + log2f(l)) * kLn2 : -INFINITY;
     }
   }
   T* out = static_cast<T*>(p.out) + ((int64_t)b * p.H + h) * p.Sq * D;
-  mma::store_rows<kM, D>(o, sQ + wrow * LD, out, q0 + wrow, p.Sq, lane);
+  mma::store_rows<kM, D>(o, inv, sQ + wrow * LD, out, q0 + wrow, p.Sq, lane);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -250,7 +267,8 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const A
   T* sQ = reinterpret_cast<T*>(mma::dynamic_smem());
   T* sdO = sQ + BM * LD;
   KvStages<T, C> kv(sdO + BM * LD);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const LaneIds id;
+  const int tid = id.tid, lane = id.lane, g = id.g, t = id.t;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;
   const HeadPtrs<T> ptr(p, b, h);
   const KeyRange keys(p, q0, BM, BN);
@@ -263,9 +281,8 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const A
   if (keys.n_tiles > 0) kv.load(0, ptr.k, ptr.v, ptr.pad, p, tid);
   mma::cp_async_commit();
 
-  // Per row g / g + 8 of each block: lse in log2 units (+inf for rows that see no key or lie past
-  // S_q, so that their P is 0) and delta.
-  const int wrow = warp * 16 * kM;
+  // lse (log2 units) and delta of rows g / g + 8 of each block.
+  const int wrow = id.warp * 16 * kM;
   const int64_t bh = (int64_t)b * p.H + h;
   float lse2[kM][2], delta[kM][2];
 #pragma unroll
@@ -273,9 +290,8 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const A
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       const int i = q0 + wrow + 16 * m + g + 8 * hi;
-      const float l = i < p.Sq ? static_cast<const float*>(p.lse)[bh * p.Sq + i] : -INFINITY;
-      lse2[m][hi] = l == -INFINITY ? INFINITY : l * kLog2e;
-      delta[m][hi] = i < p.Sq ? static_cast<const float*>(p.delta)[bh * p.Sq + i] : 0.f;
+      lse2[m][hi] = lse_log2(p, bh, i);
+      delta[m][hi] = delta_at(p, bh, i);
     }
   }
   mma::cp_async_wait<1>();
@@ -321,14 +337,7 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const A
     }
   }
 
-  const float scale = static_cast<float>(p.scale);
-#pragma unroll
-  for (int m = 0; m < kM; ++m)
-#pragma unroll
-    for (int n = 0; n < C::kN; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dq[m][n][e] *= scale;
-  mma::store_rows<kM, D>(dq, sQ + wrow * LD, static_cast<T*>(p.dq) + bh * p.Sq * D, q0 + wrow, p.Sq, lane);
+  mma::store_rows<kM, D>(dq, static_cast<float>(p.scale), sQ + wrow * LD, static_cast<T*>(p.dq) + bh * p.Sq * D, q0 + wrow, p.Sq, lane);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -353,7 +362,8 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
   T* sK = reinterpret_cast<T*>(mma::dynamic_smem());
   T* sV = sK + BM * LD;
   QStages<T, C> qs(sV + BM * LD);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const LaneIds id;
+  const int tid = id.tid, lane = id.lane, g = id.g, t = id.t;
   const int k0 = blockIdx.x * BM, hk = blockIdx.y, b = blockIdx.z, group = p.H / p.Hkv;
   const int offset = p.Sk - p.Sq;
   const T* gk = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
@@ -372,12 +382,10 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
     const T* gdo = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1];
     mma::load_rows_async<BN, D, C::kThreads>(qs.q + stage * BN * LD, gq, p.q_stride[2], q0, p.Sq, tid);
     mma::load_rows_async<BN, D, C::kThreads>(qs.dout + stage * BN * LD, gdo, p.dout_stride[2], q0, p.Sq, tid);
-    const int64_t row0 = ((int64_t)b * p.H + h) * p.Sq;
+    const int64_t bh = (int64_t)b * p.H + h;
     for (int c = tid; c < BN; c += C::kThreads) {
-      const int i = q0 + c;
-      const float l = i < p.Sq ? static_cast<const float*>(p.lse)[row0 + i] : -INFINITY;
-      qs.lse2[stage * BN + c] = l == -INFINITY ? INFINITY : l * kLog2e;
-      qs.delta[stage * BN + c] = i < p.Sq ? static_cast<const float*>(p.delta)[row0 + i] : 0.f;
+      qs.lse2[stage * BN + c] = lse_log2(p, bh, q0 + c);
+      qs.delta[stage * BN + c] = delta_at(p, bh, q0 + c);
     }
   };
 
@@ -392,7 +400,7 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
   // K and V fragments stay in registers, except V at D = 128 (that spills at 255 registers): it is
   // read again from shared memory, one k-step at a time, for each 16 queries.
   constexpr bool kVInRegs = D <= 96;
-  const int wrow = warp * 16 * kM;
+  const int wrow = id.warp * 16 * kM;
   uint32_t kf[kM][C::kK][4], vf[kM][kVInRegs ? C::kK : 1][4];
   bool key_in[kM][2];  // rows g / g + 8: key < S_k and not padded
 #pragma unroll
@@ -452,16 +460,10 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
     }
   }
 
-  const float scale = static_cast<float>(p.scale);
-#pragma unroll
-  for (int m = 0; m < kM; ++m)
-#pragma unroll
-    for (int n = 0; n < C::kN; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dk[m][n][e] *= scale;
   const int64_t bhk = ((int64_t)b * p.Hkv + hk) * p.Sk * D;
-  mma::store_rows<kM, D>(dk, sK + wrow * LD, static_cast<T*>(p.dk) + bhk, k0 + wrow, p.Sk, lane);
-  mma::store_rows<kM, D>(dv, sV + wrow * LD, static_cast<T*>(p.dv) + bhk, k0 + wrow, p.Sk, lane);
+  mma::store_rows<kM, D>(dk, static_cast<float>(p.scale), sK + wrow * LD, static_cast<T*>(p.dk) + bhk, k0 + wrow,
+                         p.Sk, lane);
+  mma::store_rows<kM, D>(dv, 1.f, sV + wrow * LD, static_cast<T*>(p.dv) + bhk, k0 + wrow, p.Sk, lane);
 }
 
 // ------------------------------------------------------------------------------------------------

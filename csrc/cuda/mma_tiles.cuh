@@ -135,21 +135,23 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4], c
   a[3] = pack2<T>(c1[2], c1[3]);
 }
 
-// Stores a warp's accumulator rows (kM blocks of 16 rows x COLS) rounded to T into rows
-// [row0, row0 + 16kM) of a contiguous global matrix (COLS per row), skipping rows >= n_rows. The
-// rows go through the warp's own 16kM shared-memory rows `s` so that the global stores are 16
-// bytes wide and coalesced.
+// Stores a warp's accumulator rows (kM blocks of 16 rows x COLS) times mul[m][hi] (hi = 0 for row
+// g, 1 for row g + 8 of block m), rounded to T, into rows [row0, row0 + 16kM) of a contiguous
+// global matrix (COLS per row), skipping rows >= n_rows. The rows go through the warp's own 16kM
+// shared-memory rows `s` so that the global stores are 16 bytes wide and coalesced.
 template <int kM, int COLS, typename T>
-__device__ __forceinline__ void store_rows(const float (&acc)[kM][COLS / 8][4], T* s, T* g, int row0, int n_rows,
-                                           int lane) {
+__device__ __forceinline__ void store_rows(const float (&acc)[kM][COLS / 8][4], const float (&mul)[kM][2], T* s,
+                                           T* g, int row0, int n_rows, int lane) {
   constexpr int LD = kPaddedLd<COLS>, kChunks = COLS / 8;
   const int r = lane / 4, c = 2 * (lane % 4);
 #pragma unroll
   for (int m = 0; m < kM; ++m) {
 #pragma unroll
     for (int n = 0; n < COLS / 8; ++n) {
-      *reinterpret_cast<uint32_t*>(s + (16 * m + r) * LD + 8 * n + c) = pack2<T>(acc[m][n][0], acc[m][n][1]);
-      *reinterpret_cast<uint32_t*>(s + (16 * m + r + 8) * LD + 8 * n + c) = pack2<T>(acc[m][n][2], acc[m][n][3]);
+      *reinterpret_cast<uint32_t*>(s + (16 * m + r) * LD + 8 * n + c) =
+          pack2<T>(acc[m][n][0] * mul[m][0], acc[m][n][1] * mul[m][0]);
+      *reinterpret_cast<uint32_t*>(s + (16 * m + r + 8) * LD + 8 * n + c) =
+          pack2<T>(acc[m][n][2] * mul[m][1], acc[m][n][3] * mul[m][1]);
     }
   }
   __syncwarp();
@@ -160,6 +162,16 @@ __device__ __forceinline__ void store_rows(const float (&acc)[kM][COLS / 8][4], 
       *reinterpret_cast<uint4*>(g + (int64_t)(row0 + row) * COLS + k * 8) =
           *reinterpret_cast<const uint4*>(s + row * LD + k * 8);
   }
+}
+
+// The same with one multiplier for every row.
+template <int kM, int COLS, typename T>
+__device__ __forceinline__ void store_rows(const float (&acc)[kM][COLS / 8][4], float mul, T* s, T* g, int row0,
+                                           int n_rows, int lane) {
+  float rows[kM][2];
+#pragma unroll
+  for (int m = 0; m < kM; ++m) rows[m][0] = rows[m][1] = mul;
+  store_rows<kM, COLS>(acc, rows, s, g, row0, n_rows, lane);
 }
 
 }  // namespace mma

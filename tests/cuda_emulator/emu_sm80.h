@@ -31,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 // The CUDA keywords as plain C++.
@@ -405,17 +406,11 @@ inline float fast_exp2(float x) {
 }
 
 template <typename T>
-uint32_t pack2(float lo, float hi);
-template <>
-inline uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  uint32_t r;
-  std::memcpy(&r, &v, 4);
-  return r;
-}
-template <>
-inline uint32_t pack2<__half>(float lo, float hi) {
-  const __half2 v = __floats2half2_rn(lo, hi);
+uint32_t pack2(float lo, float hi) {
+  const auto v = [&] {
+    if constexpr (std::is_same_v<T, __half>) return __floats2half2_rn(lo, hi);
+    else return __floats2bfloat162_rn(lo, hi);
+  }();
   uint32_t r;
   std::memcpy(&r, &v, 4);
   return r;

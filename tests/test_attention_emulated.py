@@ -117,9 +117,10 @@ def test_lengths_causal_bottom_right(driver, tmp_path, Sq, Sk):
     check(driver, tmp_path, q, k, v, dout, causal=True)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_gqa_and_padding(driver, tmp_path, causal):
-    q, k, v, dout = make(2, 6, 2, 70, 140, 64, torch.bfloat16, "cpu", seed=7)
+@pytest.mark.parametrize("causal,D,dtype", [(False, 64, torch.bfloat16), (True, 64, torch.bfloat16),
+                                             (True, 128, torch.float16)])
+def test_gqa_and_padding(driver, tmp_path, causal, D, dtype):
+    q, k, v, dout = make(2, 6, 2, 70, 140, D, dtype, "cpu", seed=7)
     mask = torch.rand(2, 140, generator=torch.Generator().manual_seed(8)) < 0.3
     mask[1, :] = True  # batch 1: every key padded, rows give zeros and lse -inf
     out, dq, dk, dv = check(driver, tmp_path, q, k, v, dout, causal=causal, key_padding_mask=mask)
@@ -145,3 +146,11 @@ def test_deterministic(driver, tmp_path):
     for x, y in zip(a, b):
         assert torch.equal(x.view(torch.int16) if x.dtype != torch.float32 else x,
                            y.view(torch.int16) if y.dtype != torch.float32 else y)
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_negative_and_zero_scale(driver, tmp_path, scale):
+    """Masking happens after scaling, so a negative scale cannot turn a masked -inf into +inf."""
+    q, k, v, dout = make(1, 2, 1, 40, 70, 64, torch.float16, "cpu", seed=9)
+    mask = torch.rand(1, 70, generator=torch.Generator().manual_seed(10)) < 0.3
+    check(driver, tmp_path, q, k, v, dout, causal=True, key_padding_mask=mask, scale=scale)

@@ -7,6 +7,7 @@ the tensor-core one timed against PyTorch's SDPA. Plain python + torch; about 2 
 (`--smoke --device cpu` runs the same code on tiny shapes on the CPU kernels: the test suite does
 that, so the script cannot break unnoticed between GPU sessions.)
 
+0. The profiler's kernel names: each family launches its own kernels (no silent fallback).
 1. Small odd shapes (lengths 1, 3, 127, 1023, 5000-ish, S_q != S_k, GQA, padding, D 64/96/128,
    bf16 and fp16, causal and not): every kernel family ("mma" = tensor cores, "legacy") must keep
    its error vs the float64 reference within 2x SDPA's error on the same inputs (the rule of
@@ -135,6 +136,33 @@ def check_odd(cases, failures: list) -> int:
     return n
 
 
+# Kernel names each variant must launch for a (1, 2, 256, 128) bf16 forward + backward.
+EXPECTED_KERNELS = {
+    "mma": ("attention_forward_mma", "attention_backward_dq_mma", "attention_backward_dkdv_mma"),
+    "legacy": ("attention_forward_wmma", "attention_backward_simt"),
+}
+
+
+def check_kernels(failures: list) -> None:
+    """Which attention kernels each variant launches (the profiler's CUDA kernel names)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout = (torch.randn(1, 2, 256, 128, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    for variant, expected in EXPECTED_KERNELS.items():
+        set_variant(variant)
+        try:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                out_and_grads(gencore_fused, q, k, v, dout, causal=True)
+                torch.cuda.synchronize()
+        except Exception as exc:  # the profiler is a check of the setup, not of the kernels
+            print(f"kernels of {variant}: profiler unavailable ({exc})")
+            continue
+        names = sorted({e.name.split("<")[0].split("::")[-1] for e in prof.events() if "attention" in e.name})
+        print(f"kernels of {variant}: {names}", flush=True)
+        missing = [n for n in expected if not any(n in name for name in names)]
+        if missing:
+            failures.append(f"variant {variant} did not launch {missing} (launched {names})")
+
+
 def time_ms(fn, reps: int, warmup: int = 3) -> float:
     """Median over `reps` calls, CUDA events on the GPU (a host clock on the CPU)."""
     for _ in range(warmup):
@@ -232,6 +260,8 @@ def main(argv=None) -> int:
         print(f"{props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}", flush=True)
     t0 = time.time()
     failures: list = []
+    if DEVICE == "cuda":
+        check_kernels(failures)
     n_odd = check_odd(SMOKE_ODD if args.smoke else ODD, failures)
     print(f"odd shapes: {n_odd} variant runs checked in {time.time() - t0:.0f} s", flush=True)
     shapes = SMOKE_GPU_CASES if args.smoke else GPU_CASES

@@ -4,7 +4,10 @@
     python benchmarks/report.py /tmp/at.json --markdown
 
 Groups: "attention <B,H,S,D> <dtype> causal=<..> <fwd|fwd+bwd>"; extra_info: impl, peak_mb, and on
-a GPU tflops (FLOPs 4*B*H*S_q*S_k*D forward, halved when causal; backward 2.5x forward).
+a GPU tflops (FLOPs 4*B*H*S_q*S_k*D forward, halved when causal; forward+backward 3.5x forward).
+GPU cases: issue 12's bf16 shapes (GPU_CASES); GENCORE_ATTENTION_KERNEL=legacy times the older
+kernels as "fused". benchmarks/gpu/attention_check.py is the one-call GPU check (errors, CUDA-event
+timings, both kernel families).
 
 peak_mb, CPU: the peak resident-set growth during one extra call made just for it. For that call
 glibc's mmap threshold is set to 64 KiB (every block of 64 KiB or more, torch's or a kernel's own
@@ -15,7 +18,8 @@ miss non-torch scratch buffers). The timed calls then run with the threshold at 
 own ceiling, i.e. the warmed-up state of a long-running process: with 64 KiB every call would
 page-fault all its scratch memory afresh and the timings would measure the kernel's page-fault
 handling. On CUDA: torch.cuda.max_memory_allocated() growth.
-The reference is left out at S = 4096: each of its S x S intermediates is 0.5 GiB there.
+The reference is left out at S = 4096 and on the GPU: each of its S x S intermediates is 0.5 GiB at
+S = 4096.
 """
 from __future__ import annotations
 
@@ -74,15 +78,37 @@ def peak_mb(fn, device) -> float | None:
 
 
 CPU_SHAPES = [(8, 8, 256, 64), (8, 8, 512, 64), (1, 8, 4096, 64)]
-GPU_SHAPES = [(4, 16, 4096, 128)]
+# Issue 12's GPU cases, bf16: (shape, causal, mode).
+GPU_CASES = [
+    ((4, 16, 4096, 128), False, "fwd"),
+    ((4, 16, 4096, 128), False, "fwd+bwd"),
+    ((4, 16, 4096, 128), True, "fwd"),
+    ((4, 16, 4096, 128), True, "fwd+bwd"),
+    ((8, 16, 2048, 64), True, "fwd+bwd"),
+    ((1, 16, 16384, 128), True, "fwd+bwd"),
+]
+NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def _case_id(device, shape, dtype, causal, mode):
+    return f"{device}-{'x'.join(map(str, shape))}-{dtype}-{'causal' if causal else 'full'}-{mode}"
 
 
 def cases():
     for shape in CPU_SHAPES:
-        yield pytest.param("cpu", shape, torch.float32, id=f"cpu-{'x'.join(map(str, shape))}-f32")
-    for shape in GPU_SHAPES:
-        yield pytest.param("cuda", shape, torch.bfloat16, id=f"cuda-{'x'.join(map(str, shape))}-bf16",
-                           marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+        for causal in (True, False):
+            for mode in ("fwd", "fwd+bwd"):
+                yield pytest.param("cpu", shape, torch.float32, causal, mode,
+                                   id=_case_id("cpu", shape, "f32", causal, mode))
+    for shape, causal, mode in GPU_CASES:
+        yield pytest.param("cuda", shape, torch.bfloat16, causal, mode, marks=NO_GPU,
+                           id=_case_id("cuda", shape, "bf16", causal, mode))
+
+
+def attention_flops(shape, causal: bool, mode: str) -> float:
+    """4*B*H*S^2*D forward, halved when causal; forward+backward 3.5x the forward."""
+    B, H, S, D = shape
+    return 4 * B * H * S * S * D * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
 
 
 IMPLS = {
@@ -92,14 +118,12 @@ IMPLS = {
 }
 
 
-@pytest.mark.parametrize("device,shape,dtype", list(cases()))
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("device,shape,dtype,causal,mode", list(cases()))
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
     B, H, S, D = shape
-    if impl == "reference" and S >= 4096:
-        pytest.skip("reference at S = 4096 needs several 0.5 GiB S x S intermediates")
+    if impl == "reference" and (S >= 4096 or device == "cuda"):
+        pytest.skip("reference: its S x S intermediates (0.5 GiB each at S = 4096) do not fit the time")
     if impl == "fused" and not _backend.has_kernel("attention", device):
         pytest.skip(f"no fused {device} attention kernel in this build: {_backend.reason()}")
     g = torch.Generator().manual_seed(0)
@@ -127,10 +151,11 @@ def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
     benchmark.extra_info["peak_mb"] = peak_mb(run, device)
     run()  # warm-up, with the timing's allocator settings
     rounds = 7 if S <= 256 else (5 if S <= 512 else 3)
+    if device == "cuda":
+        rounds = 10
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     if device == "cuda":
-        flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0) * (3.5 if mode == "fwd+bwd" else 1.0)
-        benchmark.extra_info["tflops"] = flops / benchmark.stats.stats.median / 1e12
+        benchmark.extra_info["tflops"] = attention_flops(shape, causal, mode) / benchmark.stats.stats.median / 1e12
 
 
 # One decoding step with a KV cache: one query per sequence against the cached keys, k/v as

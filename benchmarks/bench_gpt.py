@@ -14,6 +14,9 @@ Groups (extra_info "impl"; report.py gives each time as a multiple of the "fused
   vocabulary 100) with attention impl "fused" (gencore's kernel), "reference" (gencore's PyTorch
   reference) and "torch" (the same model on `F.scaled_dot_product_attention`, impl="sdpa").
   Target: fused at least as fast as torch.
+- "gpt-2-small train step ..." (CUDA only): the GPT-2-small shape (12 layers, 12 heads, 768 wide,
+  vocabulary 50304, batch 8 x 1024 tokens), bf16 autocast, fused AdamW, with attention impl "auto",
+  "fused" (gencore's tensor-core kernels) and "sdpa" side by side.
 - "gpt generate ...": 256 new tokens after a 16-token prompt (context 512, so no crop), top-k
   sampling with a seeded generator: "fused" = KV cache + fused attention, "torch" = KV cache +
   SDPA, "uncached" = fused attention over the whole sequence at every step. Target: uncached
@@ -57,6 +60,32 @@ def train_step(impl: str):
     return step
 
 
+GPU_MODEL = dict(vocab_size=50304, n_layer=12, n_head=12, n_embd=768)
+GPU_TRAIN_IMPLS = {"auto": "auto", "fused": "fused", "torch": "sdpa"}
+GPU_TRAIN_GROUP = "gpt-2-small train step <L12,H12,E768> T=1024 B=8 V=50304 bf16 autocast fwd+bwd+adamw"
+
+
+def gpu_train_step(impl: str):
+    """One bf16-autocast training step of the GPT-2-small shape on CUDA with attention `impl`."""
+    torch.manual_seed(0)
+    block, batch = 1024, 8
+    model = GPT(GPTConfig(block_size=block, impl=impl, **GPU_MODEL)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randint(0, GPU_MODEL["vocab_size"], (batch, block), generator=g, device="cuda")
+    y = torch.randint(0, GPU_MODEL["vocab_size"], (batch, block), generator=g, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        torch.cuda.synchronize()
+    return step
+
+
 def generation(impl: str, use_cache: bool, batch: int):
     """256 sampled tokens after a 16-token prompt, context 512."""
     torch.manual_seed(0)
@@ -81,6 +110,17 @@ def test_gpt_train_step(benchmark, impl):
     benchmark.group = TRAIN_GROUP
     benchmark.extra_info["impl"] = impl
     benchmark.pedantic(step, rounds=30, iterations=1, warmup_rounds=5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("impl", list(GPU_TRAIN_IMPLS))
+def test_gpt2_small_train_step_cuda(benchmark, impl):
+    if GPU_TRAIN_IMPLS[impl] == "fused" and not _backend.has_kernel("attention", "cuda"):
+        pytest.skip(f"no fused cuda attention kernel in this build: {_backend.reason()}")
+    step = gpu_train_step(GPU_TRAIN_IMPLS[impl])
+    benchmark.group = GPU_TRAIN_GROUP
+    benchmark.extra_info["impl"] = impl
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=3)
 
 
 @pytest.mark.parametrize("batch", [1, 8])
@@ -114,6 +154,8 @@ def main(argv=None) -> None:
     print(f"torch threads: {torch.get_num_threads()}")
     print("| case | impl | median ms | x fused time |\n|---|---|---:|---:|")
     groups = [(TRAIN_GROUP, {k: train_step(v) for k, v in TRAIN_IMPLS.items()}, args.rounds)]
+    if torch.cuda.is_available():
+        groups.append((GPU_TRAIN_GROUP, {k: gpu_train_step(v) for k, v in GPU_TRAIN_IMPLS.items()}, 10))
     for batch in (1, 8):
         groups.append((GEN_GROUP.format(batch=batch),
                        {k: generation(a, c, batch) for k, (a, c) in GEN_CASES.items()}, args.gen_rounds))

@@ -1,6 +1,10 @@
 """gencore.ops.attention: fused kernels vs the float64 reference (FlashAttention's error rule),
 gradcheck, opcheck, torch.compile, masks, GQA, odd sizes, strides, bad input."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,19 +43,23 @@ def ref(q, k, v, causal=False, key_padding_mask=None, scale=None):
     return attention_reference(q, k, v, causal, key_padding_mask, scale)[0]
 
 
-def check_flash_rule(q, k, v, dout, **kw):
-    """Fused error vs the float64 reference <= 2x the error of the reference run in the inputs'
-    own precision (plus a tiny absolute slack for errors at rounding level)."""
-    exact = run(ref, *(t.double() for t in (q, k, v, dout)), **kw)
-    same = run(ref, q, k, v, dout, **kw)
-    got = run(fused, q, k, v, dout, **kw)
-    for name, e, s, f in zip(("out", "dq", "dk", "dv"), exact, same, got):
-        assert f.dtype == q.dtype and f.shape == e.shape, name
+def assert_within_2x(exact, base, got, dtype, base_name):
+    """out, dq, dk, dv: the fused error vs the float64 `exact` <= 2x the error of `base` (plus a tiny
+    absolute slack for errors at rounding level)."""
+    slack = 1e-6 if dtype != torch.float64 else 1e-12
+    for name, e, s, f in zip(("out", "dq", "dk", "dv"), exact, base, got):
+        assert f.dtype == dtype and f.shape == e.shape, name
         assert torch.isfinite(f).all(), f"{name} has non-finite values"
         err_fused = (f.double() - e).abs().max().item()
-        err_ref = (s.double() - e).abs().max().item()
-        slack = 1e-6 if q.dtype != torch.float64 else 1e-12
-        assert err_fused <= 2 * err_ref + slack, f"{name}: fused err {err_fused} > 2 x ref err {err_ref}"
+        err_base = (s.double() - e).abs().max().item()
+        assert err_fused <= 2 * err_base + slack, f"{name}: fused err {err_fused} > 2 x {base_name} err {err_base}"
+
+
+def check_flash_rule(q, k, v, dout, **kw):
+    """Fused error vs the float64 reference <= 2x the error of the reference run in the inputs'
+    own precision."""
+    exact = run(ref, *(t.double() for t in (q, k, v, dout)), **kw)
+    assert_within_2x(exact, run(ref, q, k, v, dout, **kw), run(fused, q, k, v, dout, **kw), q.dtype, "ref")
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
@@ -294,3 +302,173 @@ def test_backward_few_kv_heads_any_threads(device, threads):
         check_flash_rule(q, k, v, dout, causal=True, key_padding_mask=mask)
     finally:
         torch.set_num_threads(old)
+
+
+# -- CUDA: the tensor-core kernels (bf16/fp16, D 64/96/128) and the legacy ones ---------------------
+# GENCORE_ATTENTION_KERNEL picks them ("mma", the default where they apply, or "legacy"); each
+# case runs both. The baseline is PyTorch's own SDPA in the same dtype: the fused error vs the
+# float64 gold must stay within 2x SDPA's error on the same inputs.
+
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+HALF = [torch.bfloat16, torch.float16]
+KERNELS = ["mma", "legacy"]
+
+
+@pytest.fixture
+def kernel(request, monkeypatch):
+    monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", request.param)
+    return request.param
+
+
+def visible(Sq, Sk, causal, key_padding_mask):
+    """(B or 1, Sq, Sk) bool: which keys each query attends (bottom-right causal, padding)."""
+    allowed = torch.ones(1, Sq, Sk, dtype=torch.bool)
+    if causal:
+        allowed &= torch.arange(Sk)[None, :] <= torch.arange(Sq)[:, None] + (Sk - Sq)
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask.cpu()[:, None, :]
+    return allowed
+
+
+def sdpa(q, k, v, causal=False, key_padding_mask=None, scale=None):
+    """PyTorch's SDPA with gencore's semantics: bottom-right causal, key padding, GQA by repetition."""
+    group = q.shape[1] // k.shape[1]
+    k, v = (t.repeat_interleave(group, dim=1) for t in (k, v))
+    Sq, Sk = q.shape[2], k.shape[2]
+    if key_padding_mask is None and (not causal or Sq == Sk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    mask = visible(Sq, Sk, causal, key_padding_mask)[:, None].to(q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def check_vs_sdpa(q, k, v, dout, **kw):
+    """Fused out, dq, dk, dv vs the float64 reference: error <= 2x SDPA's error in the same dtype
+    (rows that see no key have no SDPA value: there the reference in the inputs' dtype is the
+    baseline, through check_flash_rule)."""
+    if not visible(q.shape[2], k.shape[2], kw.get("causal", False), kw.get("key_padding_mask")).any(-1).all():
+        return check_flash_rule(q, k, v, dout, **kw)
+    exact = run(ref, *(t.double() for t in (q, k, v, dout)), **kw)
+    assert_within_2x(exact, run(sdpa, q, k, v, dout, **kw), run(fused, q, k, v, dout, **kw), q.dtype, "SDPA")
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("D", [64, 96, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_head_dims(kernel, dtype, D, causal):
+    need_fused("attention", "cuda")
+    q, k, v, dout = make(2, 4, 4, 256, 256, D, dtype, "cuda", seed=D)
+    check_vs_sdpa(q, k, v, dout, causal=causal)
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Sq,Sk", [(1, 5003), (3, 3), (3, 127), (127, 3), (127, 1023), (1023, 1023), (5000, 64),
+                                   (129, 129)])
+def test_cuda_lengths(kernel, D, Sq, Sk):
+    """Odd lengths and S_q != S_k both ways, causal (bottom-right; S_q > S_k leaves rows without
+    keys) and not, GQA."""
+    need_fused("attention", "cuda")
+    q, k, v, dout = make(1, 4, 2, Sq, Sk, D, torch.bfloat16, "cuda", seed=Sq + Sk)
+    for causal in (False, True):
+        check_vs_sdpa(q, k, v, dout, causal=causal)
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_gqa_padding(kernel, dtype, causal):
+    need_fused("attention", "cuda")
+    q, k, v, dout = make(3, 8, 2, 300, 333, 128, dtype, "cuda", seed=11)
+    mask = torch.rand(3, 333, generator=torch.Generator().manual_seed(12)) < 0.3
+    mask[:, -1] = False  # every query sees the last key (SDPA has no value for rows without keys)
+    check_vs_sdpa(q, k, v, dout, causal=causal, key_padding_mask=mask.cuda())
+    mask[2] = True  # batch 2 sees nothing: zeros, zero gradients, lse -inf
+    mask = mask.cuda()
+    out, dq, dk, dv = run(fused, q, k, v, dout, causal=causal, key_padding_mask=mask)
+    assert (out[2] == 0).all() and (dq[2] == 0).all() and (dk[2] == 0).all() and (dv[2] == 0).all()
+    assert (dk[0][:, mask[0]] == 0).all() and (dv[0][:, mask[0]] == 0).all()
+    _, lse = torch.ops.gencore.attention(q, k, v, mask, causal, 0.1)
+    assert torch.isneginf(lse[2]).all() and torch.isfinite(lse[:2]).all()
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
+@pytest.mark.parametrize("D", [64, 96])
+def test_cuda_non_contiguous(kernel, D):
+    """q, k, v as views of one fused projection (B, S, 3, H, D); dout transposed; and a q whose
+    data starts 1 element off 16-byte alignment (the tensor-core kernels hand it to the legacy
+    ones)."""
+    need_fused("attention", "cuda")
+    B, S, H = 2, 333, 4
+    qkv = torch.randn(B, S, 3, H, D, generator=torch.Generator().manual_seed(3)).to("cuda", torch.bfloat16)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    dout = torch.randn(B, S, H, D, generator=torch.Generator().manual_seed(4)).to("cuda", torch.bfloat16).transpose(1, 2)
+    check_vs_sdpa(q, k, v, dout, causal=True, scale=0.07)
+    got = run(fused, q, k, v, dout, causal=True, scale=0.07)
+    want = run(fused, *(t.contiguous() for t in (q, k, v, dout)), causal=True, scale=0.07)
+    for f, w in zip(got, want):
+        torch.testing.assert_close(f, w, atol=0, rtol=0)
+    shifted = torch.empty(B * H * S * D + 1, device="cuda", dtype=torch.bfloat16)[1:].view(B, H, S, D)
+    shifted.copy_(q)
+    check_vs_sdpa(shifted, k, v, dout, causal=True)
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("D", [64, 128])
+def test_cuda_mma_backward_deterministic(monkeypatch, D):
+    """The tensor-core backward has no atomics: dQ, dK, dV are bit-identical across runs."""
+    need_fused("attention", "cuda")
+    monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", "mma")
+    q, k, v, dout = make(2, 8, 2, 1000, 1000, D, torch.bfloat16, "cuda", seed=21)
+    mask = (torch.rand(2, 1000, generator=torch.Generator().manual_seed(22)) < 0.2).cuda()
+    first = run(fused, q, k, v, dout, causal=True, key_padding_mask=mask)
+    for _ in range(2):
+        again = run(fused, q, k, v, dout, causal=True, key_padding_mask=mask)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+@CUDA_ONLY
+def test_cuda_kernels_agree_and_bad_choice(monkeypatch):
+    """Both kernel families compute the same function (to bf16 rounding), and an unknown
+    GENCORE_ATTENTION_KERNEL is a clear error."""
+    need_fused("attention", "cuda")
+    q, k, v, dout = make(2, 4, 4, 200, 200, 64, torch.bfloat16, "cuda", seed=31)
+    results = {}
+    for choice in KERNELS:
+        monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", choice)
+        results[choice] = run(fused, q, k, v, dout, causal=True)
+    for a, b in zip(results["mma"], results["legacy"]):
+        torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
+    monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", "fastest")
+    with pytest.raises(RuntimeError, match="GENCORE_ATTENTION_KERNEL"):
+        fused(q, k, v)
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("dtype", HALF)
+def test_cuda_mma_small(dtype):
+    """Small shapes for compute-sanitizer (memcheck, racecheck): every tensor-core path once."""
+    need_fused("attention", "cuda")
+    q, k, v, dout = make(1, 4, 2, 70, 150, 64, dtype, "cuda", seed=41)
+    mask = (torch.rand(1, 150, generator=torch.Generator().manual_seed(42)) < 0.2).cuda()
+    check_flash_rule(q, k, v, dout, causal=True, key_padding_mask=mask)
+    for D in (96, 128):
+        q, k, v, dout = make(1, 2, 2, 130, 70, D, dtype, "cuda", seed=D)
+        check_flash_rule(q, k, v, dout, causal=True)
+
+
+def test_gpu_check_script_smoke():
+    """benchmarks/gpu/attention_check.py (the one-call GPU check) runs end to end on tiny shapes on
+    the CPU kernels, so that a GPU session finds it working."""
+    need_fused("attention", "cpu")
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu" / "attention_check.py"), "--smoke",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "PASS" in res.stdout and "| 1x2x70x64 | True | fwd+bwd | mma |" in res.stdout

@@ -1,15 +1,21 @@
 // Flash-style attention, CUDA wrapper: checks, device guard, current stream, workspaces, launch.
-// The kernels are in attention_kernels.cu (torch-free).
+// The kernels are torch-free: attention_mma_kernels.cu (tensor cores, bf16/fp16, head dims 64, 96,
+// 128, sm_80+) where it applies, attention_kernels.cu (legacy) for everything else.
+// GENCORE_ATTENTION_KERNEL=legacy sends every call to the legacy kernels (to compare them, or as a
+// fallback); unset or "mma" is the default. It is read on every call, so one process can switch.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "../checks.h"
 #include "attention_kernels.h"
+#include "attention_mma_kernels.h"
 
 namespace gencore {
 namespace {
@@ -27,6 +33,19 @@ cuda::AttnDtype attn_dtype(at::ScalarType st) {
 // The kernels read the head dim with unit stride; other strides are passed through.
 at::Tensor unit_last_stride(const at::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();
+}
+
+// Whether the tensor-core kernels may run on q's device (the per-call shape checks are the
+// launchers' attention_*mma_supported).
+bool mma_kernels_allowed(const at::Tensor& q) {
+  const char* env = std::getenv("GENCORE_ATTENTION_KERNEL");
+  const std::string choice = env ? env : "";
+  TORCH_CHECK(choice.empty() || choice == "mma" || choice == "legacy",
+              "GENCORE_ATTENTION_KERNEL must be unset, 'mma' or 'legacy', got '", choice, "'");
+  if (choice == "legacy") return false;
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.get_device()));
+  return major >= 8;
 }
 
 void set_strides(int64_t* dst, const at::Tensor& t) {
@@ -90,8 +109,11 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   cuda::AttentionParams p = make_params(q, k, v, mask, causal, scale, g);
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr();
-  const cudaError_t err =
-      cuda::launch_attention_forward(p, attn_dtype(q.scalar_type()), c10::cuda::getCurrentCUDAStream());
+  const cuda::AttnDtype dtype = attn_dtype(q.scalar_type());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaError_t err = mma_kernels_allowed(q) && cuda::attention_mma_supported(p, dtype)
+                              ? cuda::launch_attention_forward_mma(p, dtype, stream)
+                              : cuda::launch_attention_forward(p, dtype, stream);
   TORCH_CHECK(err == cudaSuccess, "attention: CUDA launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
@@ -119,13 +141,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   c10::optional<at::Tensor> mask;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
   at::Tensor dq = at::empty(q.sizes(), q.options());
-  at::Tensor dk = at::zeros(k.sizes(), k.options());
-  at::Tensor dv = at::zeros(v.sizes(), v.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());  // both kernels write every element
+  at::Tensor dv = at::empty(v.sizes(), v.options());
   if (q.numel() == 0 || k.numel() == 0) {
     dq.zero_();
+    dk.zero_();
+    dv.zero_();
     return {dq, dk, dv};
   }
-  at::Tensor dq_accum = at::empty({g.B, g.H, g.Sq, g.D}, q.options().dtype(acc));
   at::Tensor delta = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
   cuda::AttentionBackwardParams p{};
   static_cast<cuda::AttentionParams&>(p) = make_params(q, k, v, mask, causal, scale, g);
@@ -136,10 +159,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   p.dq = dq.mutable_data_ptr();
   p.dk = dk.mutable_data_ptr();
   p.dv = dv.mutable_data_ptr();
-  p.dq_accum = dq_accum.mutable_data_ptr();
   p.delta = delta.mutable_data_ptr();
-  const cudaError_t err = cuda::launch_attention_backward(p, attn_dtype(q.scalar_type()),
-                                                          c10::cuda::getCurrentCUDAStream());
+  const cuda::AttnDtype dtype = attn_dtype(q.scalar_type());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaError_t err;
+  at::Tensor dq_accum;
+  if (mma_kernels_allowed(q) && cuda::attention_backward_mma_supported(p, dtype)) {
+    err = cuda::launch_attention_delta(p, dtype, stream);
+    if (err == cudaSuccess) err = cuda::launch_attention_backward_mma(p, dtype, stream);
+  } else {
+    dq_accum = at::empty({g.B, g.H, g.Sq, g.D}, q.options().dtype(acc));
+    p.dq_accum = dq_accum.mutable_data_ptr();
+    err = cuda::launch_attention_backward(p, dtype, stream);
+  }
   TORCH_CHECK(err == cudaSuccess, "attention_backward: CUDA launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dq, dk, dv};

@@ -1,5 +1,9 @@
 // Flash-style attention, CUDA kernels (FlashAttention-2 structure). Torch-free (see DESIGN.md).
 //
+// The legacy kernels: the CUDA path for float32/float64 and for the head dims and strides that the
+// tensor-core kernels (attention_mma_kernels.cu) do not take, and the GENCORE_ATTENTION_KERNEL=legacy
+// fallback for all of them.
+//
 // Forward, bfloat16/float16, head dims 16..128 in steps of 16, sm_80+: tensor cores through
 // nvcuda::wmma (16x16x16, float accumulation). One block of 4 warps per 64-query tile; K/V tiles
 // of 64 keys go through shared memory; each warp owns 16 query rows: S = Q K^T on tensor cores,
@@ -449,12 +453,18 @@ cudaError_t forward_half(const AttentionParams& p, cudaStream_t stream) {
 }
 
 template <typename T, typename A>
+cudaError_t delta_typed(const AttentionBackwardParams& p, cudaStream_t stream) {
+  const int64_t rows = (int64_t)p.B * p.H * p.Sq;
+  attention_delta<T, A><<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, typename A>
 cudaError_t backward_typed(const AttentionBackwardParams& p, cudaStream_t stream) {
   const int64_t rows = (int64_t)p.B * p.H * p.Sq;
   cudaError_t err = cudaMemsetAsync(p.dq_accum, 0, sizeof(A) * rows * p.D, stream);
   if (err != cudaSuccess) return err;
-  attention_delta<T, A><<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(p);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if ((err = delta_typed<T, A>(p, stream)) != cudaSuccess) return err;
   // Tiles small enough that K, V, dK, dV, Q, dO fit in shared memory for D up to 256.
   const int bytes_per_row = (int)sizeof(A) * p.D;
   auto launch = [&](auto kernel, int bq, int bk) {
@@ -484,6 +494,17 @@ cudaError_t launch_attention_forward(const AttentionParams& p, AttnDtype dtype, 
     case AttnDtype::kFloat64: return forward_simt<double, double>(p, stream);
     case AttnDtype::kFloat16: return forward_half<__half>(p, stream);
     case AttnDtype::kBFloat16: return forward_half<__nv_bfloat16>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_attention_delta(const AttentionBackwardParams& p, AttnDtype dtype, cudaStream_t stream) {
+  if ((int64_t)p.B * p.H * p.Sq == 0) return cudaSuccess;
+  switch (dtype) {
+    case AttnDtype::kFloat32: return delta_typed<float, float>(p, stream);
+    case AttnDtype::kFloat64: return delta_typed<double, double>(p, stream);
+    case AttnDtype::kFloat16: return delta_typed<__half, float>(p, stream);
+    case AttnDtype::kBFloat16: return delta_typed<__nv_bfloat16, float>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

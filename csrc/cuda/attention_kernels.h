@@ -37,6 +37,8 @@ struct AttentionBackwardParams : AttentionParams {
 };
 
 cudaError_t launch_attention_forward(const AttentionParams& p, AttnDtype dtype, cudaStream_t stream);
+// delta = rowsum(dO * O) into p.delta (accumulation type), the first step of every backward.
+cudaError_t launch_attention_delta(const AttentionBackwardParams& p, AttnDtype dtype, cudaStream_t stream);
 cudaError_t launch_attention_backward(const AttentionBackwardParams& p, AttnDtype dtype,
                                       cudaStream_t stream);
 

@@ -1,0 +1,141 @@
+// Runs csrc/cuda/attention_mma_kernels.cu on the CPU emulator (emu_sm80.h): forward, then the
+// backward from the forward's own output and lse, on inputs that tests/test_attention_emulated.py
+// writes as raw files.
+//
+//   attention_driver DIR
+// DIR/params.txt: B H Hkv Sq Sk D dtype(bf16|fp16) causal has_mask scale, then the (batch, head,
+// seq) strides in elements of q, k, v, dout, then the element counts of q.bin, k.bin, v.bin,
+// dout.bin (each a buffer the strided tensor lives in); mask.bin: B*Sk bytes when has_mask.
+// Writes out.bin, lse.bin (float32), dq.bin, dk.bin, dv.bin (contiguous) and prints one JSON line
+// of emulator statistics. Outputs start as NaN with NaN guard zones around them: an unwritten
+// element or a write out of bounds shows.
+#include "emu_sm80.h"
+
+#include "../../csrc/cuda/attention_mma_kernels.cu"
+
+#include <fstream>
+#include <string>
+
+namespace {
+
+using gencore::cuda::AttnDtype;
+
+std::vector<unsigned char> read_file(const std::string& path, size_t bytes) {
+  std::vector<unsigned char> data(bytes);
+  std::ifstream f(path, std::ios::binary);
+  if (!f.read(reinterpret_cast<char*>(data.data()), (std::streamsize)bytes)) gencore_emu::fail(("cannot read " + path).c_str());
+  return data;
+}
+
+void write_file(const std::string& path, const void* data, size_t bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(static_cast<const char*>(data), (std::streamsize)bytes);
+}
+
+// An output buffer with NaN guard zones on both sides.
+struct Guarded {
+  static constexpr size_t kGuard = 256;
+  std::vector<unsigned char> bytes;
+  size_t n;
+  explicit Guarded(size_t n_bytes) : bytes(n_bytes + 2 * kGuard, 0xff), n(n_bytes) {}
+  void* data() { return bytes.data() + kGuard; }
+  void check(const char* name) const {
+    for (size_t i = 0; i < kGuard; ++i)
+      if (bytes[i] != 0xff || bytes[kGuard + n + i] != 0xff) {
+        std::fprintf(stderr, "emulator: write outside %s\n", name);
+        std::abort();
+      }
+  }
+};
+
+float to_float(uint16_t bits, bool bf16) {
+  if (bf16) {
+    __nv_bfloat16 x;
+    std::memcpy(&x, &bits, 2);
+    return __bfloat162float(x);
+  }
+  __half x;
+  std::memcpy(&x, &bits, 2);
+  return __half2float(x);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) gencore_emu::fail("usage: attention_driver DIR");
+  const std::string dir = argv[1];
+  std::ifstream pf(dir + "/params.txt");
+  int B, H, Hkv, Sq, Sk, D, causal, has_mask;
+  std::string dtype_name;
+  double scale;
+  int64_t strides[4][3], counts[4];
+  pf >> B >> H >> Hkv >> Sq >> Sk >> D >> dtype_name >> causal >> has_mask >> scale;
+  for (auto& s : strides) pf >> s[0] >> s[1] >> s[2];
+  for (auto& c : counts) pf >> c;
+  if (!pf) gencore_emu::fail("bad params.txt");
+  const bool bf16 = dtype_name == "bf16";
+  const AttnDtype dtype = bf16 ? AttnDtype::kBFloat16 : AttnDtype::kFloat16;
+
+  auto q = read_file(dir + "/q.bin", 2 * counts[0]);
+  auto k = read_file(dir + "/k.bin", 2 * counts[1]);
+  auto v = read_file(dir + "/v.bin", 2 * counts[2]);
+  auto dout = read_file(dir + "/dout.bin", 2 * counts[3]);
+  std::vector<unsigned char> mask;
+  if (has_mask) mask = read_file(dir + "/mask.bin", (size_t)B * Sk);
+  for (auto* buf : {&q, &k, &v, &dout}) gencore_emu::register_buffer(buf->data(), buf->size());
+
+  gencore::cuda::AttentionBackwardParams p{};
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  std::memcpy(p.q_stride, strides[0], sizeof p.q_stride);
+  std::memcpy(p.k_stride, strides[1], sizeof p.k_stride);
+  std::memcpy(p.v_stride, strides[2], sizeof p.v_stride);
+  std::memcpy(p.dout_stride, strides[3], sizeof p.dout_stride);
+  p.key_padding_mask = has_mask ? reinterpret_cast<const bool*>(mask.data()) : nullptr;
+  p.B = B, p.H = H, p.Hkv = Hkv, p.Sq = Sq, p.Sk = Sk, p.D = D;
+  p.causal = causal != 0;
+  p.scale = scale;
+  p.dout = dout.data();
+
+  const size_t n_q = (size_t)B * H * Sq * D, n_k = (size_t)B * Hkv * Sk * D, rows = (size_t)B * H * Sq;
+  Guarded out(2 * n_q), lse(4 * rows), dq(2 * n_q), dk(2 * n_k), dv(2 * n_k);
+  p.out = out.data();
+  p.lse = lse.data();
+  if (!gencore::cuda::attention_backward_mma_supported(p, dtype)) gencore_emu::fail("shape not supported");
+  if (gencore::cuda::launch_attention_forward_mma(p, dtype, nullptr) != cudaSuccess) gencore_emu::fail("forward");
+
+  // delta = rowsum(dO * O) in float, as launch_attention_delta computes it.
+  std::vector<float> delta(rows);
+  const uint16_t* o16 = static_cast<const uint16_t*>(out.data());
+  const uint16_t* do16 = reinterpret_cast<const uint16_t*>(dout.data());
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < Sq; ++i) {
+        const size_t row = ((size_t)b * H + h) * Sq + i;
+        const int64_t go = b * strides[3][0] + h * strides[3][1] + i * strides[3][2];
+        float acc = 0.f;
+        for (int d = 0; d < D; ++d) acc += to_float(do16[go + d], bf16) * to_float(o16[row * D + d], bf16);
+        delta[row] = acc;
+      }
+  p.delta = delta.data();
+  p.dq = dq.data();
+  p.dk = dk.data();
+  p.dv = dv.data();
+  if (gencore::cuda::launch_attention_backward_mma(p, dtype, nullptr) != cudaSuccess) gencore_emu::fail("backward");
+
+  out.check("out");
+  lse.check("lse");
+  dq.check("dq");
+  dk.check("dk");
+  dv.check("dv");
+  write_file(dir + "/out.bin", out.data(), out.n);
+  write_file(dir + "/lse.bin", lse.data(), lse.n);
+  write_file(dir + "/dq.bin", dq.data(), dq.n);
+  write_file(dir + "/dk.bin", dk.data(), dk.n);
+  write_file(dir + "/dv.bin", dv.data(), dv.n);
+  const auto& st = gencore_emu::machine().stats;
+  std::printf("{\"max_ldmatrix_ways\": %d, \"collectives\": %ld, \"blocks\": %ld}\n", st.max_ldmatrix_ways,
+              st.collectives, st.blocks);
+  return 0;
+}

@@ -44,6 +44,18 @@ def _mask(dev, shape=(1, 4), dtype=torch.bool):
     return torch.zeros(shape, device=dev, dtype=dtype)
 
 
+def _with_env(name, value, call):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return call()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 # (name, devices it applies to, call, what the message must say). Each call passes bad arguments
 # straight to the C++ op; the message must name the problem and, where there is one, the shape,
 # dtype or device that was wrong.
@@ -119,6 +131,9 @@ CASES = [
      r"q, k, v must be on one CUDA device, got cuda:0, cpu, cpu"),
     ("at_cuda_head_dim", "cuda", lambda d: ops.attention(*_qkv(d, D=264), None, False, 1.0),
      r"head dim must be in \[1, 256\] on CUDA, got 264"),
+    ("at_kernel_env", "cuda", lambda d: _with_env("GENCORE_ATTENTION_KERNEL", "flash", lambda: ops.attention(
+        *_qkv(d, dtype=torch.bfloat16, D=64), None, False, 1.0)),
+     r"GENCORE_ATTENTION_KERNEL must be unset, 'mma' or 'legacy', got 'flash'"),
     ("at_bwd_shapes", "*", lambda d: ops.attention_backward(
         *_bwd_args(d, grad_out=torch.ones(1, 2, 3, 8, device=d))),
      r"grad_out \[1, 2, 3, 8\] and out \[1, 2, 4, 8\] must have the shape of q \[1, 2, 4, 8\]"),

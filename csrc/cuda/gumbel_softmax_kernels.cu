@@ -538,9 +538,9 @@ cudaError_t device_limits(DeviceLimits* out) {
   return cudaSuccess;
 }
 
-// Raises a kernel's dynamic shared memory limit to `bytes` (once per kernel and device).
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+// Raises Kernel's dynamic shared memory limit to `bytes` (once per kernel, size and device).
+template <auto Kernel>
+cudaError_t allow_smem(size_t bytes) {
   if (bytes <= 48 * 1024) return cudaSuccess;
   static int done[64];  // the largest size already allowed, per device
   int dev = 0;
@@ -548,7 +548,7 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes) {
   if (err != cudaSuccess) return err;
   if (dev < 0 || dev >= 64) return cudaErrorInvalidDevice;
   if (static_cast<size_t>(done[dev]) >= bytes) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err == cudaSuccess) done[dev] = static_cast<int>(bytes);
   return err;
 }
@@ -558,8 +558,8 @@ cudaError_t launch_rows(const void* x, void* out, void* soft, int64_t rows, int6
                         PhiloxKey key, double tau, bool hard, size_t smem, int slots,
                         cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto kernel = gumbel_row_kernel<T, THREADS, reg_chunks<T>(), MIN_BLOCKS>;
-  cudaError_t err = allow_smem(kernel, smem);
+  constexpr auto kernel = gumbel_row_kernel<T, THREADS, reg_chunks<T>(), MIN_BLOCKS>;
+  cudaError_t err = allow_smem<kernel>(smem);
   if (err != cudaSuccess) return err;
   kernel<<<grid_for(rows, 1), THREADS, smem, s>>>(
       static_cast<const T*>(x), static_cast<T*>(out), static_cast<T*>(soft), rows,
@@ -603,8 +603,8 @@ cudaError_t launch_group(const void* x, void* out, void* soft, int64_t rows, int
   // Leave room for the static shared memory of the reduction.
   const bool cached = want + 1024 <= static_cast<size_t>(lim.smem_optin);
   const size_t smem = cached ? want : 0;
-  auto kernel = gumbel_group_kernel<T, GROUP>;
-  err = allow_smem(kernel, smem);
+  constexpr auto kernel = gumbel_group_kernel<T, GROUP>;
+  err = allow_smem<kernel>(smem);
   if (err != cudaSuccess) return err;
   kernel<<<grid_for(rows, kRowsPerBlock), kGroupBlock, smem, s>>>(
       static_cast<const T*>(x), static_cast<T*>(out), static_cast<T*>(soft), rows, n, inner, key,

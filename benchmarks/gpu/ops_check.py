@@ -152,8 +152,8 @@ def compare(dev, fns, reps, warmup=3):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def time_gumbel(dev, rows):
-    shapes = [(8192, 32000), (1280, 5000)] if dev != "cpu" else [(1280, 5000)]
+def time_gumbel(dev, rows, cpu_rows):
+    shapes = [(8192, 32000), (1280, 5000)] if dev != "cpu" else [(cpu_rows, 5000)]
     reps = 20 if dev != "cpu" else 15
     for shape in shapes:
         for dtype in (torch.float32, torch.bfloat16):
@@ -256,8 +256,12 @@ def graph_time(step, r, f, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--rows", type=int, default=1280, help="rows of the CPU Gumbel timing shape (x 5000)")
     args = ap.parse_args()
     dev = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for op in ("gumbel_softmax", "gan_loss"):
         if not _backend.has_kernel(op, torch.device(dev).type):
             sys.exit(f"no fused {op} kernel for {dev}: {_backend.reason()}")
@@ -267,7 +271,7 @@ def main():
     check_gumbel(dev)
     check_gan(dev)
     rows = []
-    time_gumbel(dev, rows)
+    time_gumbel(dev, rows, args.rows)
     time_gan(dev, rows)
 
     def ms(v):

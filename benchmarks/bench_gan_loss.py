@@ -3,7 +3,9 @@
 Groups are "gan_loss <kind> <role> <size> <pass>" with pass "fwd" (no autograd) or "fwd+bwd"
 (inputs require grad, loss.backward()). The discriminator loss is both terms (real and fake)
 summed, as a GAN step computes it. By default every kind runs for the discriminator and bce/hinge
-for the generator; GENCORE_BENCH_FULL=1 runs every kind x role.
+for the generator; GENCORE_BENCH_FULL=1 runs every kind x role. The CUDA cases (bce discriminator,
+64 to 2^24 elements, synchronised after every call) are skipped without a GPU;
+benchmarks/gpu/ops_check.py also times CUDA graph replay.
 
     python -m pytest benchmarks/bench_gan_loss.py --benchmark-json out.json -q
     python benchmarks/report.py out.json --markdown
@@ -18,6 +20,8 @@ from gencore.ops import gan_loss
 from gencore.ops.reference import gan_loss_reference
 
 SIZES = {"64": (64,), "4096": (4096,), "64x1x30x30": (64, 1, 30, 30), "1048576": (1 << 20,)}
+CUDA_SIZES = {"64": (64,), "4096": (4096,), "1048576": (1 << 20,), "16777216": (1 << 24,)}
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 FULL = os.environ.get("GENCORE_BENCH_FULL") == "1"
 CASES = [(k, "discriminator") for k in ("bce", "hinge", "wasserstein", "rsgan", "ragan")]
 CASES += [(k, "generator") for k in (("bce", "hinge", "wasserstein", "rsgan", "ragan") if FULL
@@ -47,21 +51,36 @@ def torch_builtin(kind, role, ones, zeros):
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("kind,role", CASES)
 def test_gan_loss(benchmark, kind, role, size, pass_, impl):
-    shape = SIZES[size]
+    run_case(benchmark, kind, role, SIZES[size], size, pass_, impl, "cpu")
+
+
+@ON_CUDA
+@pytest.mark.parametrize("impl", ["fused", "torch"])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("size", list(CUDA_SIZES))
+def test_gan_loss_cuda(benchmark, size, pass_, impl):
+    run_case(benchmark, "bce", "discriminator", CUDA_SIZES[size], size, pass_, impl, "cuda")
+
+
+def run_case(benchmark, kind, role, shape, size, pass_, impl, device):
     gen = torch.Generator().manual_seed(0)
-    real = torch.randn(shape, generator=gen) * 2
-    fake = torch.randn(shape, generator=gen) * 2
-    ones, zeros = torch.ones(shape), torch.zeros(shape)
+    real = (torch.randn(shape, generator=gen) * 2).to(device)
+    fake = (torch.randn(shape, generator=gen) * 2).to(device)
+    ones, zeros = torch.ones(shape, device=device), torch.zeros(shape, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if impl == "fused":
         fn = lambda r, f: gan_loss(r, f, kind, role, impl="fused")  # noqa: E731
     elif impl == "reference":
         fn = lambda r, f: gan_loss_reference(r, f, kind, role)  # noqa: E731
     else:
         fn = torch_builtin(kind, role, ones, zeros)
-    benchmark.group = f"gan_loss {kind} {role} {size} {pass_}"
+    benchmark.group = f"gan_loss {kind} {role} {size} {pass_}" + (" cuda" if device == "cuda" else "")
     benchmark.extra_info["impl"] = impl
     if pass_ == "fwd":
-        benchmark(fn, real, fake)
+        def forward():
+            fn(real, fake)
+            sync()
+        benchmark(forward)
         return
     real.requires_grad_(True)
     fake.requires_grad_(True)
@@ -69,5 +88,6 @@ def test_gan_loss(benchmark, kind, role, size, pass_, impl):
     def step():
         real.grad = fake.grad = None
         fn(real, fake).backward()
+        sync()
 
     benchmark(step)

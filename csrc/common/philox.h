@@ -64,7 +64,12 @@ GENCORE_HD Philox4 philox_block(PhiloxKey key, uint64_t block) {
 // A uniform float strictly inside (0, 1) from 32 random bits: the top 23 bits k give
 // (k + 0.5) * 2^-23, exact in float32, so u is never 0 or 1 and -log(-log(u)) is always finite.
 GENCORE_HD float uniform_open01(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  // The same value without an int-to-float conversion: (1 + k 2^-23) - (1 - 2^-24), exact.
+  return __uint_as_float((bits >> 9) | 0x3F800000u) - 0x1.fffffep-1f;
+#else
   return (static_cast<float>(bits >> 9) + 0.5f) * (1.0f / 8388608.0f);
+#endif
 }
 
 }  // namespace gencore

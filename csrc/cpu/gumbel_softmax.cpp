@@ -1,6 +1,7 @@
-// Gumbel-softmax, CPU: one parallel pass over rows; per row, Philox noise, online max, exp-sum and
-// the normalised write, all in a thread-local buffer that stays in cache (logits read once,
-// output written once). Vectorized with at::vec; float32 math (float64 for float64).
+// Gumbel-softmax, CPU: one parallel pass over rows; per row, the Philox noise drawn a chunk at a
+// time into L1 and added to the logits (z and its max), then exp-sum and the normalised write, in
+// the output row (or a thread-local buffer) that stays in cache: logits read once, output written
+// once. Vectorized with at::vec; float32 math (float64 for float64).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -8,36 +9,65 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "../checks.h"
-#include "philox_simd.h"
+#include "gumbel_noise_simd.h"
+#include "vec_math.h"
 
 namespace gencore {
 namespace {
 
 using at::vec::Vectorized;
 
-// Uniforms (0, 1) for the `len` logical indices first, first + stride, ... into u[0..len).
-void philox_uniforms(PhiloxKey key, int64_t first, int64_t stride, int64_t len, float* u) {
-  if (stride != 1) {  // dim is not the last one: one block per element, one word kept
-    for (int64_t j = 0; j < len; ++j) {
-      const uint64_t idx = static_cast<uint64_t>(first + j * stride);
-      u[j] = uniform_open01(philox_block(key, idx >> 2).v[idx & 3]);
+// z[j] = (x[j] + g_j) / tau for the row's n elements (element j has logical index
+// first + j * stride; g_j its Gumbel noise); returns the max of the z[j] that are not NaN (-inf if
+// none). float: the noise is computed in registers from each vector of Philox bits
+// (gumbel_noise_simd.h, bit-identical to the reference).
+float noisy_logits(const float* x, PhiloxKey key, int64_t first, int64_t stride, float inv_tau,
+                   int64_t n, float* z) {
+  using Vec = Vectorized<float>;
+  const Vec vinv(inv_tau);
+  Vec vmax(-std::numeric_limits<float>::infinity());
+  float m = -std::numeric_limits<float>::infinity();
+  philox_visit(key, first, stride, n, [&](int64_t j, auto bits) {
+    if constexpr (std::is_same_v<decltype(bits), uint32_t>) {
+      const float zj = (x[j] + gumbel_noise(bits)) * inv_tau;
+      z[j] = zj;
+      m = zj > m ? zj : m;
+    } else {
+      const Vec vz = (Vec::loadu(x + j) - Vec(minus_gumbel(bits))) * vinv;
+      vz.store(z + j);
+      vmax = max_vec(vmax, vz);
     }
-    return;
+  });
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return max_vec(a, b); },
+                                        max_vec(vmax, Vec(m)));
+}
+
+// double: the uniforms' logs in double, a chunk of uniforms at a time.
+double noisy_logits(const double* x, PhiloxKey key, int64_t first, int64_t stride, double inv_tau,
+                    int64_t n, double* z) {
+  using Vec = Vectorized<double>;
+  constexpr int64_t W = Vec::size(), kChunk = 256;
+  const Vec vinv(inv_tau);
+  Vec vmax(-std::numeric_limits<double>::infinity());
+  alignas(64) float u[kChunk];
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t len = std::min(kChunk, n - c);
+    philox_map(key, first + c * stride, stride, len, u, UniformMap{});
+    for (int64_t j = 0; j < len; j += W) {  // a partial vector for the tail, as torch.log
+      const int64_t m = std::min(W, len - j);
+      const Vec vu = at::vec::convert<double>(Vectorized<float>::loadu(u + j, m));
+      const Vec vz = (Vec::loadu(x + c + j, m) + vu.log().neg().log().neg()) * vinv;
+      vz.store(z + c + j, m);
+      vmax = at::vec::maximum(vmax, m == W ? vz : Vec::set(Vec(vmax), vz, m));
+    }
   }
-  auto one = [&](int64_t j) {
-    const uint64_t idx = static_cast<uint64_t>(first + j);
-    u[j] = uniform_open01(philox_block(key, idx >> 2).v[idx & 3]);
-  };
-  int64_t j = 0;
-  for (; j < len && ((first + j) & 3) != 0; ++j) one(j);  // up to a block boundary
-  const int64_t nblocks = (len - j) / 4;
-  philox_uniforms_blocks(key, static_cast<uint64_t>(first + j) >> 2, nblocks, u + j);
-  for (j += 4 * nblocks; j < len; ++j) one(j);
+  return at::vec::vec_reduce_all<double>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
 }
 
 // Index of the first element of z[0..n) equal to m (which is present).
@@ -55,40 +85,23 @@ int64_t first_equal(const acc_t* z, acc_t m, int64_t n) {
   return j;
 }
 
-// One row: x (n values, acc_t) -> soft (n values, acc_t) in place over `z`. Returns -1 when the
-// row is NaN, else the argmax of z (first maximum) when `want_arg`, else 0.
+// One row: x (n values, acc_t; element j has logical index first + j * stride) -> soft (n values,
+// acc_t) in place over `z`. Returns -1 when the row is NaN, else the argmax of z (first maximum) when
+// `want_arg`, else 0.
 template <typename acc_t>
-int64_t row_forward(const acc_t* x, const float* u, acc_t inv_tau, int64_t n, acc_t* z,
-                    bool want_arg) {
+int64_t row_forward(const acc_t* x, PhiloxKey key, int64_t first, int64_t stride, acc_t inv_tau,
+                    int64_t n, acc_t* z, bool want_arg) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t W = Vec::size();
-  const Vec vinv(inv_tau);
-  Vec vmax(-std::numeric_limits<acc_t>::infinity());
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    Vec vu = at::vec::convert<acc_t>(Vectorized<float>::loadu(u + j, W));
-    Vec g = vu.log().neg().log().neg();
-    Vec vz = (Vec::loadu(x + j) + g) * vinv;
-    vz.store(z + j);
-    vmax = at::vec::maximum(vmax, vz);
-  }
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  if (j < n) {
-    Vec vu = at::vec::convert<acc_t>(Vectorized<float>::loadu(u + j, n - j));
-    Vec g = vu.log().neg().log().neg();
-    Vec vz = (Vec::loadu(x + j, n - j) + g) * vinv;
-    vz.store(z + j, n - j);
-    for (int64_t k = j; k < n; ++k) m = (z[k] > m || z[k] != z[k]) ? z[k] : m;
-  }
-  m = at::vec::vec_reduce_all<acc_t>(
-      [](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, at::vec::maximum(vmax, Vec(m)));
-  if (m != m) return -1;  // NaN somewhere in the row
+  const acc_t m = noisy_logits(x, key, first, stride, inv_tau, n, z);
+  if (!std::isfinite(m)) return -1;  // +inf somewhere in the row, or only -inf (or NaN)
   const int64_t arg = want_arg ? first_equal(z, m, n) : 0;
   // Softmax of z: exp(z - m) / sum.
   const Vec vm(m);
   Vec vsum(0);
-  for (j = 0; j + W <= n; j += W) {
-    Vec e = (Vec::loadu(z + j) - vm).exp();
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    Vec e = exp_vec(Vec::loadu(z + j) - vm);
     e.store(z + j);
     vsum = vsum + e;
   }
@@ -97,7 +110,7 @@ int64_t row_forward(const acc_t* x, const float* u, acc_t inv_tau, int64_t n, ac
     z[j] = std::exp(z[j] - m);
     sum += z[j];
   }
-  if (!(sum == sum) || m == std::numeric_limits<acc_t>::infinity()) return -1;
+  if (sum != sum) return -1;  // NaN somewhere in the row
   const Vec vinvsum(acc_t(1) / sum);
   for (j = 0; j + W <= n; j += W) (Vec::loadu(z + j) * vinvsum).store(z + j);
   for (; j < n; ++j) z[j] *= acc_t(1) / sum;
@@ -118,7 +131,6 @@ void forward_impl(const at::Tensor& x, PhiloxKey key, double tau, bool hard, con
   const bool direct = kSameType && L.inner == 1;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> u(n);
     std::vector<acc_t> xbuf(direct ? 0 : n), zbuf(direct ? 0 : n);
     constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
     for (int64_t r = begin; r < end; ++r) {
@@ -138,8 +150,7 @@ void forward_impl(const at::Tensor& x, PhiloxKey key, double tau, bool hard, con
         xrow = xbuf.data();
         z = zbuf.data();
       }
-      philox_uniforms(key, first, L.inner, n, u.data());
-      const int64_t arg = row_forward<acc_t>(xrow, u.data(), inv_tau, n, z, hard);
+      const int64_t arg = row_forward<acc_t>(xrow, key, first, L.inner, inv_tau, n, z, hard);
       if (arg < 0) std::fill(z, z + n, kNaN);
       scalar_t* soft_row = hard ? sp + first : op + first;
       if (!direct) {

@@ -45,13 +45,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const std::optional
   a.kind = static_cast<int>(kind);
   a.role = static_cast<int>(role);
   a.reduction = static_cast<int>(reduction);
-  const cuda::GanDType dt = gan_dtype(f.scalar_type());
-  const int device = f.get_device();
-  const size_t ws_bytes = cuda::gan_loss_workspace_bytes(a, dt, device);
-  at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, f.options().dtype(at::kByte));
-  C10_CUDA_CHECK(cuda::launch_gan_loss(a, dt, ws.mutable_data_ptr(), device,
+  // Small inputs need no workspace; larger ones take it from the caching allocator.
+  const size_t ws_bytes = cuda::gan_loss_workspace_bytes(a);
+  at::Tensor ws = ws_bytes ? at::empty({static_cast<int64_t>(ws_bytes)}, f.options().dtype(at::kByte))
+                           : at::Tensor();
+  C10_CUDA_CHECK(cuda::launch_gan_loss(a, gan_dtype(f.scalar_type()),
+                                       ws_bytes ? ws.mutable_data_ptr() : nullptr,
                                        c10::cuda::getCurrentCUDAStream().stream()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {loss, gr, gf};
 }
 

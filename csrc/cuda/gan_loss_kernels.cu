@@ -1,19 +1,19 @@
-// GAN losses, CUDA: the loss and the gradients with respect to both inputs in ONE kernel launch.
-// No torch headers (see DESIGN.md).
+// GAN losses, CUDA: the loss and the gradients with respect to both inputs. No torch headers (see
+// DESIGN.md).
 //
-// One persistent grid of G blocks (G from the size, capped at what fits on the device at once)
-// walks the inputs with grid-stride loops. Sums are reduced per block in a fixed tree order into
-// the workspace (one slot per block and quantity), then, after a grid-wide barrier, in a fixed
-// order again: results are bit-identical run to run, with no float atomics. G == 1 (small inputs)
-// is an ordinary launch whose barriers are __syncthreads(); G > 1 is a cooperative launch (all
-// blocks resident, cooperative_groups grid sync). ragan needs three barriers (means, then the
-// derivative sums that couple the sides); the other kinds one, and reduction none none.
-#include <cooperative_groups.h>
+// The work is a few phases separated by grid-wide barriers: the loss terms and gradients with
+// per-block partial sums, then the final sum (ragan: the means, the real side's derivative sum that
+// couples the sides, the fake side, the real side). Sums are reduced per block in a fixed tree order
+// into one slot per block and quantity, then over the blocks in a fixed order again: results are
+// bit-identical run to run, with no float atomics, and do not depend on the GPU (G depends only on
+// the sizes). Inputs of up to kOneBlock elements per side run every phase in ONE launch of one
+// block (barriers are __syncthreads, partial sums in shared memory, no workspace); larger ones run
+// one launch per phase (the launch boundary is the barrier) with a workspace from the caller. No
+// cooperative launch, no device query, no host sync: safe to capture in a CUDA graph.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
 #include "../common/gan_loss.h"
@@ -23,12 +23,13 @@ namespace gencore {
 namespace cuda {
 namespace {
 
-namespace cg = cooperative_groups;
 using namespace gan;
 
 constexpr int kThreads = 256;
-constexpr int kItemsPerThread = 4;  // G = ceil(n / (kThreads * kItemsPerThread)), capped
-constexpr int kSlots = 6;           // workspace doubles per block
+constexpr int64_t kOneBlock = 16384;  // per side: one block does it all, in one launch
+constexpr int kItemsPerThread = 8;    // G = ceil(n / (kThreads * kItemsPerThread)), capped
+constexpr int kMaxBlocks = 2048;
+constexpr int kSlots = 6;             // workspace doubles per block
 
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
@@ -106,7 +107,8 @@ struct Params {
   int64_t nr, nf;
   Plan plan;
   int reduction;
-  double* ws;  // gridDim.x * kSlots
+  int blocks;  // G: blocks of the element phases
+  double* ws;  // G * kSlots partial sums (unused when G == 1)
 };
 
 // Block sum of one value per thread, fixed tree order; the result is valid in every thread.
@@ -126,21 +128,12 @@ __device__ A block_sum(A v, A* smem) {
   return smem[0];
 }
 
-// Sum of ws[b * kSlots + slot] over all blocks, in fixed order; same value in every thread and
+// Sum of ws[b * kSlots + slot] over the G blocks, in fixed order; same value in every thread and
 // every block.
-__device__ double grid_total(const double* ws, int slot, double* smem) {
+__device__ double grid_total(const double* ws, int blocks, int slot, double* smem) {
   double v = 0;
-  for (int b = threadIdx.x; b < static_cast<int>(gridDim.x); b += kThreads) v += ws[b * kSlots + slot];
+  for (int b = threadIdx.x; b < blocks; b += kThreads) v += ws[b * kSlots + slot];
   return block_sum<double>(v, smem);
-}
-
-__device__ __forceinline__ void grid_barrier() {
-  if (gridDim.x == 1) {
-    __syncthreads();
-  } else {
-    __threadfence();
-    cg::this_grid().sync();
-  }
 }
 
 // One side: sums of T(x - shift), T'(x - shift) over this thread's elements; writes
@@ -159,11 +152,14 @@ __device__ void side(int term_id, const T* x, int64_t n, A shift, A c, A K, T* g
   }
 }
 
+// Phases: kTerms (every block: terms, gradients, partial sums), kTotal (one block: the loss);
+// ragan: kMeans, kRealSums, kFakeSide, kRealSide (every block; block 0 also writes the loss).
+enum Phase : int { kTerms = 0, kTotal = 1, kMeans = 0, kRealSums = 1, kFakeSide = 2, kRealSide = 3 };
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads) gan_loss_kernel(Params p) {
+__device__ void run_phase(const Params& p, int phase, double* ws, double* smem_d,
+                          typename Acc<T>::type* smem_a) {
   using A = typename Acc<T>::type;
-  __shared__ double smem_d[kThreads / 32];
-  __shared__ A smem_a[kThreads / 32];
   const T* r = static_cast<const T*>(p.r);
   const T* f = static_cast<const T*>(p.f);
   T* gr = static_cast<T*>(p.gr);
@@ -174,163 +170,147 @@ __global__ void __launch_bounds__(kThreads) gan_loss_kernel(Params p) {
   const A cr = mean ? A(1) / static_cast<A>(p.nr) : A(1);
   const A cf = mean ? A(1) / static_cast<A>(p.nf) : A(1);
   const int blk = blockIdx.x;
-  double* ws = p.ws;
   auto put = [&](int slot, A v) {  // block sum into this block's slot
     const A s = block_sum<A>(v, smem_a);
     if (threadIdx.x == 0) ws[blk * kSlots + slot] = static_cast<double>(s);
   };
+  auto total = [&](int slot) { return grid_total(ws, p.blocks, slot, smem_d); };
   auto reduce = [&](double s, int64_t n) { return mean ? s / static_cast<double>(n) : s; };
 
-  if (P.paired || (none && P.uses_real)) {
-    const int64_t n = p.nf;
-    const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-    const A sign = static_cast<A>(P.sign), c = none ? A(1) : cf;
-    A lsum = 0;
-    for (int64_t i = static_cast<int64_t>(blk) * kThreads + threadIdx.x; i < n; i += stride) {
-      const A ri = to_acc(r[i]), fi = to_acc(f[i]);
-      A l, dr, df;
-      if (P.paired) {
-        A d;
-        term<A>(kSoftplusNeg, (ri - fi) * sign, l, d);
-        dr = d * c * sign;
-        df = -dr;
-      } else {
-        A lr, lf;
-        term<A>(P.term_r, ri, lr, dr);
-        term<A>(P.term_f, fi, lf, df);
-        l = lr + lf;
-        dr *= c;
-        df *= c;
-      }
-      gr[i] = from_acc<T>(dr);
-      gf[i] = from_acc<T>(df);
-      if (none) loss[i] = from_acc<T>(l);
-      lsum += l;
-    }
-    if (none) return;
-    put(0, lsum);
-    grid_barrier();
-    if (blk == 0) {
-      const double L = reduce(grid_total(ws, 0, smem_d), n);
-      if (threadIdx.x == 0) *loss = from_acc_d<T>(L);
-    }
-    return;
-  }
-
   if (!P.average) {
+    if (phase == kTotal) {  // one block
+      const double L = P.paired || (none && P.uses_real)
+                           ? reduce(total(0), p.nf)
+                           : (P.uses_real ? reduce(total(0), p.nr) : 0.0) + reduce(total(1), p.nf);
+      if (threadIdx.x == 0) *loss = from_acc_d<T>(L);
+      return;
+    }
+    if (P.paired || (none && P.uses_real)) {
+      const int64_t n = p.nf;
+      const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+      const A sign = static_cast<A>(P.sign), c = none ? A(1) : cf;
+      A lsum = 0;
+      for (int64_t i = static_cast<int64_t>(blk) * kThreads + threadIdx.x; i < n; i += stride) {
+        const A ri = to_acc(r[i]), fi = to_acc(f[i]);
+        A l, dr, df;
+        if (P.paired) {
+          A d;
+          term<A>(kSoftplusNeg, (ri - fi) * sign, l, d);
+          dr = d * c * sign;
+          df = -dr;
+        } else {
+          A lr, lf;
+          term<A>(P.term_r, ri, lr, dr);
+          term<A>(P.term_f, fi, lf, df);
+          l = lr + lf;
+          dr *= c;
+          df *= c;
+        }
+        gr[i] = from_acc<T>(dr);
+        gf[i] = from_acc<T>(df);
+        if (none) loss[i] = from_acc<T>(l);
+        lsum += l;
+      }
+      if (!none) put(0, lsum);
+      return;
+    }
     A lr = 0, dr = 0, lf = 0, df = 0;
     if (P.uses_real) side<T, A>(P.term_r, r, p.nr, A(0), cr, A(0), gr, static_cast<T*>(nullptr), lr, dr);
     side<T, A>(P.term_f, f, p.nf, A(0), cf, A(0), gf, none ? loss : static_cast<T*>(nullptr), lf, df);
     if (none) return;
     put(0, lr);
     put(1, lf);
-    grid_barrier();
-    if (blk == 0) {
-      const double Lr = P.uses_real ? reduce(grid_total(ws, 0, smem_d), p.nr) : 0.0;
-      const double Lf = reduce(grid_total(ws, 1, smem_d), p.nf);
-      if (threadIdx.x == 0) *loss = from_acc_d<T>(Lr + Lf);
-    }
     return;
   }
 
-  // ragan. 1: means of both sides.
-  {
+  // ragan.
+  if (phase == kMeans) {
     A sr = 0, sf = 0, unused = 0;
     side<T, A>(kLinearPos, r, p.nr, A(0), A(1), A(0), static_cast<T*>(nullptr), static_cast<T*>(nullptr), sr, unused);
     side<T, A>(kLinearPos, f, p.nf, A(0), A(1), A(0), static_cast<T*>(nullptr), static_cast<T*>(nullptr), sf, unused);
     put(0, sr);
     put(1, sf);
+    return;
   }
-  grid_barrier();
-  const A mr = static_cast<A>(grid_total(ws, 0, smem_d) / static_cast<double>(p.nr));
-  const A mf = static_cast<A>(grid_total(ws, 1, smem_d) / static_cast<double>(p.nf));
-  // 2: the real side's loss and derivative sums (K_f needs the latter).
-  {
+  const A mr = static_cast<A>(total(0) / static_cast<double>(p.nr));
+  const A mf = static_cast<A>(total(1) / static_cast<double>(p.nf));
+  if (phase == kRealSums) {  // the real side's loss and derivative sums (K_f needs the latter)
     A l = 0, d = 0;
     side<T, A>(P.term_r, r, p.nr, mf, cr, A(0), static_cast<T*>(nullptr), static_cast<T*>(nullptr), l, d);
     put(2, l);
     put(3, d);
+    return;
   }
-  grid_barrier();
-  const double Dr = grid_total(ws, 3, smem_d);
-  const A Kf = static_cast<A>(-static_cast<double>(cr) * Dr / static_cast<double>(p.nf));
-  // 3: the fake side, final gradients.
-  {
+  const A Kf = static_cast<A>(-static_cast<double>(cr) * total(3) / static_cast<double>(p.nf));
+  if (phase == kFakeSide) {  // the fake side, final gradients
     A l = 0, d = 0;
     side<T, A>(P.term_f, f, p.nf, mr, cf, Kf, gf, static_cast<T*>(nullptr), l, d);
     put(4, l);
     put(5, d);
+    return;
   }
-  grid_barrier();
-  const double Df = grid_total(ws, 5, smem_d);
-  const A Kr = static_cast<A>(-static_cast<double>(cf) * Df / static_cast<double>(p.nr));
-  // 4: the real side, final gradients (recomputed rather than stored twice: one rounding).
+  // kRealSide: the real side, final gradients (recomputed rather than stored twice: one rounding).
+  const A Kr = static_cast<A>(-static_cast<double>(cf) * total(5) / static_cast<double>(p.nr));
   {
     A l = 0, d = 0;
     side<T, A>(P.term_r, r, p.nr, mf, cr, Kr, gr, static_cast<T*>(nullptr), l, d);
   }
   if (blk == 0) {
-    const double Lr = reduce(grid_total(ws, 2, smem_d), p.nr);
-    const double Lf = reduce(grid_total(ws, 4, smem_d), p.nf);
+    const double Lr = reduce(total(2), p.nr);
+    const double Lf = reduce(total(4), p.nf);
     if (threadIdx.x == 0) *loss = from_acc_d<T>(Lr + Lf);
   }
 }
 
+// Runs phases first..last; more than one only in a single-block launch (the partial sums then live
+// in shared memory).
 template <typename T>
-int max_resident_blocks(int device) {
-  static std::atomic<int> cache[64];
-  if (device < 0 || device >= 64) device = 0;
-  int v = cache[device].load(std::memory_order_relaxed);
-  if (v > 0) return v;
-  int per_sm = 0, sms = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gan_loss_kernel<T>, kThreads, 0) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    cudaGetLastError();  // clear; fall back to one block
-    return 1;
+__global__ void __launch_bounds__(kThreads) gan_loss_kernel(Params p, int first, int last) {
+  using A = typename Acc<T>::type;
+  __shared__ double smem_d[kThreads / 32];
+  __shared__ A smem_a[kThreads / 32];
+  __shared__ double smem_ws[kSlots];
+  double* ws = p.blocks == 1 ? smem_ws : p.ws;
+  for (int phase = first; phase <= last; ++phase) {
+    if (phase > first) __syncthreads();
+    run_phase<T>(p, phase, ws, smem_d, smem_a);
   }
-  v = per_sm * sms > 0 ? per_sm * sms : 1;
-  cache[device].store(v, std::memory_order_relaxed);
-  return v;
 }
 
-template <typename T>
-int grid_size(const GanLossArgs& a, int device) {
+// G: one block up to kOneBlock elements per side, else about kItemsPerThread per thread.
+int grid_size(const GanLossArgs& a) {
   const int64_t n = a.n_real > a.n_fake ? a.n_real : a.n_fake;
-  const int64_t per_block = static_cast<int64_t>(kThreads) * kItemsPerThread;
-  const int64_t want = (n + per_block - 1) / per_block;
-  if (want <= 1) return 1;
-  const int64_t cap = max_resident_blocks<T>(device);
-  return static_cast<int>(want < cap ? want : cap);
-}
-
-int grid_for(const GanLossArgs& a, GanDType dtype, int device) {
-  switch (dtype) {
-    case GanDType::kFloat: return grid_size<float>(a, device);
-    case GanDType::kDouble: return grid_size<double>(a, device);
-    case GanDType::kHalf: return grid_size<__half>(a, device);
-    default: return grid_size<__nv_bfloat16>(a, device);
-  }
+  if (n <= kOneBlock) return 1;
+  const int64_t want = (n + kThreads * kItemsPerThread - 1) / (kThreads * kItemsPerThread);
+  return static_cast<int>(want < kMaxBlocks ? want : kMaxBlocks);
 }
 
 template <typename T>
-cudaError_t launch(const Params& p, int grid, cudaStream_t stream) {
-  if (grid == 1) {
-    gan_loss_kernel<T><<<1, kThreads, 0, stream>>>(p);
+cudaError_t launch(const Params& p, cudaStream_t stream) {
+  const bool ragan = p.plan.average;
+  const bool none = p.reduction == kNoReduction;
+  const int last = ragan ? kRealSide : (none ? kTerms : kTotal);
+  if (p.blocks == 1) {
+    gan_loss_kernel<T><<<1, kThreads, 0, stream>>>(p, 0, last);
     return cudaGetLastError();
   }
-  Params q = p;
-  void* args[] = {&q};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&gan_loss_kernel<T>), dim3(grid),
-                                     dim3(kThreads), args, 0, stream);
+  for (int phase = 0; phase <= last; ++phase) {
+    const int grid = !ragan && phase == kTotal ? 1 : p.blocks;
+    gan_loss_kernel<T><<<grid, kThreads, 0, stream>>>(p, phase, phase);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
 
-size_t gan_loss_workspace_bytes(const GanLossArgs& a, GanDType dtype, int device) {
-  return static_cast<size_t>(grid_for(a, dtype, device)) * kSlots * sizeof(double);
+size_t gan_loss_workspace_bytes(const GanLossArgs& a) {
+  const int grid = grid_size(a);
+  return grid == 1 ? 0 : static_cast<size_t>(grid) * kSlots * sizeof(double);
 }
 
-cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspace, int device,
+cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspace,
                             cudaStream_t stream) {
   Params p;
   if (!make_plan(a.kind, a.role, &p.plan)) return cudaErrorInvalidValue;
@@ -343,12 +323,12 @@ cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspac
   p.nf = a.n_fake;
   p.reduction = a.reduction;
   p.ws = static_cast<double*>(workspace);
-  const int grid = grid_for(a, dtype, device);
+  p.blocks = grid_size(a);
   switch (dtype) {
-    case GanDType::kFloat: return launch<float>(p, grid, stream);
-    case GanDType::kDouble: return launch<double>(p, grid, stream);
-    case GanDType::kHalf: return launch<__half>(p, grid, stream);
-    default: return launch<__nv_bfloat16>(p, grid, stream);
+    case GanDType::kFloat: return launch<float>(p, stream);
+    case GanDType::kDouble: return launch<double>(p, stream);
+    case GanDType::kHalf: return launch<__half>(p, stream);
+    default: return launch<__nv_bfloat16>(p, stream);
   }
 }
 

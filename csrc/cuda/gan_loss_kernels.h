@@ -20,12 +20,14 @@ struct GanLossArgs {
   int kind, role, reduction;  // the op's codes (common/gan_loss.h)
 };
 
-// Bytes of device workspace launch_gan_loss needs (per-block partial sums).
-size_t gan_loss_workspace_bytes(const GanLossArgs& a, GanDType dtype, int device);
+// Bytes of device workspace launch_gan_loss needs (per-block partial sums); 0 for inputs small
+// enough for one block, which need none.
+size_t gan_loss_workspace_bytes(const GanLossArgs& a);
 
-// Loss and both gradients in ONE kernel launch on `stream`. Deterministic: fixed-order reductions
-// through `workspace` (no float atomics). Returns the launch error, if any.
-cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspace, int device,
+// Loss and both gradients on `stream`: one launch up to 16384 elements per side, else one per phase
+// (2; ragan 4). Deterministic: fixed-order reductions through `workspace` (no float atomics); no
+// host sync, capturable in a CUDA graph. Returns the launch error, if any.
+cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspace,
                             cudaStream_t stream);
 
 }  // namespace cuda

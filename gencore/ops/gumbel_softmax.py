@@ -81,12 +81,15 @@ def _setup_context(ctx, inputs, output):
     out, soft = output
     ctx.save_for_backward(soft if hard else out)
     ctx.tau, ctx.dim = tau, dim
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a zero tensor
 
 
 def _backward(ctx, grad_out, grad_soft):  # straight-through: gradients go through soft
     (soft,) = ctx.saved_tensors
     if grad_soft is not None and grad_soft.numel():  # hard mode, soft itself used downstream
-        grad_out = grad_out + grad_soft
+        grad_out = grad_soft if grad_out is None else grad_out + grad_soft
+    if grad_out is None:
+        return None, None, None, None, None
     grad = torch.ops.gencore.gumbel_softmax_backward(grad_out, soft, ctx.tau, ctx.dim)
     return grad, None, None, None, None
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="needs the CUDA toolkit hea
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     exe = tmp_path_factory.mktemp("emu") / "attention_driver"
-    cmd = ["g++", "-std=c++20", "-O1", "-U_FORTIFY_SOURCE", "-Wno-unknown-pragmas", f"-I{cuda_include()}",
+    cmd = ["g++", "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-Wno-unknown-pragmas", f"-I{cuda_include()}",
            str(EMU / "attention_driver.cpp"), "-o", str(exe)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]

@@ -83,7 +83,7 @@ def test_cpu_noise_bit_identical_to_reference(isa, tmp_path, reference_noise):
     if not _cpu_supports(isa):
         pytest.skip(f"this CPU cannot run {isa} code")
     exe = tmp_path / "dump"
-    cmd = [gxx, "-O2", "-std=c++20", "-ffp-contract=off", *ISA_FLAGS[isa], f"-I{ROOT / 'csrc'}",
+    cmd = [gxx, "-O2", "-std=c++17", "-ffp-contract=off", *ISA_FLAGS[isa], f"-I{ROOT / 'csrc'}",
            str(ROOT / "tests" / "cpp" / "gumbel_noise_dump.cpp"), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]

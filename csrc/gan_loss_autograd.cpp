@@ -13,7 +13,6 @@
 
 #include <optional>
 
-#include "common/gan_loss.h"
 
 namespace gencore {
 namespace {
@@ -75,13 +74,9 @@ struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
                                int64_t reduction) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, grad_real, grad_fake] = gan_loss_call(real, fake, kind, role, reduction);
-    gan::Plan plan;
-    const bool uses_real = gan::make_plan(static_cast<int>(kind), static_cast<int>(role), &plan) &&
-                           plan.uses_real && real.has_value() && real->defined();
-    ctx->saved_data["uses_real"] = uses_real;
-    // needs_input_grad counts tensor inputs only: fake is input 0 when real is None.
-    ctx->saved_data["fake_index"] = static_cast<int64_t>(real.has_value() && real->defined() ? 1 : 0);
-    // The logits only anchor the graph of a create_graph=True backward (see NoDoubleBackward).
+    // Everything the backward needs is in these four (no saved_data: its string-keyed entries
+    // cost more than this whole op's kernel at GAN batch sizes). The logits also anchor the graph
+    // of a create_graph=True backward (see NoDoubleBackward).
     ctx->save_for_backward({grad_real, grad_fake, real.value_or(at::Tensor()), fake});
     ctx->mark_non_differentiable({grad_real, grad_fake});
     return {loss, grad_real, grad_fake};
@@ -90,8 +85,11 @@ struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& g = grads[0];
-    const bool want_r = ctx->saved_data["uses_real"].toBool() && ctx->needs_input_grad(0);
-    const bool want_f = ctx->needs_input_grad(ctx->saved_data["fake_index"].toInt());
+    // needs_input_grad counts tensor inputs only: fake is input 0 when real is None. grad_real is
+    // an empty tensor where the loss does not read real_logits.
+    const bool has_real = saved[2].defined();
+    const bool want_r = has_real && saved[0].sizes() == saved[2].sizes() && ctx->needs_input_grad(0);
+    const bool want_f = ctx->needs_input_grad(has_real ? 1 : 0);
     at::Tensor dr, df;
     if (!at::GradMode::is_enabled() && is_cpu_one(g)) {
       // The usual loss.backward(): the saved gradients are the answer. (The engine and

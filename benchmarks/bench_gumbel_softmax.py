@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _device import DEVICE, sync
 from gencore import _backend
 from gencore.ops import gumbel_softmax
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1280, 5000), (2048, 32000), (4096, 128)] + ([(8192, 32000)] if DEVICE == "cuda" else [])
 DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 IMPLS = {
@@ -18,11 +18,6 @@ IMPLS = {
     "torch": lambda x, hard: F.gumbel_softmax(x, hard=hard),
     "softmax": lambda x, hard: torch.softmax(x, -1),  # reads and writes once: the floor
 }
-
-
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))

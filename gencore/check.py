@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,7 +27,7 @@ from . import _backend
 from .ops import attention, auto, gan_loss, gumbel_softmax
 from .ops.reference.gan_loss import FAKE_ONLY, KINDS, ROLES
 
-__all__ = ["run_checks", "main", "Result", "FACTOR", "DTYPES"]
+__all__ = ["CASES", "DTYPES", "FACTOR", "OPS", "Result", "check_case", "main", "run_checks"]
 
 FACTOR = 2.0
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)

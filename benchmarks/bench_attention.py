@@ -24,7 +24,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _device import DEVICE, sync
 from gencore import _backend
 from gencore.nn import KVCache
 from gencore.ops import attention
@@ -79,13 +78,11 @@ GPU_SHAPES = [(4, 16, 4096, 128)]
 
 
 def cases():
-    if DEVICE == "cpu":
-        for shape in CPU_SHAPES:
-            yield pytest.param("cpu", shape, torch.float32, id=f"cpu-{'x'.join(map(str, shape))}-f32")
-    else:
-        for shape in GPU_SHAPES:
-            yield pytest.param(DEVICE, shape, torch.bfloat16,
-                               id=f"{DEVICE}-{'x'.join(map(str, shape))}-bf16")
+    for shape in CPU_SHAPES:
+        yield pytest.param("cpu", shape, torch.float32, id=f"cpu-{'x'.join(map(str, shape))}-f32")
+    for shape in GPU_SHAPES:
+        yield pytest.param("cuda", shape, torch.bfloat16, id=f"cuda-{'x'.join(map(str, shape))}-bf16",
+                           marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
 
 
 IMPLS = {
@@ -119,6 +116,8 @@ def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
             out = fn_impl(qg, kg, vg, causal)
             out.backward(dout)
             qg.grad = kg.grad = vg.grad = None
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
     def run():
         fn()
         sync()
@@ -144,13 +143,12 @@ DECODE_SHAPES = [(1, 4, 256, 32), (1, 12, 1024, 64), (8, 8, 512, 64)]  # B, H, c
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_attention_decode(benchmark, shape, impl):
     B, H, Sk, D = shape
-    if impl == "fused" and not _backend.has_kernel("attention", DEVICE):
-        pytest.skip(f"no fused {DEVICE} attention kernel in this build: {_backend.reason()}")
+    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
+        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(B, H, 1, D, generator=g).to(DEVICE)
-    # gencore's CPU kernel reads transposed keys fastest; on CUDA KVCache's own default layout.
-    cache = KVCache(transposed_keys=(impl != "torch") if DEVICE == "cpu" else None)
-    k, v, _ = cache.append(*(torch.randn(B, H, Sk, D, generator=g).to(DEVICE) for _ in range(2)))
+    q = torch.randn(B, H, 1, D, generator=g)
+    cache = KVCache(transposed_keys=impl != "torch")
+    k, v, _ = cache.append(*(torch.randn(B, H, Sk, D, generator=g) for _ in range(2)))
     fn_impl = IMPLS[impl]
 
     def run():
@@ -158,7 +156,6 @@ def test_attention_decode(benchmark, shape, impl):
             # No mask: the one query sees every cached key (SDPA's is_causal=True would align
             # the mask top-left and leave the query only the first key).
             fn_impl(q, k, v, False)
-        sync()
 
     benchmark.group = f"attention decode <{B},{H},1 vs {Sk},{D}> float32"
     benchmark.extra_info["impl"] = impl

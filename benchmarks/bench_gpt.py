@@ -28,7 +28,6 @@ import time
 import pytest
 import torch
 
-from _device import DEVICE, sync
 from gencore import _backend
 from gencore.models import GPT, GPTConfig
 
@@ -43,11 +42,11 @@ def train_step(impl: str):
     """One training step of the gpt-text model with attention `impl` ("fused", "sdpa", ...)."""
     torch.manual_seed(0)
     block, batch = 64, 12
-    model = GPT(GPTConfig(block_size=block, impl=impl, **MODEL)).to(DEVICE)
+    model = GPT(GPTConfig(block_size=block, impl=impl, **MODEL))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 100, (batch, block), generator=g).to(DEVICE)
-    y = torch.randint(0, 100, (batch, block), generator=g).to(DEVICE)
+    x = torch.randint(0, 100, (batch, block), generator=g)
+    y = torch.randint(0, 100, (batch, block), generator=g)
 
     def step():
         _, loss = model(x, y)
@@ -55,26 +54,24 @@ def train_step(impl: str):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sync()
     return step
 
 
 def generation(impl: str, use_cache: bool, batch: int):
     """256 sampled tokens after a 16-token prompt, context 512."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=512, impl=impl, **MODEL)).to(DEVICE).eval()
+    model = GPT(GPTConfig(block_size=512, impl=impl, **MODEL)).eval()
     prompt = torch.randint(0, 100, (batch, 16), generator=torch.Generator().manual_seed(1))
 
     def run():
-        model.generate(prompt.to(DEVICE), 256, top_k=50, use_cache=use_cache,
-                       generator=torch.Generator(DEVICE).manual_seed(2))
-        sync()
+        model.generate(prompt, 256, top_k=50, use_cache=use_cache,
+                       generator=torch.Generator().manual_seed(2))
     return run
 
 
 def _need(impl: str) -> None:
-    if impl == "fused" and not _backend.has_kernel("attention", DEVICE):
-        pytest.skip(f"no fused {DEVICE} attention kernel in this build: {_backend.reason()}")
+    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
+        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
 
 
 @pytest.mark.parametrize("impl", list(TRAIN_IMPLS))

@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _device import DEVICE, sync
 from gencore.models import Discriminator, Generator, r1_penalty
 from gencore.nn import GANLoss
 
@@ -39,11 +38,11 @@ def _losses(impl):
 @pytest.mark.parametrize("size,width,batch", CASES)
 def test_image_gan_step(benchmark, size, width, batch, r1, impl):
     torch.manual_seed(0)
-    G, D = Generator(32, size, 1, width).to(DEVICE), Discriminator(size, 1, width).to(DEVICE)
+    G, D = Generator(32, size, 1, width), Discriminator(size, 1, width)
     opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.99))
-    real = torch.rand(batch, 1, size, size).to(DEVICE)
-    z = torch.randn(batch, 32).to(DEVICE)
+    real = torch.rand(batch, 1, size, size)
+    z = torch.randn(batch, 32)
     d_loss_fn, g_loss_fn = _losses(impl)
     use_r1 = r1 == "on"
 
@@ -63,7 +62,6 @@ def test_image_gan_step(benchmark, size, width, batch, r1, impl):
         g_loss.backward()
         opt_g.step()
         D.requires_grad_(True)
-        sync()
 
     benchmark.group = f"image_gan step {size} width={width} batch={batch} r1={r1}"
     benchmark.extra_info["impl"] = impl

@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _device import DEVICE, sync
 from gencore.models import CNNDiscriminator, OracleLSTM, TextGenerator
 from gencore.train.tasks import TextGANTask
 
@@ -44,8 +43,8 @@ def make_step(impl):
     oracle = OracleLSTM(VOCAB, 32, 32, LENGTH, seed=0)
     torch.manual_seed(0)
     gen_cls, task_cls = (BuiltinGenerator, BuiltinTask) if impl == "torch" else (TextGenerator, TextGANTask)
-    gen = gen_cls(VOCAB, 32, 32, LENGTH, impl="fused" if impl == "torch" else impl).to(DEVICE)
-    disc = CNNDiscriminator(VOCAB, LENGTH).to(DEVICE)
+    gen = gen_cls(VOCAB, 32, 32, LENGTH, impl="fused" if impl == "torch" else impl)
+    disc = CNNDiscriminator(VOCAB, LENGTH)
     task = task_cls(oracle, gen, disc, total_steps=1000, mle_steps=0, loss="rsgan",
                     beta_max=100.0, impl="fused" if impl == "torch" else impl)
     task.temperature.position = 500  # mid-schedule temperature
@@ -56,8 +55,8 @@ def make_step(impl):
         loss.backward()
         opts[name].step()
 
-    real = oracle.sample(BATCH, torch.Generator().manual_seed(1)).to(DEVICE)
-    return lambda: (task.adversarial_step(real, optimizer_step), sync())
+    real = oracle.sample(BATCH, torch.Generator().manual_seed(1))
+    return lambda: task.adversarial_step(real, optimizer_step)
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference", "torch"])

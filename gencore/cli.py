@@ -153,7 +153,8 @@ def cmd_bench(args) -> int:
            f"--benchmark-json={out}"] + (["-k", args.k] if args.k else [])
     code = subprocess.call(cmd, env={**os.environ, "GENCORE_BENCH_DEVICE": str(device)})
     if code == 5:  # pytest: nothing collected
-        print(f"gencore bench: error: no benchmark matches -k {args.k!r}", file=sys.stderr)
+        print(f"gencore bench: error: no benchmark matches -k {args.k!r} on {device}",
+              file=sys.stderr)
         return 2
     if code != 0:
         return code
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gencore", description="gencore: train generative models fast")
     sub = ap.add_subparsers(dest="command", required=True)
     progress = dict(default="auto", choices=["auto", "bar", "lines", "none"],
-                    help="progress display (auto: a bar on a terminal, log lines otherwise)")
+                    help="progress display (auto: a tqdm bar when stdout and stderr are "
+                         "terminals, log lines otherwise)")
     device = dict(default="auto", help="auto (the first CUDA device if there is one, else the "
                                        "CPU), cpu, cuda, cuda:N")
 

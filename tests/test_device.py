@@ -117,3 +117,26 @@ def test_resume_on_another_device(first, then, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["sample", out, "--n", "1", "--device", first]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_bench_device_keeps_that_devices_benchmarks():
+    """`gencore bench --device cpu` (GENCORE_BENCH_DEVICE=cpu) collects no CUDA benchmark; pytest
+    run directly lists them all (the CUDA ones skip without a GPU)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def collected(**env):
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                              os.path.join(root, "benchmarks", "bench_attention.py")],
+                             capture_output=True, text=True, cwd=root, timeout=300,
+                             env={**{k: v for k, v in os.environ.items()
+                                     if k != "GENCORE_BENCH_DEVICE"}, "PYTHONPATH": root, **env})
+        assert out.returncode == 0, out.stdout + out.stderr
+        return [line for line in out.stdout.splitlines() if "::" in line]
+
+    everything, cpu = collected(), collected(GENCORE_BENCH_DEVICE="cpu")
+    assert any("cuda" in t for t in everything) and cpu
+    assert not any("cuda" in t for t in cpu)
+    assert set(cpu) == {t for t in everything if "cuda" not in t}

@@ -12,14 +12,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gencore-deps
 endif
 
-.PHONY: demo test bench build setup clean
+.PHONY: demo test bench check build setup clean
 
 ifneq ($(STAMP),)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install setuptools wheel
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install numpy packaging scikit-learn pybind11 ninja pytest pytest-benchmark
+	$(PY) -m pip install numpy packaging scikit-learn tqdm pillow pybind11 ninja pytest pytest-benchmark sacrebleu
 	touch $(STAMP)
 endif
 
@@ -37,6 +37,9 @@ test: build
 
 bench: build
 	$(PY) -m gencore bench
+
+check: build
+	$(PY) -m gencore check
 
 clean:
 	rm -rf build *.egg-info gencore/_C*.so

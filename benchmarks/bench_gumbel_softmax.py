@@ -2,6 +2,8 @@
 
     pytest benchmarks/bench_gumbel_softmax.py --benchmark-json out.json && python benchmarks/report.py out.json
 """
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,9 @@ import torch.nn.functional as F
 from gencore import _backend
 from gencore.ops import gumbel_softmax
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# `gencore bench --device` chooses; run directly: the GPU when there is one.
+DEVICE = torch.device(os.environ.get("GENCORE_BENCH_DEVICE")
+                      or ("cuda" if torch.cuda.is_available() else "cpu")).type
 SHAPES = [(1280, 5000), (2048, 32000), (4096, 128)] + ([(8192, 32000)] if DEVICE == "cuda" else [])
 DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 IMPLS = {

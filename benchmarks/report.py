@@ -41,8 +41,9 @@ def main(argv=None) -> None:
     with open(args.json) as f:
         data = json.load(f)
     machine = data.get("machine_info", {})
+    extra = data.get("extra_info", {})
     print(f"# {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
-          f"torch threads: {data.get('extra_info', {}).get('torch_threads', '?')}")
+          f"torch threads: {extra.get('torch_threads', '?')}, device: {extra.get('device', '?')}")
     table = list(rows(data))
     if args.markdown:
         print("| case | impl | median ms | x fused time | peak MB |")

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 
-from . import _backend
+from . import _backend, check
+from ._device import available_devices, describe_device, resolve_device
 from .ops import auto
-
-# Every compiled op, by the schema name its kernels register under.
-OPS = ["gumbel_softmax", "gan_loss", "attention"]
 
 
 def cmd_info(args) -> int:
@@ -39,7 +37,7 @@ def cmd_info(args) -> int:
               f"{info['cpu_capability']}, CUDA {'yes, archs ' + archs if info['cuda'] else 'no'}")
     print("fused kernels built: " + ", ".join(
         f"{op} ({'/'.join(d for d in ('cpu', 'cuda') if _backend.has_kernel(op, d)) or 'none'})"
-        for op in OPS))
+        for op in check.OPS))
     print("impl='auto' runs (gencore/ops/auto.py; fused only where measured at least as fast as "
           "PyTorch's built-in):")
     for rule in auto.RULES:
@@ -49,6 +47,11 @@ def cmd_info(args) -> int:
         print(f"  {rule.op:<15} {rule.device:<5} {rule.case:<15} {runs}{note}")
         print(textwrap.indent(textwrap.fill(rule.evidence, 88), " " * 8))
     return 0
+
+
+def cmd_check(args) -> int:
+    devices = available_devices() if args.device == "all" else [str(resolve_device(args.device))]
+    return check.main(devices, ops=args.op or check.OPS)
 
 
 def _overrides(pairs) -> dict:
@@ -87,7 +90,9 @@ def _print_results(res: dict, out) -> None:
 
 def cmd_sample(args) -> int:
     from .recipes import load_run, save_samples
-    _, _, trainer = load_run(args.run_dir, device=args.device)
+    device = resolve_device(args.device)
+    print(f"gencore sample: on {describe_device(device)}", file=sys.stderr)  # stdout: the samples
+    _, _, trainer = load_run(args.run_dir, device=device)
     with trainer.eval_mode():
         samples = trainer.task.generate(args.n, args.prompt, seed=args.seed)
     if isinstance(samples, str):
@@ -111,18 +116,19 @@ def cmd_demo(args) -> int:
     for n in names:  # fail before any training on a typo
         if n not in recipe_names():
             raise ValueError(f"unknown recipe {n!r}; valid recipes: {', '.join(recipe_names())}")
+    device = resolve_device(args.device)
     root = Path(args.out)
     t0 = time.time()
     runs = []
-    print(f"gencore demo: {len(names)} short runs ({', '.join(names)}) on {args.device}, "
-          f"{torch.get_num_threads()} threads; output in {root}")
+    print(f"gencore demo: {len(names)} short runs ({', '.join(names)}) on "
+          f"{describe_device(device)}; output in {root}")
     for i, name in enumerate(names, 1):
         out = root / name
         if (out / RUN_FILE).is_file():  # an earlier demo's run: the demo starts fresh
             shutil.rmtree(out)
         print(f"\n[{i}/{len(names)}] {name}")
         overrides = {"steps": str(args.steps)} if args.steps is not None else {}
-        res = train_recipe(name, overrides, out_dir=out, device=args.device, demo=True,
+        res = train_recipe(name, overrides, out_dir=out, device=device, demo=True,
                            progress=args.progress)
         _print_results(res, out)
         runs.append(out)
@@ -138,14 +144,17 @@ def cmd_bench(args) -> int:
     if not root.is_dir():
         print("gencore bench: the benchmarks/ folder is only in a source checkout", file=sys.stderr)
         return 2
+    device = resolve_device(args.device)
+    print(f"gencore bench: on {describe_device(device)}", flush=True)
     out = Path(args.json)
     # The suites by name: pytest's default collection only picks up test_*.py files.
     suites = [str(p) for p in sorted(root.glob("bench_*.py"))]
     cmd = [sys.executable, "-m", "pytest", *suites, "-q", "--benchmark-only",
            f"--benchmark-json={out}"] + (["-k", args.k] if args.k else [])
-    code = subprocess.call(cmd)
+    code = subprocess.call(cmd, env={**os.environ, "GENCORE_BENCH_DEVICE": str(device)})
     if code == 5:  # pytest: nothing collected
-        print(f"gencore bench: error: no benchmark matches -k {args.k!r}", file=sys.stderr)
+        print(f"gencore bench: error: no benchmark matches -k {args.k!r} on {device}",
+              file=sys.stderr)
         return 2
     if code != 0:
         return code
@@ -157,13 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gencore", description="gencore: train generative models fast")
     sub = ap.add_subparsers(dest="command", required=True)
     progress = dict(default="auto", choices=["auto", "bar", "lines", "none"],
-                    help="progress display (auto: a bar on a terminal, log lines otherwise)")
+                    help="progress display (auto: a tqdm bar when stdout and stderr are "
+                         "terminals, log lines otherwise)")
+    device = dict(default="auto", help="auto (the first CUDA device if there is one, else the "
+                                       "CPU), cpu, cuda, cuda:N")
 
     t = sub.add_parser("train", help="train a recipe (run `gencore train --help` for the list)",
                        epilog=_recipes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("recipe", help="recipe name")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    t.add_argument("--device", **device)
     t.add_argument("--out", default=None, help="run directory (default runs/RECIPE)")
     t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override recipe settings")
@@ -175,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=16, help="number of samples")
     s.add_argument("--prompt", default=None, help="text prompt (text recipes)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", **device)
     s.add_argument("--out", default=None, help="file to write (images: default RUN_DIR/samples/)")
     s.set_defaults(fn=cmd_sample)
 
@@ -183,16 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=os.path.join("out", "demo"), help="output folder")
     d.add_argument("--only", nargs="+", default=None, metavar="RECIPE", help="run these recipes only")
     d.add_argument("--steps", type=int, default=None, help="steps per recipe (default: each demo's)")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", **device)
     d.add_argument("--progress", **progress)
     d.set_defaults(fn=cmd_demo)
 
     b = sub.add_parser("bench", help="run the benchmarks and print ratio tables")
     b.add_argument("-k", default=None, help="pytest -k expression selecting benchmarks")
     b.add_argument("--json", default="benchmark.json", help="where to write pytest-benchmark's JSON")
+    b.add_argument("--device", **device)
     b.add_argument("--markdown", action="store_true", help="print Markdown tables")
     b.set_defaults(fn=cmd_bench)
     sub.add_parser("info", help="versions, devices, and which fused kernels are built").set_defaults(fn=cmd_info)
+
+    c = sub.add_parser("check", help="check every fused kernel against its reference (run it after "
+                                     "installing); exit status 1 on any failure")
+    c.add_argument("--device", default="all", help="all (every available device: the default), "
+                                                   "auto, cpu, cuda, cuda:N")
+    c.add_argument("--op", nargs="+", choices=check.OPS,
+                   help="check these ops only (default: all)")
+    c.set_defaults(fn=cmd_check)
     return ap
 
 

@@ -1,6 +1,8 @@
 """BLEU / Self-BLEU, Frechet distance, KID, the digit feature net, NLL helpers."""
+import logging
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -48,6 +50,34 @@ def test_self_bleu_matches_brute_force():
                    for i, s in enumerate(sents)) / len(sents)
         assert fast[f"self_bleu{n}"] == pytest.approx(slow, abs=1e-12)
     assert self_bleu(["x y z w"] * 3)["self_bleu4"] == 1.0
+
+
+def _sentences(text, n):
+    """The first n sentences of `text` with 5 to 60 words, whitespace-normalised."""
+    split = (" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text))
+    return [s for s in split if 5 <= len(s.split()) <= 60][:n]
+
+
+def test_bleu_and_self_bleu_equal_sacrebleu_on_real_text(caplog):
+    """gencore's BLEU-n = the mean of sacrebleu's sentence BLEU of each hypothesis against the
+    whole reference set (whitespace tokens, 'floor' smoothing 0.1 = NLTK's method1, no effective
+    order), on sentences of the embedded English text; Self-BLEU likewise against the others.
+    Sentences of 5 words or more: sacrebleu scores a sentence with no n-grams of some order 0."""
+    from sacrebleu.metrics import BLEU
+
+    from gencore.data import english_text
+    caplog.set_level(logging.ERROR, logger="sacrebleu")  # its advice on effective_order, per call
+    data = english_text()
+    hyps, refs = _sentences(data.val, 30), _sentences(data.train, 200)
+    ours, ours_self = bleu(hyps, refs), self_bleu(hyps)
+    for n in (2, 3, 4, 5):
+        theirs = BLEU(tokenize="none", smooth_method="floor", smooth_value=0.1, max_ngram_order=n,
+                      effective_order=False)
+        want = sum(theirs.sentence_score(h, refs).score for h in hyps) / 100 / len(hyps)
+        assert 0.05 < want < 0.95 and ours[f"bleu{n}"] == pytest.approx(want, rel=1e-12, abs=0)
+        want_self = sum(theirs.sentence_score(h, hyps[:i] + hyps[i + 1:]).score
+                        for i, h in enumerate(hyps)) / 100 / len(hyps)
+        assert ours_self[f"self_bleu{n}"] == pytest.approx(want_self, rel=1e-12, abs=0)
 
 
 def test_frechet_identical_and_shifted():

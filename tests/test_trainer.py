@@ -345,7 +345,7 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
         _lm_trainer(tmp_path, max_steps=3).setup()
 
 
-def test_schedule_ema_png():
+def test_schedule_and_ema():
     assert warmup_cosine_factor(0, 4, 20) == 0.25
     assert warmup_cosine_factor(3, 4, 20) == 1.0
     assert warmup_cosine_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
@@ -364,14 +364,42 @@ def test_schedule_ema_png():
     w0 = e.module.weight.item()
     e.update(m)
     assert e.module.weight.item() == pytest.approx(0.5 * w0 + 0.5)
-    assert png_bytes(torch.rand(3, 5, 7))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_progress_lines_when_not_a_tty(tmp_path, capsys):
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 4, 6), (4, 6)])
+def test_png_round_trip(shape):
+    """Pillow reads back exactly the 8-bit pixels: (C, H, W) grey or RGB, or (H, W)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    img = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1  # clamped
+    back = np.array(Image.open(io.BytesIO(png_bytes(img))))
+    want = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    want = want.permute(1, 2, 0) if len(shape) == 3 and shape[0] == 3 else want.reshape(back.shape)
+    assert np.array_equal(back, want.numpy())
+    with pytest.raises(ValueError, match="1 or 3 channels, got shape \\(2, 3, 3\\)"):
+        png_bytes(torch.rand(2, 3, 3))
+
+
+@pytest.mark.parametrize("progress", ["lines", "auto"])  # auto: captured output is no terminal
+def test_progress_lines_when_not_a_tty(capsys, progress):
     task, train, val = lm_setup()
-    Trainer(task, TrainerConfig(max_steps=10, log_every=5, progress="lines"), train).fit()
-    out = capsys.readouterr().out
-    assert "step 5/10" in out and "step 10/10" in out and "it/s" in out
+    Trainer(task, TrainerConfig(max_steps=10, log_every=5, progress=progress), train).fit()
+    cap = capsys.readouterr()
+    assert "step 5/10" in cap.out and "step 10/10" in cap.out and "it/s" in cap.out
+    assert cap.err == ""
+
+
+def test_progress_bar_is_tqdm_and_log_lines_stay_whole(capsys):
+    task, train, val = lm_setup()
+    Trainer(task, TrainerConfig(max_steps=10, log_every=5, val_every=5, progress="bar"), train,
+            val).fit()
+    cap = capsys.readouterr()
+    assert "10/10" in cap.err and "step/s" in cap.err and "loss" in cap.err  # tqdm's bar, postfix
+    val_lines = [line for line in cap.out.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in val_lines] == ["step 5", "step 10"], cap.out
+    assert "step 5/10" not in cap.out  # no per-interval lines beside the bar
 
 
 class _SparseLogTask(TinyGANTask):

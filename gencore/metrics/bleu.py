@@ -8,13 +8,17 @@ uniform weights; NLTK's smoothing `method1`, epsilon 0.1 for a zero precision; a
 unigram match scores 0), and the scores are averaged. Self-BLEU scores each generated sentence
 against all *other* generated sentences (a diversity measure: lower is more diverse).
 
-Why not sacrebleu: sacrebleu computes *corpus-level* BLEU of hypotheses against their own aligned
-references (one hypothesis <-> its references), which is a different number; the GAN literature's
-BLEU compares each sample against a set of thousands of references. Done with NLTK, that costs
-O(|refs|) per sentence (it re-counts every reference for each hypothesis); here the per-n-gram
-maximum counts over the reference set are built once, so each hypothesis costs O(its length), and
-Self-BLEU keeps the two largest counts per n-gram so "all others" is O(1) per n-gram too.
-The results equal NLTK's `sentence_bleu(..., smoothing_function=SmoothingFunction().method1)`.
+Why gencore keeps its own: the number is sacrebleu's too (`BLEU(tokenize="none",
+smooth_method="floor", smooth_value=0.1, max_ngram_order=n, effective_order=False)
+.sentence_score(hyp, references)`, averaged; tests/test_metrics.py checks the two agree to 1e-12
+on the embedded English text), but sacrebleu, like NLTK, re-counts every reference for each
+hypothesis: O(|refs|) per sentence. Here the per-n-gram maximum counts over the reference set are
+built once, so each hypothesis costs O(its length), and Self-BLEU keeps the two largest counts per
+n-gram so "all others" is O(1) per n-gram too. Measured (262 sentences vs 2706 references of the
+English text, one thread): BLEU-2..5 in 0.6 s here, BLEU-4 alone in 110 s through sacrebleu;
+Self-BLEU-4 of 300 sentences 0.06 s vs 10.5 s. The results also equal NLTK's
+`sentence_bleu(..., smoothing_function=SmoothingFunction().method1)`; hypotheses shorter than n
+words differ (NLTK smooths the empty n-gram order to 0.1, sacrebleu scores it 0).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from .. import __version__
+from .._device import describe_device, resolve_device
 from ..train import CheckpointManager, Trainer, TrainerConfig, save_png_grid, seed_everything
 from .base import Recipe, RunPlan
 from .registry import get_recipe, resolve_config
@@ -77,11 +78,13 @@ def build_run(recipe: Recipe, config: Dict[str, Any], device: str = "cpu",
               log: Optional[Callable[[str], None]] = None, **trainer_fields) -> Tuple[RunPlan, Trainer]:
     """Seeds, builds the recipe with `config` and wraps it in a Trainer: the recipe's trainer
     settings, then steps/seed/device from the config, then `trainer_fields` (out_dir, resume,
-    progress...). The one place a run is put together (train, sample, tests)."""
+    progress...). The one place a run is put together (train, sample, tests). `device`: "auto",
+    "cpu", "cuda", "cuda:N" (see gencore._device.resolve_device)."""
+    dev = resolve_device(device)
     seed_everything(config["seed"])  # recipes build deterministic models and data from it
-    plan = recipe.build(dict(config), torch.device(device))
+    plan = recipe.build(dict(config), dev)
     fields = {**plan.trainer, "max_steps": config["steps"], "seed": config["seed"],
-              "device": device, **trainer_fields}
+              "device": str(dev), **trainer_fields}
     try:
         tcfg = TrainerConfig(**fields)
     except TypeError as exc:
@@ -100,22 +103,25 @@ def save_samples(samples: Union[str, torch.Tensor], stem: Path) -> Path:
 
 
 def train_recipe(name: str, overrides: Optional[Mapping[str, Any]] = None,
-                 out_dir: Union[str, Path] = "runs/run", device: str = "cpu",
+                 out_dir: Union[str, Path] = "runs/run", device: str = "auto",
                  resume: bool = False, demo: bool = False, progress: str = "auto",
                  n_samples: int = 16, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Trains recipe `name` into `out_dir`, then evaluates it and writes final samples.
-    Returns (and writes to results.json) the final metrics and timings."""
+    """Trains recipe `name` into `out_dir` on `device` ("auto": CUDA when available), then
+    evaluates it and writes final samples. Returns (and writes to results.json) the final
+    metrics and timings. A resumed run may continue on another device."""
     recipe = get_recipe(name)
     out = Path(out_dir)
+    dev = resolve_device(device)
     config = _run_config(recipe, out, overrides or {}, resume, demo)
     if _is_main_process():
+        log(f"{name}: training on {describe_device(dev)}")
         out.mkdir(parents=True, exist_ok=True)
         if not (out / RUN_FILE).is_file():
             _write_json(out / RUN_FILE, {
-                "recipe": name, "config": config, "gencore": __version__,
+                "recipe": name, "config": config, "device": str(dev), "gencore": __version__,
                 "torch": torch.__version__, "python": platform.python_version(),
                 "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-    plan, trainer = build_run(recipe, config, device, log=log, out_dir=str(out), resume=resume,
+    plan, trainer = build_run(recipe, config, dev, log=log, out_dir=str(out), resume=resume,
                               progress=progress)
     t0 = time.time()
     summary = trainer.fit()
@@ -136,9 +142,9 @@ def train_recipe(name: str, overrides: Optional[Mapping[str, Any]] = None,
     return results
 
 
-def load_run(run_dir: Union[str, Path], device: str = "cpu") -> Tuple[Recipe, Dict[str, Any], Trainer]:
-    """Rebuilds a run's task from run.json and loads its newest good checkpoint (EMA included):
-    `trainer.task.generate(n)` then samples from it."""
+def load_run(run_dir: Union[str, Path], device: str = "auto") -> Tuple[Recipe, Dict[str, Any], Trainer]:
+    """Rebuilds a run's task from run.json on `device` (whichever device trained it) and loads
+    its newest good checkpoint (EMA included): `trainer.task.generate(n)` then samples from it."""
     out = Path(run_dir)
     run = _read_run(out)
     recipe = get_recipe(run["recipe"])

@@ -1,4 +1,5 @@
 """gencore.train: the Trainer, the Task protocol, checkpoints, EMA, LR schedules, distributed."""
+from .._device import available_devices, resolve_device
 from . import distributed
 from .checkpoint import (CheckpointError, CheckpointManager, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
@@ -12,5 +13,6 @@ __all__ = [
     "Trainer", "TrainerConfig", "Task", "NonFiniteLossError", "seed_everything", "to_device",
     "CheckpointError", "CheckpointManager", "save_checkpoint", "load_checkpoint",
     "capture_rng_state", "restore_rng_state", "EMA", "WarmupCosine", "warmup_cosine_factor",
-    "image_grid", "png_bytes", "save_png_grid", "distributed",
+    "image_grid", "png_bytes", "save_png_grid", "distributed", "resolve_device",
+    "available_devices",
 ]

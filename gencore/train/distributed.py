@@ -17,6 +17,8 @@ from typing import Iterable, List
 import torch
 import torch.distributed as dist
 
+from .._device import resolve_device
+
 __all__ = ["init", "is_distributed", "rank", "world_size", "is_main", "all_reduce_grads",
            "broadcast_module", "all_reduce_sum", "barrier", "shutdown"]
 
@@ -38,8 +40,9 @@ def is_main() -> bool:
 
 
 def init(device: str = "cpu") -> torch.device:
-    """Joins the process group when launched by torchrun; returns this process's device."""
-    dev = torch.device(device)
+    """Joins the process group when launched by torchrun; returns this process's device
+    (`device` as `resolve_device` reads it: "auto", "cpu", "cuda", "cuda:N")."""
+    dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
@@ -54,8 +57,6 @@ def init(device: str = "cpu") -> torch.device:
         importlib.import_module("torch._dynamo")
         dist.init_process_group(backend=backend)
         atexit.register(shutdown)
-    elif dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
-        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -1,9 +1,8 @@
-"""PNG image grids with the standard library only (zlib + struct): no Pillow needed."""
+"""Image grids of samples, written as PNG files by Pillow."""
 from __future__ import annotations
 
+import io
 import math
-import struct
-import zlib
 from pathlib import Path
 from typing import Optional, Union
 
@@ -35,21 +34,18 @@ def image_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 1,
 
 def png_bytes(img: torch.Tensor) -> bytes:
     """(C, H, W) or (H, W) float in [0, 1] (C = 1 or 3) -> PNG file bytes (8-bit)."""
+    from PIL import Image  # on first use: `import gencore.train` stays light
+
     if img.dim() == 2:
         img = img.unsqueeze(0)
-    c, h, w = img.shape
-    if c not in (1, 3):
-        raise ValueError(f"PNG needs 1 or 3 channels, got {c}")
-    a = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    raw = b"".join(b"\x00" + a[y].tobytes() for y in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-
-    color = 0 if c == 1 else 2
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    if img.dim() != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"PNG needs a (H, W) or (C, H, W) image with 1 or 3 channels, got shape "
+                         f"{tuple(img.shape)}")
+    a = (img.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    a = a.permute(1, 2, 0).contiguous().numpy()
+    buf = io.BytesIO()  # (H, W) uint8 is an 8-bit grey image to Pillow, (H, W, 3) an RGB one
+    Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def save_png_grid(images: torch.Tensor, path: Union[str, Path], nrow: Optional[int] = None,

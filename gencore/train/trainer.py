@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from . import distributed as dist_utils
 from .checkpoint import CheckpointError, CheckpointManager, capture_rng_state, load_checkpoint, \
@@ -78,7 +79,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 class TrainerConfig:
     max_steps: int
     out_dir: Optional[str] = None          # None: nothing written (no logs, no checkpoints)
-    device: str = "cpu"
+    device: str = "cpu"                     # auto (CUDA when available) | cpu | cuda | cuda:N
     precision: str = "fp32"                 # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
     grad_accum: int = 1                     # micro-batches per step (automatic optimization)
     grad_clip: Optional[float] = 1.0        # max global grad norm per optimizer; None: no clipping
@@ -134,6 +135,8 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []  # every record written to metrics.jsonl
         self.last_checkpoint: Optional[Path] = None
         self._ckpt_step = -1
+        self._bar = None  # the tqdm progress bar while fit() shows one
+        self._bar_metrics = None  # the train metrics the bar shows
         task.trainer = self
 
     # ------------------------------------------------------------------ output
@@ -148,17 +151,12 @@ class Trainer:
     def log(self, msg: str) -> None:
         if not self.is_main:
             return
-        self._clear_bar()
-        if self._log_fn is not None:
-            self._log_fn(msg)
-        else:
-            print(msg, flush=True)
-
-    def _clear_bar(self) -> None:
-        if getattr(self, "_bar_shown", False):
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-            self._bar_shown = False
+        emit = self._log_fn if self._log_fn is not None else (lambda m: print(m, flush=True))
+        if self._bar is None:
+            emit(msg)
+            return
+        with self._bar.external_write_mode():  # the bar steps aside for the line, then redraws
+            emit(msg)
 
     def _record(self, rec: Dict[str, Any]) -> None:
         if not self.is_main:
@@ -478,33 +476,44 @@ class Trainer:
         return paths
 
     # ------------------------------------------------------------------ the loop
-    def _progress(self, metrics: Dict[str, float], rate: float) -> None:
-        cfg = self.config
-        mode = cfg.progress
+    def _progress_mode(self) -> str:
+        """What fit() shows on the main process: a tqdm bar only when both output streams are a
+        terminal (redirected to a file or a CI log, either one gets plain lines instead)."""
+        mode = self.config.progress
+        if not self.is_main:
+            return "none"
         if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        if mode == "none" or not self.is_main:
-            return
-        eta = (cfg.max_steps - self.step) / rate if rate > 0 else float("nan")
+            mode = "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines"
+        return mode
+
+    def _progress(self, mode: str, metrics: Dict[str, float], rate: float) -> None:
+        cfg = self.config
         desc = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         if mode == "bar":
-            now = time.time()  # redraw at most 10 times a second
-            if now - getattr(self, "_bar_time", 0.0) < 0.1 and self.step < cfg.max_steps:
-                return
-            self._bar_time = now
-            frac = self.step / cfg.max_steps
-            bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-            sys.stderr.write(f"\r\033[K[{bar}] {self.step}/{cfg.max_steps} {desc} "
-                             f"{rate:.2f} it/s eta {eta:.0f}s")
-            sys.stderr.flush()
-            self._bar_shown = True
-        elif self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            if metrics is not self._bar_metrics:  # new numbers once per logging interval
+                self._bar_metrics = metrics
+                self._bar.set_postfix_str(desc, refresh=False)
+            self._bar.update(1)
+        elif mode == "lines" and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+            eta = (cfg.max_steps - self.step) / rate if rate > 0 else float("nan")
             self.log(f"step {self.step}/{cfg.max_steps}: {desc} ({rate:.2f} it/s, eta {eta:.0f}s)")
 
     def fit(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
         """Trains up to `config.max_steps` (or until `stop_after` steps in this call). Returns a
         summary: step, last train metrics, last validation metrics, seconds."""
         self.setup()
+        mode = self._progress_mode()
+        if mode == "bar":
+            self._bar = tqdm(total=self.config.max_steps, initial=self.step, unit="step",
+                             file=sys.stderr, dynamic_ncols=True)
+        try:
+            return self._fit(stop_after, mode)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+    def _fit(self, stop_after: Optional[int], mode: str) -> Dict[str, Any]:
         cfg = self.config
         # Sums and counts per key: a number logged on only some steps (say an R1 penalty every
         # 4th step) is averaged over the steps that logged it.
@@ -553,7 +562,7 @@ class Trainer:
                            for n, o in self.optimizers.items()}
                     self._record({"event": "train", **last_train, **lrs})
                 pending, pending_n = {}, {}
-            self._progress(last_train, steps_done / max(time.time() - t0, 1e-9))
+            self._progress(mode, last_train, steps_done / max(time.time() - t0, 1e-9))
             if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps):
                 last_val = self.validate()
             if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.max_steps):
@@ -562,6 +571,5 @@ class Trainer:
                 self.save_checkpoint()
         if self.step >= cfg.max_steps and self.ckpt is not None and self._ckpt_step != self.step:
             self.save_checkpoint()
-        self._clear_bar()
         return {"step": self.step, "train": last_train, "val": last_val,
                 "seconds": time.time() - t0, "nonfinite_skips": self.nonfinite_skips}

@@ -1,9 +1,14 @@
 """GPT recipes: character-level language models on the embedded text and code.
 
-- gpt-text: CPython's language reference (gencore.data.english_text), char tokenizer, at the CPU
-  configuration nanoGPT publishes for shakespeare_char: 4 layers, 4 heads, 128 wide, context 64,
-  batch 12, 2000 steps, dropout 0, AdamW lr 1e-3 -> 1e-4 (100 warmup steps, cosine), betas
-  (0.9, 0.99), weight decay 0.1, gradient clipping at 1.0.
+- gpt-text: CPython's language reference (gencore.data.english_text), char tokenizer, at the
+  budget of nanoGPT's CPU shakespeare_char configuration (4 layers, 4 heads, 128 wide, context
+  64, batch 12, 2000 steps, dropout 0, weight decay 0.1, clipping at 1.0), trained the way the
+  field trains since GPT-2: rotary positions, RMS-normalised queries and keys, Muon for the
+  hidden matrices (AdamW for embeddings and gains), lr 4e-3 after 100 warmup steps decayed
+  linearly to zero, bf16 autocast where the device computes bf16 natively. About 0.34 nats/char
+  below nanoGPT's own recipe at the same parameters and steps (benchmarks/RESULTS.md, "gpt-text
+  vs nanoGPT"); `--set rotary=false qk_norm=false optimizer=adamw lr=1e-3 min_lr=1e-4
+  lr_schedule=cosine precision=fp32` is nanoGPT's setting.
 - gpt-code: the standard library's Python source (gencore.data.stdlib_code, validation on
   modules never seen in training), char or byte tokenizer, the same model with a 128 context.
 

@@ -28,7 +28,9 @@ timed apart).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import statistics
 import time
 
 import torch
@@ -176,9 +178,9 @@ def full_val_loss(logits_fn, val_tokens, block_size):
     return total / count
 
 
-def run_nanogpt(c):
+def run_nanogpt(c, seed=1337):
     _, tok, train, val = data()
-    torch.manual_seed(1337)
+    torch.manual_seed(seed)
     model = NanoGPT(c, tok.vocab_size)
     opt = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]))
     bs, T = c["batch_size"], c["block_size"]
@@ -225,54 +227,62 @@ def run_nanogpt(c):
             "eval_seconds": time.time() - t1, "params": sum(p.numel() for p in model.parameters())}
 
 
-def run_gencore(c):
-    from gencore.recipes.gpt import RECIPES
+def run_gencore(c, seed=0, overrides=None):
+    from gencore.recipes import get_recipe, resolve_config
     from gencore.train import Trainer, TrainerConfig, seed_everything
-    recipe = {r.name: r for r in RECIPES}["gpt-text"]
-    config = {**recipe.defaults, "steps": c["max_iters"]}
+    recipe = get_recipe("gpt-text")
+    config = resolve_config(recipe, {**(overrides or {}), "steps": c["max_iters"], "seed": seed})
     seed_everything(config["seed"])
     plan = recipe.build(config, torch.device("cpu"))
     tc = TrainerConfig(**{**plan.trainer, "max_steps": config["steps"], "seed": config["seed"],
                           "progress": "none", "sample_every": None, "ckpt_every": None})
     trainer = Trainer(plan.task, tc, plan.train_data, plan.val_data)
     t0 = time.time()
-    trainer.fit()
+    summary = trainer.fit()
     train_s = time.time() - t0
     t1 = time.time()
     metrics = plan.task.evaluate()
     return {"val_loss": metrics["loss"], "bpc": metrics["bpc"], "train_seconds": train_s,
-            "eval_seconds": time.time() - t1, "params": plan.task.model.num_params()}
+            "eval_seconds": time.time() - t1, "params": plan.task.model.num_params(),
+            "train_loss_last50": summary["train"]["loss"]}
 
 
-def step_times(c, rounds=40):
-    """Median time of one training step (forward, backward, clipping, AdamW) of each model,
-    measured round-robin on the same batch, so the load of a shared machine hits both alike."""
-    import statistics
-    from gencore.models import GPT, GPTConfig
-    from gencore.train.tasks import LanguageModelTask
+def step_times(c, overrides=None, rounds=40):
+    """Median time of one training step (forward, backward, clipping, optimizer) of nanoGPT and
+    of the gpt-text recipe's model and optimizer (with `overrides`), measured round-robin on the
+    same batch, so the load of a shared machine hits both alike."""
+    from gencore.recipes import get_recipe, resolve_config
     _, tok, train, _ = data()
     x = torch.stack([train[i:i + c["block_size"]] for i in range(0, 12 * 997, 997)])
     y = torch.stack([train[i + 1:i + 1 + c["block_size"]] for i in range(0, 12 * 997, 997)])
     torch.manual_seed(1337)
     nano = NanoGPT(c, tok.vocab_size)
-    ours = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=c["block_size"], n_layer=c["n_layer"],
-                         n_head=c["n_head"], n_embd=c["n_embd"]))
+    recipe = get_recipe("gpt-text")
+    plan = recipe.build(resolve_config(recipe, overrides), torch.device("cpu"))
+    (opt,) = plan.task.configure_optimizers().values()
+    bf16 = plan.trainer.get("precision") == "bf16"  # the recipe trains under bf16 autocast
     models = {
-        "nanogpt": (nano, nano.configure_optimizers(0.1, 1e-3, (0.9, 0.99))),
-        "gencore": (ours, LanguageModelTask(ours, tok).configure_optimizers()["adamw"]),
+        "nanogpt": (nano, nano.configure_optimizers(0.1, 1e-3, (0.9, 0.99)), False),
+        "gencore": (plan.task.model, opt, bf16),
     }
     times = {k: [] for k in models}
+    cpu = {k: [] for k in models}
     for r in range(rounds + 3):
-        for name, (model, opt) in models.items():
-            t0 = time.perf_counter()
-            _, loss = model(x, y)
+        for name, (model, opt, autocast) in models.items():
+            t0, c0 = time.perf_counter(), time.thread_time()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                _, loss = model(x, y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
             opt.step()
             opt.zero_grad(set_to_none=True)
             if r >= 3:  # warm-up rounds
                 times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+                cpu[name].append(time.thread_time() - c0)
+    # With one thread all the work runs on this thread: its CPU time does not count the time
+    # other jobs of a shared machine hold the core.
+    return ({k: statistics.median(v) * 1e3 for k, v in times.items()},
+            {k: statistics.median(v) * 1e3 for k, v in cpu.items()})
 
 
 def main(argv=None):
@@ -281,19 +291,40 @@ def main(argv=None):
                     help="train nanoGPT, train the gpt-text recipe, or time one step of each")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=CFG["max_iters"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="one run per seed (default: nanoGPT's 1337, the recipe's 0)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="gpt-text recipe settings (--which gencore), as `gencore train --set`")
+    ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     c = {**CFG, "max_iters": args.steps, "lr_decay_iters": args.steps}
+    overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.which == "steptime":
-        ms = step_times(c)
-        print(f"training step, median ms ({args.threads} threads): nanogpt {ms['nanogpt']:.2f}, "
-              f"gencore {ms['gencore']:.2f} (gencore / nanogpt = {ms['gencore'] / ms['nanogpt']:.3f})")
+        wall, cpu = step_times(c, overrides)
+        for what, ms in (("wall", wall), ("thread CPU", cpu)):
+            print(f"training step, median {what} ms ({args.threads} threads): nanogpt "
+                  f"{ms['nanogpt']:.2f}, gencore {ms['gencore']:.2f} (gencore / nanogpt = "
+                  f"{ms['gencore'] / ms['nanogpt']:.3f}) {' '.join(args.set)}")
         return
-    res = run_nanogpt(c) if args.which == "nanogpt" else run_gencore(c)
-    print(f"{args.which}: final val loss {res['val_loss']:.4f} nats/char "
-          f"({res['val_loss'] / math.log(2):.4f} bits/char), train {res['train_seconds']:.1f} s, "
-          f"eval {res['eval_seconds']:.1f} s, {args.threads} threads, {c['max_iters']} steps")
-    print(res)
+    seeds = args.seeds or ([1337] if args.which == "nanogpt" else [0])
+    losses = []
+    for seed in seeds:
+        res = (run_nanogpt(c, seed) if args.which == "nanogpt" else
+               run_gencore(c, seed, overrides))
+        losses.append(res["val_loss"])
+        print(f"{args.which} seed {seed}: final val loss {res['val_loss']:.4f} nats/char "
+              f"({res['val_loss'] / math.log(2):.4f} bits/char), train {res['train_seconds']:.1f} s, "
+              f"eval {res['eval_seconds']:.1f} s, {args.threads} threads, {c['max_iters']} steps, "
+              f"{res['params']} params", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps({"which": args.which, "set": overrides, "seed": seed,
+                                    "steps": c["max_iters"], "threads": args.threads, **res}) + "\n")
+    if len(losses) > 1:
+        print(f"{args.which} {' '.join(args.set)}: mean {statistics.mean(losses):.4f} "
+              f"std {statistics.stdev(losses):.4f} min {min(losses):.4f} max {max(losses):.4f} "
+              f"over seeds {seeds}")
 
 
 if __name__ == "__main__":

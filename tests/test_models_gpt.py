@@ -21,6 +21,10 @@ VARIANTS = {
     "learned-pos": dict(),
     "gqa-rotary": dict(n_kv_head=2, rotary=True),
     "mqa-bias-untied": dict(n_kv_head=1, bias=True, tie_weights=False),
+    # The options the field adopted after GPT-2 (what the gpt-text recipe picks from).
+    "rms-qknorm-swiglu-capped": dict(rotary=True, norm="rmsnorm", qk_norm=True, mlp="swiglu",
+                                     logit_softcap=5.0, tie_weights=False),
+    "relu2-rmsnorm": dict(mlp="relu2", norm="rmsnorm", n_kv_head=2),
 }
 
 
@@ -44,6 +48,74 @@ def test_weight_tying_and_num_params():
     assert untied.num_params() - tied.num_params() == 23 * 32
     assert tied.num_params(exclude_position_embedding=True) == tied.num_params() - 16 * 32
     assert tiny(rotary=True).pos_emb is None
+
+
+def test_rmsnorm_matches_its_formula():
+    m = tiny(norm="rmsnorm")
+    norms = [m.ln_f] + [n for b in m.blocks for n in (b.ln_attn, b.ln_mlp)]
+    assert all(isinstance(n, torch.nn.RMSNorm) for n in norms)
+    norm = m.blocks[0].ln_attn
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 32))
+    x = torch.randn(3, 5, 32, dtype=torch.float64) + 4.0  # a mean RMSNorm must not remove
+    want = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps) * norm.weight.double()
+    torch.testing.assert_close(norm.double()(x), want)
+    assert m.num_params() == tiny().num_params()  # no biases either way (bias=False)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "relu2", "swiglu"])
+def test_mlp_kinds(kind):
+    m = tiny(mlp=kind)
+    mlp = m.blocks[0].mlp
+    hidden = 4 * 32 if kind != "swiglu" else 86  # ceil(8/3 * 32): the params of the 4x MLP
+    assert m.config.mlp_hidden == hidden and mlp.fc.weight.shape == (hidden, 32)
+    assert mlp.proj.weight.shape == (32, hidden)
+    assert (mlp.gate is None) == (kind != "swiglu")
+    n_mlp = sum(p.numel() for p in mlp.parameters())
+    assert abs(n_mlp - 2 * 32 * 128) <= 0.01 * 2 * 32 * 128
+    x = torch.randn(2, 7, 32)
+    h = mlp.fc(x)
+    act = {"gelu": lambda: torch.nn.functional.gelu(h),
+           "relu2": lambda: torch.relu(h) ** 2,
+           "swiglu": lambda: torch.nn.functional.silu(h) * mlp.gate(x)}[kind]()
+    torch.testing.assert_close(mlp(x), mlp.proj(act))
+    assert tiny(mlp=kind, mlp_hidden=40).blocks[0].mlp.fc.weight.shape == (40, 32)
+
+
+def test_logit_softcap_bounds_the_logits():
+    capped, plain = tiny(logit_softcap=2.0), tiny()
+    capped.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.head.weight.mul_(20)  # the tied embedding too: large logits
+        capped.head.weight.mul_(20)
+    idx = torch.randint(0, 23, (2, 9))
+    raw, _ = plain(idx)
+    got, _ = capped(idx)
+    assert raw.abs().max() > 4 and got.abs().max() <= 2.0
+    torch.testing.assert_close(got, 2.0 * torch.tanh(raw / 2.0))
+    tokens, logits = capped.generate(idx[:, :3], 4, temperature=0, return_logits=True)
+    assert logits.abs().max() <= 2.0
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity():
+    m = tiny(zero_init_proj=True, rotary=True)
+    for b in m.blocks:
+        assert not b.attn.out.weight.any() and not b.mlp.proj.weight.any()
+        assert b.mlp.fc.weight.std() > 0.01
+    idx = torch.randint(0, 23, (2, 9))
+    logits, loss = m(idx, idx)
+    torch.testing.assert_close(logits, m.head(m.ln_f(m.tok_emb(idx))))
+    loss.backward()  # the projections still learn (their input is not zero)
+    assert all(b.attn.out.weight.grad.abs().sum() > 0 for b in m.blocks)
+
+
+def test_hidden_matrices_are_the_block_weights():
+    for kw, per_block in ((dict(), 4), (dict(mlp="swiglu", tie_weights=False, qk_norm=True), 5)):
+        m = tiny(**kw)
+        mats = m.hidden_matrices()
+        assert len(mats) == per_block * 2 and all(p.dim() == 2 for p in mats)
+        ids = {id(p) for p in mats}
+        assert id(m.tok_emb.weight) not in ids and id(m.head.weight) not in ids
 
 
 def test_residual_projections_are_scaled():
@@ -202,7 +274,7 @@ def test_fused_reference_sdpa_agree(variant):
     assert torch.equal(tokens["sdpa"], tokens["fused"]) and torch.equal(tokens["reference"], tokens["fused"])
 
 
-@pytest.mark.parametrize("variant", ["learned-pos", "gqa-rotary"])
+@pytest.mark.parametrize("variant", ["learned-pos", "gqa-rotary", "rms-qknorm-swiglu-capped"])
 def test_tiny_overfit(variant):
     """A few dozen steps on four sequences: the loss must fall from ~log(23) = 3.1 to near 0."""
     m = tiny(**VARIANTS[variant])
@@ -231,6 +303,13 @@ def test_bad_config():
         (dict(dropout=1.0), "dropout must be in"),
         (dict(bias="no"), "bias must be True or False"),
         (dict(impl="flash"), "impl must be one of"),
+        (dict(norm="batchnorm"), "norm must be one of"),
+        (dict(mlp="relu"), "mlp must be one of"),
+        (dict(mlp_hidden=0), "mlp_hidden must be a positive integer"),
+        (dict(logit_softcap=0.0), "logit_softcap must be None or a number > 0"),
+        (dict(logit_softcap=float("inf")), "logit_softcap must be None or a number > 0"),
+        (dict(qk_norm=1), "qk_norm must be True or False"),
+        (dict(zero_init_proj="yes"), "zero_init_proj must be True or False"),
     ]
     for kw, msg in bad:
         with pytest.raises(ValueError, match=msg):
@@ -301,6 +380,30 @@ def test_lm_task_optimizer_groups_and_generate():
     assert metrics["eval_tokens"] == 4 * 16 * (len(task.val_text) // 16 // 4)
     assert math.isclose(metrics["bpc"], metrics["loss"] / math.log(2))
     assert math.isclose(metrics["perplexity"], math.exp(metrics["loss"]))
+
+
+def test_lm_task_muon_groups():
+    from gencore.data import CharTokenizer
+    from gencore.train import Muon
+    from gencore.train.tasks import LanguageModelTask
+    tok = CharTokenizer("abcdefgh\n ")
+    m = tiny(vocab_size=tok.vocab_size, tie_weights=False, mlp="swiglu")
+    (opt,) = LanguageModelTask(m, tok, optimizer="muon", lr=2e-3).configure_optimizers().values()
+    assert isinstance(opt, Muon)
+    muon, adam_2d, adam_1d = opt.param_groups
+    assert muon["muon"] and not adam_2d["muon"] and not adam_1d["muon"]
+    assert {id(p) for p in muon["params"]} == {id(p) for p in m.hidden_matrices()}
+    assert {id(p) for p in adam_2d["params"]} == {id(m.tok_emb.weight), id(m.head.weight),
+                                                  id(m.pos_emb.weight)}
+    assert adam_1d["weight_decay"] == 0.0 and all(p.dim() == 1 for p in adam_1d["params"])
+    assert all(g["lr"] == 2e-3 for g in opt.param_groups)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == m.num_params()
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        LanguageModelTask(m, tok, optimizer="sgd")
+    other = torch.nn.Linear(2, 2)
+    other.config = m.config  # a language model without hidden_matrices()
+    with pytest.raises(TypeError, match="hidden_matrices"):
+        LanguageModelTask(other, tok, optimizer="muon")
 
 
 @pytest.mark.parametrize("name,extra", [("gpt-text", {}), ("gpt-code", {"tokenizer": "byte", "rotary": True})])

@@ -45,11 +45,11 @@ def test_matches_sdpa(device, n_kv_heads, causal):
 
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
-@pytest.mark.parametrize("rotary", [False, True])
-def test_kv_cache_decoding_matches_full(device, rotary):
+@pytest.mark.parametrize("rotary,qk_norm", [(False, False), (True, False), (True, True)])
+def test_kv_cache_decoding_matches_full(device, rotary, qk_norm):
     need_fused("attention", device)
     torch.manual_seed(1)
-    m = MultiHeadAttention(48, 6, n_kv_heads=3, rotary=rotary).to(device).eval()
+    m = MultiHeadAttention(48, 6, n_kv_heads=3, rotary=rotary, qk_norm=qk_norm).to(device).eval()
     x = torch.randn(2, 37, 48, device=device)
     full = m(x)
     for transposed in (None, True, False):
@@ -93,6 +93,30 @@ def test_rotary_is_relative():
     torch.testing.assert_close(s1, s2)
 
 
+def test_qk_norm_normalises_each_head():
+    """qk_norm: queries and keys RMS-normalised per head (with a learned gain) before the
+    attention; the same as the plain layer fed normalised projections."""
+    torch.manual_seed(5)
+    m = MultiHeadAttention(32, 4, n_kv_heads=2, qk_norm=True)
+    with torch.no_grad():
+        m.q_norm.weight.uniform_(0.5, 2.0)
+        m.k_norm.weight.uniform_(0.5, 2.0)
+    assert m.q_norm.weight.shape == (8,) and m.k_norm.weight.shape == (8,)
+    x = torch.randn(2, 7, 32)
+
+    def rms(t, w):
+        return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + torch.finfo(t.dtype).eps) * w
+
+    q, k, v = m.qkv(x).split([32, 16, 16], dim=-1)
+    q = rms(q.view(2, 7, 4, 8), m.q_norm.weight).transpose(1, 2)
+    k = rms(k.view(2, 7, 2, 8), m.k_norm.weight).transpose(1, 2).repeat_interleave(2, 1)
+    v = v.view(2, 7, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want = m.out(y.transpose(1, 2).reshape(2, 7, 32))
+    torch.testing.assert_close(m(x), want, atol=1e-5, rtol=1e-5)
+    assert MultiHeadAttention(32, 4).q_norm is None
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="multiple of n_heads"):
         MultiHeadAttention(30, 4)
@@ -131,11 +155,12 @@ def test_compile_fullgraph(device):
 @pytest.mark.parametrize("padded", [False, True])
 def test_sdpa_impl_matches_fused(device, n_kv_heads, causal, padded):
     """impl="sdpa" (PyTorch's built-in) computes what the fused op does: outputs and gradients,
-    with GQA, rotary, key padding (a fully padded row gives zeros) and the KV cache."""
+    with GQA, rotary, QK-norm, key padding (a fully padded row gives zeros) and the KV cache."""
     need_fused("attention", device)
     torch.manual_seed(4)
-    fused = MultiHeadAttention(64, 4, n_kv_heads=n_kv_heads, rotary=True, bias=True, impl="fused").to(device)
-    sdpa = MultiHeadAttention(64, 4, n_kv_heads=n_kv_heads, rotary=True, bias=True, impl="sdpa").to(device)
+    kw = dict(n_kv_heads=n_kv_heads, rotary=True, bias=True, qk_norm=n_kv_heads == 2)
+    fused = MultiHeadAttention(64, 4, impl="fused", **kw).to(device)
+    sdpa = MultiHeadAttention(64, 4, impl="sdpa", **kw).to(device)
     sdpa.load_state_dict(fused.state_dict())
     x = torch.randn(3, 11, 64, device=device)
     mask = None

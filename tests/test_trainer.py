@@ -16,8 +16,8 @@ from _toy import TinyGANTask, lm_setup  # noqa: E402
 
 from gencore.data import ImageBatches, digits  # noqa: E402
 from gencore.train import (EMA, CheckpointError, CheckpointManager, NonFiniteLossError,  # noqa: E402
-                           Trainer, TrainerConfig, WarmupCosine, load_checkpoint, save_checkpoint,
-                           warmup_cosine_factor)
+                           Trainer, TrainerConfig, WarmupDecay, load_checkpoint, save_checkpoint,
+                           warmup_decay_factor)
 from gencore.train.images import png_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,13 +346,13 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
 
 
 def test_schedule_and_ema():
-    assert warmup_cosine_factor(0, 4, 20) == 0.25
-    assert warmup_cosine_factor(3, 4, 20) == 1.0
-    assert warmup_cosine_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
-    assert warmup_cosine_factor(12, 4, 20, 0.0) == pytest.approx(0.5)
+    assert warmup_decay_factor(0, 4, 20) == 0.25
+    assert warmup_decay_factor(3, 4, 20) == 1.0
+    assert warmup_decay_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+    assert warmup_decay_factor(12, 4, 20, 0.0) == pytest.approx(0.5)
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    sch = WarmupCosine(opt, 2, 10)
+    sch = WarmupDecay(opt, 2, 10)
     assert opt.param_groups[0]["lr"] == 0.5
     opt.step()
     sch.step()
@@ -364,6 +364,29 @@ def test_schedule_and_ema():
     w0 = e.module.weight.item()
     e.update(m)
     assert e.module.weight.item() == pytest.approx(0.5 * w0 + 0.5)
+
+
+def test_linear_and_warmup_stable_decay_schedules(tmp_path):
+    f = lambda step, **kw: warmup_decay_factor(step, 10, 110, **kw)  # noqa: E731
+    # Linear decay to min_ratio straight after warmup.
+    assert [f(s, min_ratio=0.0, shape="linear") for s in (10, 35, 60, 110, 200)] == \
+        pytest.approx([1.0, 0.75, 0.5, 0.0, 0.0])
+    # WSD: flat until the last 20% of the 100 post-warmup steps, then down to min_ratio.
+    wsd = [f(s, min_ratio=0.1, shape="linear", decay_frac=0.2) for s in (10, 60, 90, 100, 110)]
+    assert wsd == pytest.approx([1.0, 1.0, 1.0, 0.55, 0.1])
+    assert f(100, min_ratio=0.0, decay_frac=0.2) == pytest.approx(0.5)  # cosine half way down
+    assert f(50, decay_frac=0.0) == 1.0  # no decay at all
+    with pytest.raises(ValueError, match="shape must be one of"):
+        WarmupDecay(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 0, 10, shape="step")
+    # The Trainer builds it from its config and logs the learning rate it used.
+    tr = _lm_trainer(tmp_path, max_steps=20, warmup_steps=0, lr_schedule="linear", decay_frac=0.5,
+                     min_lr_ratio=0.0, log_every=1, val_every=None, sample_every=None)
+    tr.fit()
+    lrs = [r["lr"] / tr.optimizers["adam"].param_groups[0]["initial_lr"]
+           for r in tr.history if r["event"] == "train"]
+    assert lrs[:10] == pytest.approx([1.0] * 10) and lrs[-5:] == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0])
+    with pytest.raises(ValueError, match="decay_frac must be in"):
+        TrainerConfig(max_steps=5, decay_frac=1.5).validate()
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7), (1, 4, 6), (4, 6)])

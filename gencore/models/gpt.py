@@ -5,11 +5,18 @@
     logits, loss = model(idx, targets)           # idx, targets (B, T) int64, T <= block_size
     out = model.generate(prompt, 200, temperature=0.8, top_k=20)   # (B, T + 200)
 
-Pre-norm blocks (x + attn(ln(x)), x + mlp(ln(x))), a final LayerNorm and a linear head tied to
+Pre-norm blocks (x + attn(norm(x)), x + mlp(norm(x))), a final norm and a linear head tied to
 the token embedding. Positions are learned embeddings, or rotary embeddings inside attention
 (`rotary=True`). Grouped-query attention with `n_kv_head < n_head`. `impl` picks the attention
 kernel: gencore's fused op ("auto" / "fused"), its PyTorch reference ("reference"), or PyTorch's
 `F.scaled_dot_product_attention` ("sdpa").
+
+The defaults are GPT-2's (as nanoGPT has them). Options from what came after it, each one
+GPTConfig field: RMSNorm instead of LayerNorm (`norm`), RMS-normalised queries and keys
+(`qk_norm`), a ReLU-squared or SwiGLU MLP (`mlp`, width `mlp_hidden`), an untied head
+(`tie_weights=False`), tanh soft-capping of the logits (`logit_softcap`), residual output
+projections initialised at zero (`zero_init_proj`). The gpt-text recipe says which it uses and
+benchmarks/RESULTS.md what each one is worth.
 
 Generation keeps a KV cache per layer, so each new token costs one token's forward pass instead of
 the whole sequence's; its logits equal those of the uncached path. The model only ever sees the
@@ -32,6 +39,9 @@ from ._checks import positive_int
 
 __all__ = ["GPTConfig", "GPT"]
 
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+
 
 @dataclass
 class GPTConfig:
@@ -46,11 +56,20 @@ class GPTConfig:
     rotary: bool = False          # rotary position embeddings; False: learned absolute positions
     tie_weights: bool = True      # the LM head shares the token embedding matrix
     impl: str = "auto"            # attention: "auto" | "fused" | "reference" | "sdpa"
+    norm: str = "layernorm"       # "layernorm" | "rmsnorm" (no mean subtraction, no bias)
+    qk_norm: bool = False         # RMSNorm on each head's queries and keys
+    mlp: str = "gelu"             # "gelu" | "relu2" (ReLU squared) | "swiglu" (gated, 3 matrices)
+    mlp_hidden: Optional[int] = None  # MLP width; None: 4 n_embd, or 8/3 n_embd for swiglu
+    logit_softcap: Optional[float] = None  # logits -> c * tanh(logits / c); None: off
+    zero_init_proj: bool = False  # residual output projections start at zero (blocks = identity)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+        if self.mlp_hidden is None:  # swiglu's third matrix: 2/3 of the width keeps the params
+            self.mlp_hidden = 4 * self.n_embd if self.mlp != "swiglu" else -(-8 * self.n_embd // 3)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
+                     "mlp_hidden"):
             positive_int(getattr(self, name), name, "GPTConfig")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be a multiple of n_head "
@@ -63,31 +82,57 @@ class GPTConfig:
                              f"n_embd / n_head = {self.n_embd // self.n_head}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        for name in ("bias", "rotary", "tie_weights"):
+        for name, valid in (("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"GPTConfig.{name} must be one of {list(valid)}, "
+                                 f"got {getattr(self, name)!r}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))
+                                or not cap > 0 or not math.isfinite(cap)):
+            raise ValueError(f"GPTConfig.logit_softcap must be None or a number > 0, got {cap!r}")
+        for name in ("bias", "rotary", "tie_weights", "qk_norm", "zero_init_proj"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.impl not in IMPLS:
             raise ValueError(f"GPTConfig.impl must be one of {list(IMPLS)}, got {self.impl!r}")
 
 
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd)
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
 class MLP(nn.Module):
+    """fc -> activation -> proj; swiglu: proj(silu(fc(x)) * gate(x))."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.kind = cfg.mlp
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias)
+        self.gate = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        self.proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)
+        if self.kind == "gelu":
+            h = F.gelu(h)
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.silu(h) * self.gate(x)
+        return self.dropout(self.proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_attn = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_attn = make_norm(cfg)
         self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, rotary=cfg.rotary,
-                                       dropout=cfg.dropout, bias=cfg.bias, impl=cfg.impl)
-        self.ln_mlp = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+                                       dropout=cfg.dropout, bias=cfg.bias, impl=cfg.impl,
+                                       qk_norm=cfg.qk_norm)
+        self.ln_mlp = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
@@ -105,7 +150,7 @@ class GPT(nn.Module):
         self.pos_emb = None if cfg.rotary else nn.Embedding(cfg.block_size, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = make_norm(cfg)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.tok_emb.weight
@@ -119,10 +164,14 @@ class GPT(nn.Module):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
+        # zero_init_proj: every block starts as the identity (modded-nanoGPT's choice).
         std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for b in self.blocks:
-            nn.init.normal_(b.attn.out.weight, mean=0.0, std=std)
-            nn.init.normal_(b.mlp.proj.weight, mean=0.0, std=std)
+            for w in (b.attn.out.weight, b.mlp.proj.weight):
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(w)
+                else:
+                    nn.init.normal_(w, mean=0.0, std=std)
 
     def num_params(self, exclude_position_embedding: bool = False) -> int:
         """Number of parameters (a tied head counted once, as `parameters()` yields it)."""
@@ -130,6 +179,11 @@ class GPT(nn.Module):
         if exclude_position_embedding and self.pos_emb is not None:
             n -= self.pos_emb.weight.numel()
         return n
+
+    def hidden_matrices(self) -> List[nn.Parameter]:
+        """The 2-D weights inside the blocks (not the embeddings, not the head): what a
+        matrix-aware optimizer such as gencore.train.Muon updates."""
+        return [p for b in self.blocks for p in b.parameters() if p.dim() == 2]
 
     def new_cache(self) -> List[KVCache]:
         """An empty KV cache for `forward(..., cache=)`: one KVCache per layer."""
@@ -183,8 +237,9 @@ class GPT(nn.Module):
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache=None if cache is None else cache[i])
-        x = self.ln_f(x)
-        return self.head(x[:, -1:] if last_only else x)
+        logits = self.head(self.ln_f(x[:, -1:] if last_only else x))
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     # ------------------------------------------------------------------ generation
     @staticmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops.attention import attention
@@ -106,13 +107,21 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """x (B, H, S, D) at positions offset .. offset + S - 1."""
-        S = x.shape[2]
+        S, D = x.shape[2], x.shape[3]
         pos = torch.arange(offset, offset + S, device=x.device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq)
-        cos = torch.cat((freqs, freqs), dim=-1).cos().to(x.dtype)
-        sin = torch.cat((freqs, freqs), dim=-1).sin().to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+        cos = freqs.cos().repeat(1, 2).to(x.dtype)
+        sin = freqs.sin()
+        # rotate_half(x) * sin = (x2, x1) * (-sin, sin): the signs live in the table, so the
+        # whole rotation is three kernels (roll, mul, addcmul).
+        signed_sin = torch.cat((-sin, sin), dim=-1).to(x.dtype)
+        return torch.addcmul(x * cos, x.roll(D // 2, dims=-1), signed_sin)
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
+    """`norm(x)` with the gain cast to x's dtype: under bf16 autocast the projections give bf16
+    queries and keys, and a float32 gain would send RMSNorm to its unfused path (with a warning)."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
 class MultiHeadAttention(nn.Module):
@@ -124,6 +133,9 @@ class MultiHeadAttention(nn.Module):
         n_kv_heads: key/value heads (grouped-query attention), dividing n_heads; default n_heads.
         rotary: apply rotary position embeddings to queries and keys.
         rotary_base: RoPE base frequency.
+        qk_norm: RMS-normalise each head's queries and keys (learned gain per coordinate, shared
+            across heads) before the rotary embedding, so the attention logits cannot grow
+            without bound; lets training run at higher learning rates.
         dropout: dropout probability on the output (after the projection). There is no dropout on
             the attention probabilities (the fused op has none).
         bias: biases in the projections.
@@ -133,7 +145,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, n_heads: int, n_kv_heads: Optional[int] = None,
                  rotary: bool = False, rotary_base: float = 10000.0, dropout: float = 0.0,
-                 bias: bool = False, impl: str = "auto") -> None:
+                 bias: bool = False, impl: str = "auto", qk_norm: bool = False) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if embed_dim % n_heads:
@@ -148,6 +160,8 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(embed_dim, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias)
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.rotary = RotaryEmbedding(self.head_dim, rotary_base) if rotary else None
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
         self.dropout = nn.Dropout(dropout)
 
     def new_cache(self) -> KVCache:
@@ -174,9 +188,10 @@ class MultiHeadAttention(nn.Module):
         k = qkv[..., H * D:(H + Hkv) * D].unflatten(-1, (Hkv, D)).transpose(1, 2)
         v = qkv[..., (H + Hkv) * D:].unflatten(-1, (Hkv, D)).transpose(1, 2)
         offset = cache.length if cache is not None else 0
+        if self.q_norm is not None:
+            q, k = _rms_norm(q, self.q_norm), _rms_norm(k, self.k_norm)
         if self.rotary is not None:
-            q = self.rotary(q, offset)
-            k = self.rotary(k, offset)
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
         mask = key_padding_mask
         if cache is not None:
             k, v, mask = cache.append(k, v, key_padding_mask)

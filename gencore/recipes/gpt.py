@@ -1,9 +1,14 @@
 """GPT recipes: character-level language models on the embedded text and code.
 
-- gpt-text: CPython's language reference (gencore.data.english_text), char tokenizer, at the CPU
-  configuration nanoGPT publishes for shakespeare_char: 4 layers, 4 heads, 128 wide, context 64,
-  batch 12, 2000 steps, dropout 0, AdamW lr 1e-3 -> 1e-4 (100 warmup steps, cosine), betas
-  (0.9, 0.99), weight decay 0.1, gradient clipping at 1.0.
+- gpt-text: CPython's language reference (gencore.data.english_text), char tokenizer, at the
+  budget of nanoGPT's CPU shakespeare_char configuration (4 layers, 4 heads, 128 wide, context
+  64, batch 12, 2000 steps, dropout 0, weight decay 0.1, clipping at 1.0), trained the way the
+  field trains since GPT-2: rotary positions, RMS-normalised queries and keys, Muon for the
+  hidden matrices (AdamW for embeddings and gains), lr 4e-3 after 100 warmup steps decayed
+  linearly to zero, bf16 autocast where the device computes bf16 natively. About 0.34 nats/char
+  below nanoGPT's own recipe at the same parameters and steps (benchmarks/RESULTS.md, "gpt-text
+  vs nanoGPT"); `--set rotary=false qk_norm=false optimizer=adamw lr=1e-3 min_lr=1e-4
+  lr_schedule=cosine precision=fp32` is nanoGPT's setting.
 - gpt-code: the standard library's Python source (gencore.data.stdlib_code, validation on
   modules never seen in training), char or byte tokenizer, the same model with a 128 context.
 
@@ -19,9 +24,10 @@ from typing import Any, Dict
 import torch
 
 from ..data import LMBatches, LMEvalBatches, english_text, stdlib_code
-from ..models.gpt import GPT, GPTConfig
+from ..models.gpt import GPT, MLPS, NORMS, GPTConfig
 from ..nn.attention import IMPLS
-from ..train.tasks.lm import LanguageModelTask
+from ..train.precision import resolve_precision
+from ..train.tasks.lm import OPTIMIZERS, LanguageModelTask
 from .base import Recipe, RunPlan
 
 __all__ = ["RECIPES"]
@@ -34,14 +40,17 @@ def _build_gpt(config: Dict[str, Any], data, tokenizer, device: torch.device) ->
         n_layer=config["n_layer"], n_head=config["n_head"],
         n_kv_head=config["n_kv_head"] or config["n_head"], n_embd=config["n_embd"],
         dropout=config["dropout"], bias=config["bias"], rotary=config["rotary"],
-        impl=config["impl"]))
+        tie_weights=config["tie_weights"], impl=config["impl"], norm=config["norm"],
+        qk_norm=config["qk_norm"], mlp=config["mlp"], mlp_hidden=config["mlp_hidden"] or None,
+        logit_softcap=config["logit_softcap"] or None, zero_init_proj=config["zero_init_proj"]))
     if config["min_lr"] > config["lr"]:
         raise ValueError(f"min_lr ({config['min_lr']}) must not exceed lr ({config['lr']})")
     task = LanguageModelTask(
         model, tokenizer, lr=config["lr"], weight_decay=config["weight_decay"],
         betas=(config["beta1"], config["beta2"]), val_text=data.val,
         eval_batches=config["eval_batches"] or None, sample_tokens=config["sample_tokens"],
-        temperature=config["temperature"], top_k=config["top_k"] or None, sample_seed=config["seed"])
+        temperature=config["temperature"], top_k=config["top_k"] or None, sample_seed=config["seed"],
+        optimizer=config["optimizer"], momentum=config["momentum"], ns_steps=config["ns_steps"])
     train = tokenizer.encode_tensor(data.train)
     val = tokenizer.encode_tensor(data.val)
     steps = config["steps"]
@@ -51,8 +60,9 @@ def _build_gpt(config: Dict[str, Any], data, tokenizer, device: torch.device) ->
         # Periodic validation: a fixed set of val_batches seeded batches (nanoGPT's eval_iters).
         val_data=LMEvalBatches(val, config["block_size"], config["batch_size"],
                                max_batches=config["val_batches"]),
-        trainer={"grad_clip": config["grad_clip"] or None, "lr_schedule": "cosine",
-                 "warmup_steps": min(config["warmup_steps"], steps),
+        trainer={"precision": resolve_precision(config["precision"], device),
+                 "grad_clip": config["grad_clip"] or None, "lr_schedule": config["lr_schedule"],
+                 "decay_frac": config["decay_frac"], "warmup_steps": min(config["warmup_steps"], steps),
                  "min_lr_ratio": config["min_lr"] / config["lr"], "log_every": 50,
                  "val_every": min(config["val_every"], steps),
                  "sample_every": max(1, steps // 2), "ckpt_every": max(1, steps // 4)})
@@ -72,20 +82,32 @@ def build_gpt_code(config: Dict[str, Any], device: torch.device) -> RunPlan:
 _COMMON = {
     "steps": 2000, "seed": 0, "batch_size": 12, "block_size": 64,
     "n_layer": 4, "n_head": 4, "n_kv_head": 0, "n_embd": 128, "dropout": 0.0, "bias": False,
-    "rotary": False, "impl": "auto",
-    "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100, "beta1": 0.9, "beta2": 0.99,
-    "weight_decay": 0.1, "grad_clip": 1.0,
+    "rotary": False, "tie_weights": True, "norm": "layernorm", "qk_norm": False, "mlp": "gelu",
+    "mlp_hidden": 0, "logit_softcap": 0.0, "zero_init_proj": False, "impl": "auto",
+    "precision": "fp32",
+    "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100, "lr_schedule": "cosine", "decay_frac": 1.0,
+    "optimizer": "adamw", "momentum": 0.95, "ns_steps": 5, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.1,
+    "grad_clip": 1.0,
     "val_every": 250, "val_batches": 20, "eval_batches": 0,
     "sample_tokens": 200, "temperature": 1.0, "top_k": 0,
 }
+
+_CHOICES = {"impl": IMPLS, "norm": NORMS, "mlp": MLPS, "lr_schedule": ("cosine", "linear"),
+            "optimizer": OPTIMIZERS, "precision": ("auto", "fp32", "bf16")}
+
+# What the field learned after GPT-2, each measured alone at this budget (benchmarks/RESULTS.md,
+# "gpt-text ablation"): rotary positions, Muon for the hidden matrices, a higher learning rate
+# decayed linearly to zero, RMS-normalised queries and keys, bf16 autocast where it is native.
+_MODERN = {"rotary": True, "qk_norm": True, "optimizer": "muon", "lr": 4e-3, "min_lr": 0.0,
+           "lr_schedule": "linear", "precision": "auto"}
 
 RECIPES = [
     Recipe(
         name="gpt-text",
         summary="character-level GPT (4x4x128, nanoGPT's CPU shakespeare_char setting) on "
                 "CPython's language reference",
-        defaults=dict(_COMMON),
-        choices={"impl": IMPLS},
+        defaults={**_COMMON, **_MODERN},
+        choices=_CHOICES,
         demo={},  # the full 2000-step run: about 1.5 min on 2 cores
         build=build_gpt_text,
     ),
@@ -95,7 +117,7 @@ RECIPES = [
                 "validated on unseen modules",
         defaults={**_COMMON, "steps": 3000, "block_size": 128, "tokenizer": "char",
                   "eval_batches": 40},
-        choices={"impl": IMPLS, "tokenizer": ("char", "byte")},
+        choices={**_CHOICES, "tokenizer": ("char", "byte")},
         demo={"steps": 1500},
         build=build_gpt_code,
     ),

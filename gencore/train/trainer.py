@@ -33,14 +33,14 @@ from .checkpoint import CheckpointError, CheckpointManager, capture_rng_state, l
     restore_rng_state
 from .ema import EMA
 from .images import save_png_grid
-from .schedule import WarmupCosine
+from .schedule import WarmupDecay
 from .task import Task
 
 __all__ = ["TrainerConfig", "Trainer", "NonFiniteLossError", "seed_everything", "to_device"]
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _NONFINITE = ("skip", "stop")
-_SCHEDULES = ("cosine", "constant")
+_SCHEDULES = ("cosine", "linear", "constant")
 _PROGRESS = ("auto", "bar", "lines", "none")
 
 
@@ -83,9 +83,10 @@ class TrainerConfig:
     precision: str = "fp32"                 # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
     grad_accum: int = 1                     # micro-batches per step (automatic optimization)
     grad_clip: Optional[float] = 1.0        # max global grad norm per optimizer; None: no clipping
-    lr_schedule: str = "cosine"             # cosine (linear warmup, cosine decay) | constant
+    lr_schedule: str = "cosine"             # linear warmup, then cosine | linear decay; or constant
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
+    decay_frac: float = 1.0                 # decay over this last fraction (< 1: warmup-stable-decay)
     ema_decay: Optional[float] = None       # EMA of the task's ema_modules() when set
     log_every: int = 10
     val_every: Optional[int] = None
@@ -115,6 +116,8 @@ class TrainerConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"TrainerConfig.{name} must be None or a positive integer, got {v!r}")
+        if not 0.0 <= self.decay_frac <= 1.0:
+            raise ValueError(f"TrainerConfig.decay_frac must be in [0, 1], got {self.decay_frac!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainerConfig.grad_clip must be None or > 0, got {self.grad_clip}")
         if self.resume and self.out_dir is None and not isinstance(self.resume, str):
@@ -205,8 +208,9 @@ class Trainer:
         scheds = self.task.configure_schedulers(self.optimizers, cfg.max_steps)
         if scheds is None:
             scheds = {}
-            if cfg.lr_schedule == "cosine":
-                scheds = {n: WarmupCosine(o, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+            if cfg.lr_schedule != "constant":
+                scheds = {n: WarmupDecay(o, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio,
+                                         cfg.lr_schedule, cfg.decay_frac)
                           for n, o in self.optimizers.items()}
         self.schedulers = dict(scheds)
         self.ema: Dict[str, EMA] = {}

@@ -19,10 +19,13 @@ import torch.nn as nn
 
 from ...data import LMEvalBatches
 from ...metrics import bits_per_char, perplexity
+from ..optim import Muon
 from ..task import Task
 from ._sampling import seeded_generator
 
-__all__ = ["LanguageModelTask"]
+__all__ = ["LanguageModelTask", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adamw", "muon")
 
 
 @contextlib.contextmanager
@@ -45,6 +48,9 @@ class LanguageModelTask(Task):
         lr, weight_decay, betas: AdamW (PyTorch's fused implementation on CPU and CUDA). As in
             nanoGPT, every parameter with two or more dimensions (the matmul weights and the
             embeddings) decays; biases and LayerNorm weights do not.
+        optimizer: "adamw", or "muon": gencore.train.Muon (orthogonalised momentum, `momentum`,
+            `ns_steps` Newton-Schulz iterations) for the model's `hidden_matrices()`, AdamW for
+            every other parameter, one lr.
         val_text: held-out text for `evaluate()`; None: evaluate() raises.
         eval_batch_size: windows per batch in `evaluate()`.
         eval_batches: None: every non-overlapping block_size window of val_text; an int: that
@@ -57,7 +63,8 @@ class LanguageModelTask(Task):
                  betas: Sequence[float] = (0.9, 0.99), val_text: Optional[str] = None,
                  eval_batch_size: int = 32, eval_batches: Optional[int] = None,
                  sample_tokens: int = 200, temperature: float = 1.0, top_k: Optional[int] = None,
-                 sample_seed: int = 0):
+                 sample_seed: int = 0, optimizer: str = "adamw", momentum: float = 0.95,
+                 ns_steps: int = 5):
         if not isinstance(model, nn.Module):
             raise TypeError(f"LanguageModelTask: model must be an nn.Module, got {type(model).__name__}")
         if not hasattr(getattr(model, "config", None), "block_size"):
@@ -68,12 +75,19 @@ class LanguageModelTask(Task):
             raise ValueError(f"LanguageModelTask: weight_decay must be >= 0, got {weight_decay}")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"LanguageModelTask: betas must be two numbers in [0, 1), got {betas}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"LanguageModelTask: optimizer must be one of {list(OPTIMIZERS)}, "
+                             f"got {optimizer!r}")
+        if optimizer == "muon" and not hasattr(model, "hidden_matrices"):
+            raise TypeError("LanguageModelTask: optimizer='muon' needs a model with "
+                            "hidden_matrices() (e.g. gencore.models.GPT)")
         if eval_batch_size < 1 or (eval_batches is not None and eval_batches < 1):
             raise ValueError("LanguageModelTask: eval_batch_size and eval_batches must be >= 1")
         if sample_tokens < 1:
             raise ValueError(f"LanguageModelTask: sample_tokens must be >= 1, got {sample_tokens}")
         self.model, self.tokenizer = model, tokenizer
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.optimizer, self.momentum, self.ns_steps = optimizer, momentum, ns_steps
         self.sample_tokens, self.temperature, self.top_k = sample_tokens, temperature, top_k
         self.sample_seed = sample_seed
         self.val_text = val_text
@@ -91,6 +105,15 @@ class LanguageModelTask(Task):
 
     def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer == "muon":
+            matrices = {id(p) for p in self.model.hidden_matrices()}
+            groups = [{"params": [p for p in params if id(p) in matrices], "muon": True,
+                       "weight_decay": self.weight_decay},
+                      {"params": [p for p in params if id(p) not in matrices and p.dim() >= 2],
+                       "weight_decay": self.weight_decay},
+                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+            return {"muon": Muon(groups, lr=self.lr, momentum=self.momentum, betas=self.betas,
+                                 ns_steps=self.ns_steps)}
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.weight_decay},

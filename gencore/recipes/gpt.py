@@ -10,7 +10,8 @@
   vs nanoGPT"); `--set rotary=false qk_norm=false optimizer=adamw lr=1e-3 min_lr=1e-4
   lr_schedule=cosine precision=fp32` is nanoGPT's setting.
 - gpt-code: the standard library's Python source (gencore.data.stdlib_code, validation on
-  modules never seen in training), char or byte tokenizer, the same model with a 128 context.
+  modules never seen in training), char or byte tokenizer, the same model and training with a 128
+  context (1500 steps: 1.256 nats/char on unseen modules, 1.719 with nanoGPT's setting).
 
 Metrics (held-out text, every non-overlapping block_size window): loss (nats per token), bpc
 (bits per character), perplexity (per token). `n_kv_head=0` means n_head (no grouping);
@@ -115,7 +116,7 @@ RECIPES = [
         name="gpt-code",
         summary="character/byte-level GPT (4x4x128, context 128) on the Python standard library, "
                 "validated on unseen modules",
-        defaults={**_COMMON, "steps": 3000, "block_size": 128, "tokenizer": "char",
+        defaults={**_COMMON, **_MODERN, "steps": 3000, "block_size": 128, "tokenizer": "char",
                   "eval_batches": 40},
         choices={**_CHOICES, "tokenizer": ("char", "byte")},
         demo={"steps": 1500},

@@ -19,8 +19,8 @@ from ..ops import gan_loss, gumbel_softmax
 from ..ops.reference.gan_loss import KINDS as LOSS_KINDS
 from ._checks import positive_int
 
-__all__ = ["TextGenerator", "sample_categorical", "CNNDiscriminator", "TemperatureSchedule", "SCHEDULES", "LOSS_KINDS",
-           "discriminator_loss", "generator_loss"]
+__all__ = ["TextGenerator", "sample_categorical", "token_cross_entropy", "CNNDiscriminator",
+           "TemperatureSchedule", "SCHEDULES", "LOSS_KINDS", "discriminator_loss", "generator_loss"]
 
 IMPLS = ("auto", "fused", "reference")
 SCHEDULES = ("no", "lin", "exp", "log", "sigmoid")
@@ -42,6 +42,14 @@ def sample_categorical(logits: torch.Tensor, generator: Optional[torch.Generator
                    generator=generator) * cdf[:, -1:]
     # right=True: the first category whose cdf exceeds u, so zero-probability ones are never hit
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+
+
+def token_cross_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """-log softmax(logits)[token] per position: logits (B, T, V), tokens (B, T) -> (B, T), float32.
+    Over the flattened (B*T, V) rows: log-softmax along the contiguous last dimension is several
+    times faster on CPU than cross_entropy on the (B, V, T) transpose."""
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    return F.cross_entropy(flat, tokens.reshape(-1).long(), reduction="none").view(tokens.shape)
 
 
 class TemperatureSchedule:
@@ -124,8 +132,7 @@ class TextGenerator(nn.Module):
         return self.out(h)
 
     def token_nll(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = self(tokens).float()
-        return F.cross_entropy(logits.transpose(1, 2), tokens.long(), reduction="none")
+        return token_cross_entropy(self(tokens), tokens)
 
     def nll(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-token mean NLL (nats) of each sequence, (B,)."""

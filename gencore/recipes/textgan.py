@@ -35,7 +35,8 @@ def build_textgan_oracle(config: Dict[str, Any], device: torch.device) -> RunPla
     gen = TextGenerator(config["vocab_size"], config["gen_embed"], config["gen_hidden"],
                         config["seq_len"])
     disc = CNNDiscriminator(config["vocab_size"], config["seq_len"], config["disc_embed"],
-                            num_filters=config["disc_filters"], dropout=config["disc_dropout"])
+                            num_filters=config["disc_filters"], dropout=config["disc_dropout"],
+                            num_rep=config["disc_rep"])
     task = TextGANTask(
         oracle, gen, disc, total_steps=config["steps"], mle_steps=min(config["mle_steps"], config["steps"]),
         loss=config["loss"], schedule=config["temperature"], beta_max=config["beta_max"],
@@ -54,7 +55,7 @@ RECIPES = [
         defaults={"steps": 1300, "mle_steps": 1000, "seed": 0, "oracle_seed": 0,
                   "batch_size": 64, "vocab_size": 5000, "seq_len": 20,
                   "gen_embed": 32, "gen_hidden": 32, "disc_embed": 64, "disc_filters": 64,
-                  "disc_dropout": 0.25, "loss": "rsgan", "temperature": "exp",
+                  "disc_dropout": 0.25, "disc_rep": 1, "loss": "rsgan", "temperature": "exp",
                   "beta_max": 10.0, "mle_lr": 1e-2, "g_lr": 1e-3, "d_lr": 1e-4, "d_steps": 1,
                   "eval_samples": 5000},
         choices={"loss": KINDS, "temperature": SCHEDULES},

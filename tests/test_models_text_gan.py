@@ -298,7 +298,7 @@ def test_bad_arguments_raise():
 # -- task and recipe --------------------------------------------------------------------------
 
 TINY = {"steps": 6, "mle_steps": 3, "vocab_size": 40, "seq_len": 6, "batch_size": 8,
-        "disc_embed": 8, "disc_filters": 4, "eval_samples": 32, "d_steps": 2}
+        "disc_embed": 8, "disc_rep": 4, "disc_filters": 4, "eval_samples": 32, "d_steps": 2}
 
 
 def _run_recipe(out_dir, steps, resume=False, overrides=TINY):

@@ -162,6 +162,29 @@ def test_discriminator_token_ids_equal_one_hots():
     assert torch.allclose(out, disc(F.one_hot(x, V).float()), atol=1e-5)
 
 
+def test_discriminator_multiple_representations():
+    """num_rep slices of the embedding, each judged separately by the shared convolutions: one
+    logit per sequence and slice; a slice's logit depends on its own embedding columns only."""
+    torch.manual_seed(0)
+    disc = CNNDiscriminator(V, L, 12, (2, 3), 8, dropout=0.0, num_rep=4)
+    x = torch.randint(V, (5, L))
+    out = disc(x)
+    assert out.shape == (5, 4)
+    assert torch.allclose(out, disc(F.one_hot(x, V).float()), atol=1e-5)
+    with torch.no_grad():
+        disc.embedding[:, 3:6] += 1.0  # slice 1 of 4 (3 columns each)
+    moved = (disc(x) - out).abs().amax(0)
+    assert moved[1] > 1e-3 and moved[[0, 2, 3]].max() == 0
+    # every slice equals the single-representation network run on that slice alone
+    single = CNNDiscriminator(V, L, 3, (2, 3), 8, dropout=0.0)
+    single.load_state_dict({**{k: v for k, v in disc.state_dict().items() if k != "embedding"},
+                            "embedding": disc.embedding.detach()[:, 6:9]})
+    assert torch.allclose(single(x), disc(x)[:, 2], atol=1e-6)
+    disc(F.one_hot(x, V).float().requires_grad_()).sum().backward()
+    for name, p in disc.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
 def test_discriminator_learns_to_separate():
     torch.manual_seed(0)
     oracle = OracleLSTM(V, 8, 8, L, seed=3)  # entropy ~3.2 nats/token vs 3.7 for uniform tokens
@@ -249,6 +272,10 @@ def test_bad_arguments_raise():
         CNNDiscriminator(10, 4, filter_widths=(5,))
     with pytest.raises(ValueError, match="dropout"):
         CNNDiscriminator(10, 4, filter_widths=(2,), dropout=1.0)
+    with pytest.raises(ValueError, match="multiple of num_rep"):
+        CNNDiscriminator(10, 4, 6, filter_widths=(2,), num_rep=4)
+    with pytest.raises(ValueError, match="num_rep"):
+        CNNDiscriminator(10, 4, filter_widths=(2,), num_rep=0)
     with pytest.raises(ValueError, match="one-hot"):
         CNNDiscriminator(10, 4, filter_widths=(2,))(torch.zeros(2, 4, 9))
     with pytest.raises(ValueError, match="schedule"):
@@ -271,7 +298,7 @@ def test_bad_arguments_raise():
 # -- task and recipe --------------------------------------------------------------------------
 
 TINY = {"steps": 6, "mle_steps": 3, "vocab_size": 40, "seq_len": 6, "batch_size": 8,
-        "disc_embed": 8, "disc_filters": 4, "eval_samples": 32, "d_steps": 2}
+        "disc_embed": 8, "disc_rep": 4, "disc_filters": 4, "eval_samples": 32, "d_steps": 2}
 
 
 def _run_recipe(out_dir, steps, resume=False, overrides=TINY):

@@ -16,10 +16,9 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._checks import positive_int
-from .text_gan import sample_categorical
+from .text_gan import sample_categorical, token_cross_entropy
 
 __all__ = ["OracleLSTM"]
 
@@ -63,8 +62,7 @@ class OracleLSTM(nn.Module):
 
     def token_nll(self, tokens: torch.Tensor) -> torch.Tensor:
         """-log p(x_t | x_<t) in nats, shape (B, T)."""
-        logits = self.logits(tokens).float()
-        return F.cross_entropy(logits.transpose(1, 2), tokens.long(), reduction="none")
+        return token_cross_entropy(self.logits(tokens), tokens)
 
     def nll(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-token mean NLL (nats) of each sequence, shape (B,) (see the module docstring)."""

@@ -6,8 +6,8 @@ feature space, next to the real-data floor (fd_floor, kid_floor).
 
 Defaults: Adam without momentum (beta1 = 0, as in StyleGAN2) at lr 8e-4 for both networks, and an
 EMA of G with decay 0.995 (a horizon of ~200 of the 3000 steps). With the earlier beta1 = 0.5,
-lr 4e-4 and EMA 0.999 the EMA generator was still improving at the last step: FD 0.032 / 0.027 /
-0.030 (seeds 0, 1, 2) against 0.021 / 0.017 / 0.021 now, at the same step time (floor 0.014;
+lr 4e-4 and EMA 0.999 the EMA generator was still improving at the last step: FD 0.029 (0.025 to
+0.032 over seeds 0-4) against 0.021 (0.017 to 0.024) now, at the same step time (floor 0.014;
 benchmarks/digits_quality.py). Cosine lr decay, the hinge loss and R1 gamma 3 were worse.
 """
 from __future__ import annotations

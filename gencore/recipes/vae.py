@@ -5,10 +5,10 @@ digits, and the Frechet distance / KID of samples in the digit classifier's feat
 the real-data floor (fd_floor, kid_floor).
 
 Defaults: the mixture prior has 256 components, refitted by EM every 250 steps. Against 128
-components: FD of samples 0.029 / 0.025 / 0.034 -> 0.024 / 0.024 / 0.032 (seeds 0, 1, 2; floor
-0.014; benchmarks/digits_quality.py) for a validation NLL 1.1 nats per image higher and about the
-same step time. More components fit the training codes more closely still (NLL with k = 10: 512
-components 9 nats worse, 1024 58 nats worse: the prior memorises the training set) without
+components: FD of samples 0.031 (0.024 to 0.043 over seeds 0-4) -> 0.028 (0.024 to 0.032), floor
+0.014 (benchmarks/digits_quality.py), for a validation NLL ~1.1 nats per image higher and ~10%
+more training time. More components fit the training codes more closely still (NLL with k = 10:
+512 components 9 nats worse, 1024 58 nats worse: the prior memorises the training set) without
 better samples at 512.
 """
 from __future__ import annotations

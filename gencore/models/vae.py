@@ -27,7 +27,8 @@ Priors p(z):
   weights trained with everything else, the "MoG prior" of e.g. Tomczak & Welling 2018). It lets
   the prior follow the aggregate posterior, so that samples do not fall into the holes a standard
   normal leaves between the encoder's codes (digits, 3000 steps: Frechet distance of samples
-  0.30 with N(0, I), 0.028 with 128 components refitted by EM every 250 steps; floor 0.014).
+  0.30 with N(0, I), 0.031 with 128 components and 0.028 with 256 refitted by EM every 250
+  steps, means over 5 seeds; floor 0.014).
   Trained by gradient with the rest, it lags far behind the codes (on digits most components
   stay unused), so `fit_prior(z)` also refits it by EM to latents drawn from q(z|x) on the
   training images (what VAETask does every few hundred steps and at the end): for fixed encoder and

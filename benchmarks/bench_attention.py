@@ -78,6 +78,8 @@ def peak_mb(fn, device) -> float | None:
 
 
 CPU_SHAPES = [(8, 8, 256, 64), (8, 8, 512, 64), (1, 8, 4096, 64)]
+# bf16 on CPU (what bf16 autocast training sends to attention): gpt-text's shape and two larger.
+CPU_BF16_SHAPES = [(12, 4, 64, 32), (8, 8, 256, 64), (8, 8, 512, 64)]
 # Issue 12's GPU cases, bf16: (shape, causal, mode).
 GPU_CASES = [
     ((4, 16, 4096, 128), False, "fwd"),
@@ -100,6 +102,10 @@ def cases():
             for mode in ("fwd", "fwd+bwd"):
                 yield pytest.param("cpu", shape, torch.float32, causal, mode,
                                    id=_case_id("cpu", shape, "f32", causal, mode))
+    for shape in CPU_BF16_SHAPES:
+        for mode in ("fwd", "fwd+bwd"):
+            yield pytest.param("cpu", shape, torch.bfloat16, True, mode,
+                               id=_case_id("cpu", shape, "bf16", True, mode))
     for shape, causal, mode in GPU_CASES:
         yield pytest.param("cuda", shape, torch.bfloat16, causal, mode, marks=NO_GPU,
                            id=_case_id("cuda", shape, "bf16", causal, mode))

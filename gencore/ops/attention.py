@@ -98,12 +98,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 
 
 def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor]) -> str:
-    """The row of the auto table (ops/auto.py) a call falls in."""
-    if q.dtype != torch.float32 or key_padding_mask is not None:
+    """The row of the auto table (ops/auto.py) a call falls in: "<dtype> decode" (a few queries
+    against many keys: KV-cache decoding), "<dtype> causal", or "*"."""
+    name = _CASE_DTYPES.get(q.dtype)
+    if name is None or key_padding_mask is not None:
         return "*"
-    if q.shape[2] <= 4:  # a few queries against many keys: KV-cache decoding
-        return "float32 decode"
-    return "float32 causal" if causal else "*"
+    if q.shape[2] <= 4:
+        return f"{name} decode"
+    return f"{name} causal" if causal else "*"
+
+
+_CASE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

@@ -81,10 +81,10 @@ def test_check_fails_without_the_compiled_core():
 def test_rows_say_what_auto_runs():
     need_fused("attention", "cpu")
     case = next(c for c in check.CASES if c.op == "attention" and c.name == "causal")
-    want = "fused" if auto.pick("attention", "cpu", "float32 causal") == auto.FUSED else "sdpa"
-    assert check.check_case(case, torch.device("cpu"), torch.float32).auto == want
-    assert check.check_case(case, torch.device("cpu"), torch.bfloat16).auto == (
-        "fused" if auto.pick("attention", "cpu", "*") == auto.FUSED else "sdpa")
+    for dtype, row in ((torch.float32, "float32 causal"), (torch.bfloat16, "bfloat16 causal"),
+                       (torch.float16, "*")):
+        want = "fused" if auto.pick("attention", "cpu", row) == auto.FUSED else "sdpa"
+        assert check.check_case(case, torch.device("cpu"), dtype).auto == want, dtype
 
 
 def test_bad_device_is_an_error(capsys):

@@ -13,6 +13,7 @@ precedence on that machine).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,16 +47,19 @@ def machine_class(device_type: str, index: Optional[int] = None) -> str:
     return device_type
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine_info(device_type: str) -> dict:
     if device_type == "cuda":
         return {"gpu": torch.cuda.get_device_name(), "torch_cuda": torch.version.cuda}
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "cpu_isa": torch.backends.cpu.get_cpu_capability()}
 
 
@@ -90,10 +94,19 @@ def _git(*args) -> str:
         return ""
 
 
-def provenance() -> dict:
-    """commit and dirty flag of the checkout (empty outside one), torch version."""
+@functools.lru_cache(maxsize=None)
+def _provenance() -> tuple:
     commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else False
+    # Changes to the records themselves do not make the measured code dirty.
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":(exclude)benchmarks/records")) if commit else False
+    return commit, dirty
+
+
+def provenance() -> dict:
+    """commit and dirty flag of the checkout (empty outside one; read once a process), torch
+    version."""
+    commit, dirty = _provenance()
     return {"commit": commit, "dirty": dirty, "torch": torch.__version__}
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -63,26 +64,39 @@ def machine_info(device_type: str) -> dict:
             "cpu_isa": torch.backends.cpu.get_cpu_capability()}
 
 
-# The files each op's kernel is made of, per device (relative to the repository root); every
-# header in the listed folders counts, since a kernel may include any of them.
+# The files each op's kernel is made of, per device (relative to the repository root), and every
+# header they include (followed through `#include "..."`).
 _SOURCES = {
-    "cpu": ("csrc/cpu/{op}.cpp", "csrc/cpu/*.h", "csrc/common/*.h", "gencore/ops/{op}.py"),
-    "cuda": ("csrc/cuda/{op}*.cu", "csrc/cuda/{op}.cpp", "csrc/cuda/*.cuh", "csrc/cuda/*.h",
-             "csrc/common/*.h", "csrc/common/*.cuh", "gencore/ops/{op}.py"),
+    "cpu": ("csrc/cpu/{op}.cpp", "gencore/ops/{op}.py"),
+    "cuda": ("csrc/cuda/{op}*.cu", "csrc/cuda/{op}.cpp", "gencore/ops/{op}.py"),
 }
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def _with_includes(paths: Iterable[Path]) -> List[Path]:
+    seen, todo = set(), list(paths)
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        if path.suffix in (".cpp", ".cu", ".h", ".cuh"):
+            todo += [(path.parent / inc).resolve() for inc in _INCLUDE.findall(path.read_text())]
+    return sorted(seen)
 
 
 def sources_digest(op: str, device_type: str, root: Optional[Path] = None) -> Optional[str]:
     """sha256 (16 hex digits) of the op's kernel sources for the device; None outside a source
     checkout (an installed package has no csrc/)."""
-    root = root or _ROOT.parent
+    root = (root or _ROOT.parent).resolve()
     if not (root / "csrc").is_dir():
         return None
+    patterns = _SOURCES.get(device_type.split("-")[0], ())
+    files = _with_includes(p.resolve() for pat in patterns for p in root.glob(pat.format(op=op)))
     h = hashlib.sha256()
-    for pattern in _SOURCES.get(device_type.split("-")[0], ()):
-        for path in sorted(root.glob(pattern.format(op=op))):
-            h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes())
+    for path in files:
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

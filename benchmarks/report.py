@@ -3,7 +3,8 @@
     python benchmarks/report.py --records benchmarks/records [--markdown]   # RESULTS.md's tables
 
 Records (gencore.records): for the auto table's cases (gencore/bench_cases.py) one row per case:
-the fused kernel, what auto runs instead, auto itself and PyTorch's own built-in, with ratios;
+the fused kernel, what auto runs instead, auto itself and PyTorch's own built-in, with ratios
+(x / y > 1: y is that many times faster; "torch / auto" >= 0.95 is auto's promise);
 on a GPU also the fraction of the machine's limit (bytes moved / copy bandwidth for memory-bound
 ops, FLOP/s / matmul rate for attention). Suite records ("suite/<group>") one row per impl.
 
@@ -74,8 +75,8 @@ def record_tables(directory: Path, markdown: bool) -> None:
         print(f"\n### {machine}: {info.get('gpu') or info.get('cpu', '?')}"
               f"{'' if 'gpu' in info else ', %s threads' % info.get('threads', '?')}, torch "
               f"{some.get('torch', '?')}, commits {', '.join(commits)}\n")
-        head = ["case", "fused us", "alternative", "alt us", "alt / fused", "auto / alt",
-                "torch / fused", "limit"]
+        head = ["case", "fused us", "alternative", "alt us", "alt / fused", "torch / fused",
+                "torch / auto", "limit"]
         lines = []
         for (op, case), impls in sorted(by_case.items()):
             if case.startswith("suite/") or "fused" not in impls:
@@ -85,8 +86,8 @@ def record_tables(directory: Path, markdown: bool) -> None:
             auto = impls.get("auto", {}).get("median_s")
             torch_ = impls.get("torch", {}).get("median_s")
             lines.append([case, f"{f * 1e6:.1f}", alt, f"{a * 1e6:.1f}" if a else "-",
-                          f"{a / f:.2f}" if a else "-", f"{auto / a:.2f}" if auto and a else "-",
-                          f"{torch_ / f:.2f}" if torch_ else "-", _limit(info, impls["fused"])])
+                          f"{a / f:.2f}" if a else "-", f"{torch_ / f:.2f}" if torch_ else "-",
+                          f"{torch_ / auto:.2f}" if torch_ and auto else "-", _limit(info, impls["fused"])])
         _print_table(head, lines, markdown)
         suite = [[case[6:], impl, f"{r['median_s'] * 1e3:.3f}"]
                  for (op, case), impls in sorted(by_case.items()) if case.startswith("suite/")

@@ -5,8 +5,9 @@ auto case it stands for, and a zero-argument call per implementation.
 (gencore.records); the project's records under benchmarks/records/ come from the same command.
 Implementations: "fused" (the kernel), the op's alternative under auto ("sdpa" for attention,
 "reference" for gan_loss and gumbel_softmax: what auto runs where it does not run the kernel),
-"auto" itself, and PyTorch's own built-in where it differs ("torch": F.gumbel_softmax,
-F.binary_cross_entropy_with_logits; "softmax", the floor a Gumbel-softmax cannot beat).
+"auto" itself, and PyTorch's own built-in called directly ("torch": F.scaled_dot_product_attention,
+F.gumbel_softmax, F.binary_cross_entropy_with_logits; "softmax", the floor a Gumbel-softmax cannot
+beat): auto / torch is the promise that importing gencore never costs speed.
 """
 from __future__ import annotations
 
@@ -55,16 +56,21 @@ def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train) -> BenchCase:
         g = torch.Generator().manual_seed(0)
         q, k, v, dout = (torch.randn(B, H, s, D, generator=g).to(device, dtype)
                          for s in (Sq, Sk, Sk, Sq))
+        # "torch": PyTorch's SDPA called directly, as a user would without gencore (one query
+        # sees every key; S_q == S_k causal is torch's is_causal).
+        builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal and not decode)
+        fns = {impl: (lambda q, k, v, impl=impl: attention(q, k, v, causal=causal, impl=impl))
+               for impl in ("fused", "sdpa", "auto")}
+        fns["torch"] = builtin
         calls = {}
-        for impl in ("fused", "sdpa", "auto"):
+        for impl, fn in fns.items():
             if train:
                 qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
-                fn = lambda qi=qi, ki=ki, vi=vi, impl=impl: attention(qi, ki, vi, causal=causal, impl=impl)
-                calls[impl] = _backward_call(fn, (qi, ki, vi), dout)
+                calls[impl] = _backward_call(lambda fn=fn, qi=qi, ki=ki, vi=vi: fn(qi, ki, vi), (qi, ki, vi), dout)
             else:
-                def call(impl=impl):
+                def call(fn=fn):
                     with torch.no_grad():
-                        attention(q, k, v, causal=causal, impl=impl)
+                        fn(q, k, v)
                 calls[impl] = call
         return calls
     return BenchCase(cid, "attention", device, auto_case, make, flops=flops)

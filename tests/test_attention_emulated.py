@@ -5,7 +5,8 @@ sm_80 primitives (mma.sync m16n8k16, ldmatrix, cp.async, warp shuffles, barriers
 PTX fragment layouts, starts shared memory and the outputs as NaN, and checks addresses, alignment,
 divergence and ldmatrix bank conflicts. Every case runs in both schedules ("wait": cp.async copies
 land at their wait_group, threads in random order; "ahead": copies land at issue, one warp runs
-ahead to each barrier) and under AddressSanitizer + UndefinedBehaviorSanitizer. Forward and
+ahead to each barrier); small cases that reach every path run under AddressSanitizer +
+UndefinedBehaviorSanitizer too. Forward and
 backward are held to the rule of the GPU tests: error vs the float64 reference <= 2x the error of
 the reference run in the inputs' own precision (gencore.tolerance). The planted-bug tests show that
 each of the three catches a bug of its class. This is what checks the kernels' index math, masking
@@ -22,20 +23,16 @@ import torch
 from gencore.ops.reference import attention_reference
 
 import _emulator
+from _emulator import ATTENTION as PLAIN, ATTENTION_ASAN as ASAN, PLANT_OOB, PLANT_RACE
 from test_attention import assert_within_2x, make, run, ref
 
 pytestmark = _emulator.needs_toolkit
 
-SOURCE = "attention_driver.cpp"
-PLAIN, ASAN = (SOURCE, False, ()), (SOURCE, True, ())
-PLANT_OOB = (SOURCE, True, ("-DGENCORE_PLANT_BUG=1",))   # delta read one past a row's end
-PLANT_RACE = (SOURCE, False, ("-DGENCORE_PLANT_BUG=2",))  # prefetch above the barrier
-
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    """Every build this module runs, compiled once, in parallel."""
-    return _emulator.build_all(tmp_path_factory.mktemp("emu"), [PLAIN, ASAN, PLANT_OOB, PLANT_RACE])
+    """The emulator builds (_emulator.ALL_BUILDS), compiled once per session, in parallel."""
+    return _emulator.build_all(tmp_path_factory.mktemp("emu"))
 
 
 @dataclass(frozen=True)
@@ -48,25 +45,19 @@ class Driver:
         return _emulator.run(self.exe, workdir, self.schedule, seed, self.sanitized, check)
 
 
-# Every case runs in both schedules on the plain build; the sanitized build (about 5x slower) runs a
-# subset that still reaches every code path: each head dim, partial tiles both ways, rows that see
-# no key, padding, strided inputs.
+# Every case runs in both schedules on the plain build; the sanitized build (several times slower)
+# runs test_sanitized's small cases, which still reach every code path.
 FAST = [("plain", "wait"), ("plain", "ahead")]
-ALL = FAST + [("asan", "ahead")]
 
 
-def variants(cases, asan_cases=()):
-    """pytest params: every case x FAST, and asan_cases (a subset of cases) on the sanitized build."""
+def variants(cases):
+    """pytest params: every case in both schedules on the plain build."""
     out = []
     for case in cases:
         case = case if isinstance(case, tuple) else (case,)
-        for v in ALL if case in [c if isinstance(c, tuple) else (c,) for c in asan_cases] else FAST:
-            out.append(pytest.param(v, *case, id="-".join([*v, *map(_id, case)])))
+        for v in FAST:
+            out.append(pytest.param(v, *case, id="-".join([*v, *(str(x).replace("torch.", "") for x in case)])))
     return out
-
-
-def _id(x):
-    return str(x).replace("torch.", "")
 
 
 @pytest.fixture
@@ -137,17 +128,15 @@ DTYPES = [torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize("driver,dtype,D,causal", variants(
-    [(dt, D, c) for dt in DTYPES for D in (64, 96, 128) for c in (False, True)],
-    asan_cases=[(torch.bfloat16, 64, False), (torch.float16, 96, True), (torch.bfloat16, 128, True)]),
-    indirect=["driver"])
+    [(dt, D, c) for dt in DTYPES for D in (64, 96, 128) for c in (False, True)]), indirect=["driver"])
 def test_head_dims(driver, tmp_path, dtype, D, causal):
     # 130 queries: two query tiles, the second nearly empty; 150 keys: a partial third key tile.
     q, k, v, dout = make(1, 2, 2, 130, 150, D, dtype, "cpu", seed=D)
     check(driver, tmp_path, q, k, v, dout, causal=causal)
 
 
-@pytest.mark.parametrize("driver,Sq,Sk", variants([(1, 1), (3, 77), (127, 3), (200, 64), (64, 200), (129, 129)],
-                                                  asan_cases=[(3, 77), (127, 3), (64, 200)]), indirect=["driver"])
+@pytest.mark.parametrize("driver,Sq,Sk", variants([(1, 1), (3, 77), (127, 3), (200, 64), (64, 200), (129, 129)]),
+                         indirect=["driver"])
 def test_lengths_causal_bottom_right(driver, tmp_path, Sq, Sk):
     """Odd lengths, S_q != S_k both ways: causal aligned bottom-right, rows that see no key."""
     q, k, v, dout = make(1, 2, 1, Sq, Sk, 64, torch.bfloat16, "cpu", seed=Sq + Sk)
@@ -165,7 +154,7 @@ def test_gqa_and_padding(driver, tmp_path, causal, D, dtype):
     assert (dk[0][:, mask[0]] == 0).all() and (dv[0][:, mask[0]] == 0).all()
 
 
-@pytest.mark.parametrize("driver", [pytest.param(v, id="-".join(v)) for v in ALL], indirect=True)
+@pytest.mark.parametrize("driver", [pytest.param(v, id="-".join(v)) for v in FAST], indirect=True)
 def test_non_contiguous_and_scale(driver, tmp_path):
     """q, k, v as views of one fused projection (B, S, 3, H, D); dout transposed; a custom scale."""
     B, S, H, D = 2, 100, 2, 96
@@ -186,12 +175,34 @@ def test_deterministic(builds, tmp_path):
                            y.view(torch.int16) if y.dtype != torch.float32 else y)
 
 
-@pytest.mark.parametrize("driver,scale", variants([-0.3, 0.0], asan_cases=[-0.3]), indirect=["driver"])
+@pytest.mark.parametrize("driver,scale", variants([-0.3, 0.0]), indirect=["driver"])
 def test_negative_and_zero_scale(driver, tmp_path, scale):
     """Masking happens after scaling, so a negative scale cannot turn a masked -inf into +inf."""
     q, k, v, dout = make(1, 2, 1, 40, 70, 64, torch.float16, "cpu", seed=9)
     mask = torch.rand(1, 70, generator=torch.Generator().manual_seed(10)) < 0.3
     check(driver, tmp_path, q, k, v, dout, causal=True, key_padding_mask=mask, scale=scale)
+
+
+@pytest.mark.parametrize("D,dtype,Sq,Sk,causal,masked,strided", [
+    (64, torch.bfloat16, 70, 150, True, True, False),    # partial key tiles, padding, rows without keys
+    (64, torch.float16, 150, 40, False, False, False),    # a partial query tile, S_q > S_k
+    (96, torch.float16, 50, 50, True, False, True),       # views of a fused QKV projection
+    (128, torch.bfloat16, 20, 130, True, True, False),    # D = 128's V from shared memory
+])
+def test_sanitized(builds, tmp_path, D, dtype, Sq, Sk, causal, masked, strided):
+    """Under AddressSanitizer + UndefinedBehaviorSanitizer ("ahead" schedule): no read or write out
+    of bounds, no undefined behaviour, and the flash rule still holds."""
+    driver = Driver(builds[ASAN], "ahead", True)
+    if strided:
+        qkv = torch.randn(1, Sq, 3, 2, D, generator=torch.Generator().manual_seed(D)).to(dtype)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        dout = torch.randn(1, 2, Sq, D, generator=torch.Generator().manual_seed(D + 1)).to(dtype)
+    else:
+        q, k, v, dout = make(1, 2, 1, Sq, Sk, D, dtype, "cpu", seed=D + Sq)
+    mask = None
+    if masked:
+        mask = torch.rand(1, k.shape[2], generator=torch.Generator().manual_seed(Sk)) < 0.3
+    check(driver, tmp_path, q, k, v, dout, causal=causal, key_padding_mask=mask)
 
 
 # -- the emulator catches bugs: one planted per class (GENCORE_PLANT_BUG in attention_mma_kernels.cu)

@@ -15,42 +15,14 @@
 
 #include "../../csrc/cuda/attention_mma_kernels.cu"
 
-#include <fstream>
 #include <string>
 
-namespace {
+#include "driver_io.h"
 
 using gencore::FloatType;
-
-std::vector<unsigned char> read_file(const std::string& path, size_t bytes) {
-  std::vector<unsigned char> data(bytes);
-  std::ifstream f(path, std::ios::binary);
-  if (!f.read(reinterpret_cast<char*>(data.data()), (std::streamsize)bytes)) gencore_emu::fail(("cannot read " + path).c_str());
-  return data;
-}
-
-void write_file(const std::string& path, const void* data, size_t bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(static_cast<const char*>(data), (std::streamsize)bytes);
-}
-
-// An output buffer with NaN guard zones on both sides.
-struct Guarded {
-  static constexpr size_t kGuard = 256;
-  std::vector<unsigned char> bytes;
-  size_t n;
-  explicit Guarded(size_t n_bytes) : bytes(n_bytes + 2 * kGuard, 0xff), n(n_bytes) {}
-  void* data() { return bytes.data() + kGuard; }
-  void check(const char* name) const {
-    for (size_t i = 0; i < kGuard; ++i)
-      if (bytes[i] != 0xff || bytes[kGuard + n + i] != 0xff) {
-        std::fprintf(stderr, "emulator: write outside %s\n", name);
-        std::abort();
-      }
-  }
-};
-
-}  // namespace
+using gencore_emu::Guarded;
+using gencore_emu::read_file;
+using gencore_emu::write_file;
 
 int main(int argc, char** argv) {
   if (argc != 2) gencore_emu::fail("usage: attention_driver DIR");

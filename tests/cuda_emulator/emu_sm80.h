@@ -424,6 +424,9 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int) {
 }
 cudaError_t cudaFuncSetAttribute(const void*, enum cudaFuncAttribute, int) { return cudaSuccess; }
 }
+// cuda_runtime.h's overload for a kernel pointer exists only under nvcc.
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel*, enum cudaFuncAttribute, int) { return cudaSuccess; }
 
 namespace gencore {
 

@@ -5,9 +5,8 @@
 
 Groups: "attention <B,H,S,D> <dtype> causal=<..> <fwd|fwd+bwd>"; extra_info: impl, peak_mb, and on
 a GPU tflops (FLOPs 4*B*H*S_q*S_k*D forward, halved when causal; forward+backward 3.5x forward).
-GPU cases: issue 12's bf16 shapes (GPU_CASES); GENCORE_ATTENTION_KERNEL=legacy times the older
-kernels as "fused". benchmarks/gpu/attention_check.py is the one-call GPU check (errors, CUDA-event
-timings, both kernel families).
+GPU cases: issue 12's bf16 shapes (GPU_CASES). benchmarks/gpu/attention_check.py is the one-call
+GPU check (errors, CUDA-event timings).
 
 peak_mb, CPU: the peak resident-set growth during one extra call made just for it. For that call
 glibc's mmap threshold is set to 64 KiB (every block of 64 KiB or more, torch's or a kernel's own

@@ -44,18 +44,6 @@ def _mask(dev, shape=(1, 4), dtype=torch.bool):
     return torch.zeros(shape, device=dev, dtype=dtype)
 
 
-def _with_env(name, value, call):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        return call()
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
-
-
 # (name, devices it applies to, call, what the message must say). Each call passes bad arguments
 # straight to the C++ op; the message must name the problem and, where there is one, the shape,
 # dtype or device that was wrong.
@@ -129,11 +117,11 @@ CASES = [
      r"key_padding_mask is on cpu but q is on cuda:0"),
     ("at_devices", "cuda", lambda d: ops.attention(_qkv(d)[0], *_qkv("cpu")[1:], None, False, 1.0),
      r"q, k, v must be on one CUDA device, got cuda:0, cpu, cpu"),
-    ("at_cuda_head_dim", "cuda", lambda d: ops.attention(*_qkv(d, D=264), None, False, 1.0),
-     r"head dim must be in \[1, 256\] on CUDA, got 264"),
-    ("at_kernel_env", "cuda", lambda d: _with_env("GENCORE_ATTENTION_KERNEL", "flash", lambda: ops.attention(
-        *_qkv(d, dtype=torch.bfloat16, D=64), None, False, 1.0)),
-     r"GENCORE_ATTENTION_KERNEL must be unset, 'mma' or 'legacy', got 'flash'"),
+    ("at_cuda_case", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0),
+     r"the CUDA kernel runs bfloat16 and float16 with head dim 64, 96 or 128 \(tensor cores\), got Float "
+     r"with head dim 8; impl=\"auto\" or impl=\"sdpa\" runs this case on PyTorch's scaled_dot_product_attention"),
+    ("at_cuda_head_dim", "cuda", lambda d: ops.attention(*_qkv(d, dtype=torch.bfloat16, D=80), None, False, 1.0),
+     r"got BFloat16 with head dim 80"),
     ("at_bwd_shapes", "*", lambda d: ops.attention_backward(
         *_bwd_args(d, grad_out=torch.ones(1, 2, 3, 8, device=d))),
      r"grad_out \[1, 2, 3, 8\] and out \[1, 2, 4, 8\] must have the shape of q \[1, 2, 4, 8\]"),
@@ -142,7 +130,10 @@ CASES = [
 ]
 
 # Checks no argument can reach: internal invariants, CUDA launch failures, int32 overflow guards.
-UNREACHABLE = ("internal error", "CUDA launch failed", "sequence too long", "unsupported dtype")
+# (compute capability: every GPU the tests run on is sm_80+.)
+UNREACHABLE = ("internal error", "CUDA launch failed", "sequence too long",
+               "expected float32, float64, bfloat16 or float16",
+               "compute capability 8.0", "CUDA device index")
 
 
 def run_cases(device: str) -> None:

@@ -1,7 +1,7 @@
 """gencore.ops.attention: fused flash-style scaled dot-product attention.
 
 Layout (B, H, S, D) as `torch.nn.functional.scaled_dot_product_attention`. The fused kernels
-(csrc/cpu/attention.cpp, csrc/cuda/attention*.cu) run the online softmax over key tiles and never
+(csrc/cpu/attention.cpp, csrc/cuda/attention_mma_kernels.cu) run the online softmax over key tiles and never
 form the S_q x S_k score matrix, forward or backward (memory O(S*D)); the backward recomputes the
 scores from the saved row logsumexp. The reference (reference/attention.py) defines the semantics;
 `attention_sdpa` gives the same semantics on PyTorch's `F.scaled_dot_product_attention`, which
@@ -20,6 +20,15 @@ from . import auto
 from .reference.attention import attention_reference
 
 _FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# What the CUDA kernel runs (csrc/cuda/attention_mma_kernels.cu: tensor cores, sm_80+); impl="fused"
+# on CUDA raises a clear error for any other case, and impl="auto" sends those to SDPA.
+CUDA_KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+CUDA_KERNEL_HEAD_DIMS = (64, 96, 128)
+
+
+def cuda_kernel_covers(dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether gencore's CUDA attention kernel runs this dtype and head dim (on an sm_80+ GPU)."""
+    return dtype in CUDA_KERNEL_DTYPES and head_dim in CUDA_KERNEL_HEAD_DIMS
 
 
 def _check(q, k, v, key_padding_mask, scale) -> float:

@@ -42,6 +42,22 @@ def _backward_call(fn, inputs, grad):
     return call
 
 
+def _attention_calls(fns, q, k, v, dout, train):
+    """{impl: zero-argument call} of attention functions fn(q, k, v): forward under no_grad, or
+    forward+backward on fresh leaves."""
+    calls = {}
+    for impl, fn in fns.items():
+        if train:
+            qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
+            calls[impl] = _backward_call(lambda fn=fn, qi=qi, ki=ki, vi=vi: fn(qi, ki, vi), (qi, ki, vi), dout)
+        else:
+            def call(fn=fn):
+                with torch.no_grad():
+                    fn(q, k, v)
+            calls[impl] = call
+    return calls
+
+
 def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train) -> BenchCase:
     dname = str(dtype).replace("torch.", "")
     decode = Sq <= 4
@@ -62,17 +78,7 @@ def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train) -> BenchCase:
         fns = {impl: (lambda q, k, v, impl=impl: attention(q, k, v, causal=causal, impl=impl))
                for impl in ("fused", "sdpa", "auto")}
         fns["torch"] = builtin
-        calls = {}
-        for impl, fn in fns.items():
-            if train:
-                qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
-                calls[impl] = _backward_call(lambda fn=fn, qi=qi, ki=ki, vi=vi: fn(qi, ki, vi), (qi, ki, vi), dout)
-            else:
-                def call(fn=fn):
-                    with torch.no_grad():
-                        fn(q, k, v)
-                calls[impl] = call
-        return calls
+        return _attention_calls(fns, q, k, v, dout, train)
     return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
 
 
@@ -184,17 +190,7 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
             fns = {impl: (lambda q, k, v, impl=impl: attention(q, k, v, impl=impl, **kw))
                    for impl in ("fused", "sdpa", "auto")}
         fns["torch"] = builtin
-        calls = {}
-        for impl, fn in fns.items():
-            if train:
-                qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
-                calls[impl] = _backward_call(lambda fn=fn, qi=qi, ki=ki, vi=vi: fn(qi, ki, vi), (qi, ki, vi), dout)
-            else:
-                def call(fn=fn):
-                    with torch.no_grad():
-                        fn(q, k, v)
-                calls[impl] = call
-        return calls
+        return _attention_calls(fns, q, k, v, dout, train)
     return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
 
 

@@ -155,4 +155,65 @@ inline gan::Plan check_gan_loss(const std::optional<at::Tensor>& real, const at:
   return plan;
 }
 
+// The keyword features of attention / attention_backward (window, softcap, documents, attn_mask,
+// dropout), checked; the defaults (-1, -1, 0, none, none, 0, none) switch each off.
+struct AttentionFeatures {
+  int64_t left = -1, right = -1;  // window sides; -1 unbounded
+  double softcap = 0.0;           // 0: none
+  double dropout_p = 0.0;
+  PhiloxKey key{};                // dropout's (seed, offset)
+  bool documents = false, mask = false;
+  bool any() const {
+    return left >= 0 || right >= 0 || softcap > 0 || dropout_p > 0 || documents || mask;
+  }
+};
+
+inline AttentionFeatures check_attention_features(
+    const at::Tensor& q, const AttentionGeometry& g, int64_t window_left, int64_t window_right,
+    double softcap, const c10::optional<at::Tensor>& document_ids,
+    const c10::optional<at::Tensor>& attn_mask, double dropout_p,
+    const c10::optional<at::Tensor>& seed_offset, const char* op) {
+  AttentionFeatures f;
+  TORCH_CHECK(window_left >= -1 && window_right >= -1, op,
+              ": window sides must be >= 0, or -1 for unbounded, got (", window_left, ", ",
+              window_right, ")");
+  f.left = window_left;
+  f.right = window_right;
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, op,
+              ": softcap must be a finite number > 0 (0 = none), got ", softcap);
+  f.softcap = softcap;
+  TORCH_CHECK(dropout_p >= 0 && dropout_p < 1, op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  f.dropout_p = dropout_p;
+  if (dropout_p > 0) {
+    TORCH_CHECK(seed_offset.has_value(), op, ": dropout_p > 0 needs seed_offset");
+    f.key = read_philox_key(*seed_offset);
+  }
+  if (document_ids.has_value()) {
+    const auto st = document_ids->scalar_type();
+    TORCH_CHECK(at::isIntegralType(st, /*includeBool=*/false), op,
+                ": document_ids must be an integer tensor, got ", st);
+    TORCH_CHECK(g.Sq == g.Sk, op, ": document_ids needs S_q == S_k, got ", g.Sq, " and ", g.Sk);
+    TORCH_CHECK(document_ids->dim() == 2 && document_ids->size(0) == g.B &&
+                    document_ids->size(1) == g.Sk,
+                op, ": document_ids must have shape (batch, S) = (", g.B, ", ", g.Sk, "), got ",
+                document_ids->sizes());
+    TORCH_CHECK(document_ids->device() == q.device(), op, ": document_ids is on ",
+                document_ids->device(), " but q is on ", q.device());
+    f.documents = true;
+  }
+  if (attn_mask.has_value()) {
+    TORCH_CHECK(attn_mask->scalar_type() == at::kBool, op, ": attn_mask must be bool, got ",
+                attn_mask->scalar_type());
+    TORCH_CHECK(attn_mask->dim() == 4 && (attn_mask->size(0) == 1 || attn_mask->size(0) == g.B) &&
+                    (attn_mask->size(1) == 1 || attn_mask->size(1) == g.H) &&
+                    attn_mask->size(2) == g.Sq && attn_mask->size(3) == g.Sk,
+                op, ": attn_mask must have shape (batch or 1, heads or 1, S_q, S_k) = (", g.B,
+                " or 1, ", g.H, " or 1, ", g.Sq, ", ", g.Sk, "), got ", attn_mask->sizes());
+    TORCH_CHECK(attn_mask->device() == q.device(), op, ": attn_mask is on ", attn_mask->device(),
+                " but q is on ", q.device());
+    f.mask = true;
+  }
+  return f;
+}
+
 }  // namespace gencore

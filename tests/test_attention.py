@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from gencore.ops import attention
 from gencore.ops.attention import cuda_kernel_covers
 from gencore.ops.reference import attention_reference
+from gencore.ops.rng import philox_seed_offset
 from gencore.tolerance import attention_l1, within_2x
 
 from _helpers import ALL_DEVICES, need_fused
@@ -45,19 +46,26 @@ def need_case(device, dtype, D):
         pytest.skip(f"the CUDA kernel does not run {dtype} at head dim {D}")
 
 
-def fused(q, k, v, **kw):
+def fused(q, k, v, seed=None, **kw):
+    """The fused op; `seed` seeds dropout through a fresh generator (the same mask as ref's)."""
+    if seed is not None:
+        kw["generator"] = torch.Generator().manual_seed(seed)
     need_case(q.device, q.dtype, q.shape[-1])
     return attention(q, k, v, impl="fused", **kw)
 
 
-def ref(q, k, v, causal=False, key_padding_mask=None, scale=None):
-    return attention_reference(q, k, v, causal, key_padding_mask, scale)[0]
+def ref(q, k, v, causal=False, key_padding_mask=None, scale=None, seed=None, **kw):
+    """The reference; keyword features as attention's, dropout's keep-mask from `seed`."""
+    if seed is not None:
+        kw["seed_offset"] = philox_seed_offset(torch.Generator().manual_seed(seed))
+    return attention_reference(q, k, v, causal, key_padding_mask, scale, **kw)[0]
 
 
-def probs(q, k, causal=False, key_padding_mask=None, scale=None):
-    """The reference's attention probabilities (B, H, S_q, S_k): its output for v = identity."""
+def probs(q, k, causal=False, key_padding_mask=None, scale=None, **kw):
+    """The reference's attention probabilities (B, H, S_q, S_k): its output for v = identity
+    (with dropout: P times the keep-mask / (1 - p))."""
     eye = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(k.shape[0], k.shape[1], -1, -1)
-    return ref(q, k, eye, causal, key_padding_mask, scale)
+    return ref(q, k, eye, causal, key_padding_mask, scale, **kw)
 
 
 def assert_within_2x(exact, base, got, inputs, base_name, **kw):

@@ -57,6 +57,20 @@ void check_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   (void)mask;
 }
 
+// window, softcap, document_ids, attn_mask and dropout (the schema's keyword features) are not in
+// the CUDA kernels yet: each must be at its default.
+void check_no_features(const at::Tensor& q, const AttentionGeometry& g, int64_t window_left,
+                       int64_t window_right, double softcap,
+                       const c10::optional<at::Tensor>& document_ids,
+                       const c10::optional<at::Tensor>& attn_mask, double dropout_p,
+                       const c10::optional<at::Tensor>& seed_offset, const char* op) {
+  const AttentionFeatures f = check_attention_features(q, g, window_left, window_right, softcap,
+                                                       document_ids, attn_mask, dropout_p,
+                                                       seed_offset, op);
+  TORCH_CHECK(!f.any(), op, ": window, softcap, document_ids, attn_mask and dropout_p are not yet "
+              "supported on CUDA (use impl='auto' or 'sdpa')");
+}
+
 cuda::AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   const c10::optional<at::Tensor>& mask, bool causal, double scale,
                                   const AttentionGeometry& g) {
@@ -82,8 +96,15 @@ cuda::AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, cons
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                   const at::Tensor& v_in,
                                                   const c10::optional<at::Tensor>& key_padding_mask,
-                                                  bool causal, double scale) {
+                                                  bool causal, double scale, int64_t window_left,
+                                                  int64_t window_right, double softcap,
+                                                  const c10::optional<at::Tensor>& document_ids,
+                                                  const c10::optional<at::Tensor>& attn_mask,
+                                                  double dropout_p,
+                                                  const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g = check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention");
+  check_no_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+                    seed_offset, "attention");
   check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention");
   c10::cuda::OptionalCUDAGuard guard(q_in.device());
   const at::Tensor q = mma_rows(q_in), k = mma_rows(k_in), v = mma_rows(v_in);
@@ -111,9 +132,14 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
-    const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale) {
+    const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
+    int64_t window_left, int64_t window_right, double softcap,
+    const c10::optional<at::Tensor>& document_ids, const c10::optional<at::Tensor>& attn_mask,
+    double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g =
       check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention_backward");
+  check_no_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+                    seed_offset, "attention_backward");
   TORCH_CHECK(grad_out.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
               "attention_backward: grad_out ", grad_out.sizes(), " and out ", out_in.sizes(),
               " must have the shape of q ", q_in.sizes());

@@ -198,7 +198,8 @@ def issue_rows(shapes, quick: bool, failures: list) -> list:
         # Errors on the slice batch 0, heads 0-1.
         sl = [t[:1, :2] for t in (q, k, v, dout)]
         exact = out_and_grads(gold, *(t.double() for t in sl), with_grad=bwd, causal=causal)
-        l1 = l1_sizes(*sl, causal=causal)[:len(exact)]
+        # Reduction sizes need S x S float64 matrices: the longest shapes keep the slack of |gold|.
+        l1 = l1_sizes(*sl, causal=causal)[:len(exact)] if S <= 4096 else [None] * len(exact)
         errs, got = {}, {}
         for variant in ["sdpa", *VARIANTS]:
             fn = sdpa if variant == "sdpa" else gencore_fused

@@ -39,8 +39,8 @@
 #include "../common/cuda_math.cuh"
 #include "mma_tiles.cuh"
 
-// GENCORE_PLANT_BUG plants one bug of a class the CPU emulator must catch (only
-// tests/test_attention_emulated.py sets it; 0, every real build, compiles the kernels as written):
+// GENCORE_PLANT_BUG plants one bug of a class the CPU emulator must catch (only the emulator
+// tests' builds set it, tests/_emulator.py; 0, every real build, compiles the kernels as written):
 // 1 reads delta one element past a row's end (AddressSanitizer finds it), 2 prefetches the
 // forward's next K/V tile before the barrier that frees its stage (the "ahead" schedule does).
 #ifndef GENCORE_PLANT_BUG

@@ -172,6 +172,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     Returns (B, H, S_q, D) in q's dtype. Rows that see no key (all keys masked, or causal with
     S_q > S_k) are zeros and get zero gradients.
     """
+    if (impl == "auto" and key_padding_mask is None and scale is None and not dropout_p
+            and window is None and softcap is None and document_ids is None and attn_mask is None
+            and type(q) is torch.Tensor and type(k) is torch.Tensor and not torch.compiler.is_compiling()):
+        fast = _fast_builtin(q, k, causal)
+        if fast is not None:  # SDPA's own checks stand in for ours: the same call would pass them
+            return F.scaled_dot_product_attention(q, k, v, is_causal=fast)
     scale = _check(q, k, v, key_padding_mask, scale)
     causal = bool(causal)
     dropout_p, (left, right), softcap = _check_features(q, k, dropout_p, window, softcap,
@@ -190,6 +196,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
             0.0 if softcap is None else softcap, document_ids, attn_mask, dropout_p, seed_offset)[0]
     return attention_reference(q, k, v, causal, key_padding_mask, scale, seed_offset=seed_offset,
                                **features)[0]
+
+
+# (dtype, device type, causal, decoding) -> whether auto runs SDPA for such a call.
+_BUILTIN_CALLS: dict = {}
+
+
+def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal) -> Optional[bool]:
+    """For a call with no mask, feature or scale that auto sends to SDPA and whose semantics are
+    SDPA's own (equal head counts; causal only where gencore's bottom-right mask is torch's
+    is_causal or no mask at all): the is_causal to call SDPA with. None: take the checked path.
+    This path is the whole cost of auto for a decoding step (a few us: parity with SDPA)."""
+    qs, ks = q.shape, k.shape
+    if len(qs) != 4 or len(ks) != 4 or qs[1] != ks[1] or qs[0] == 0 or qs[3] == 0:
+        return None
+    Sq, Sk = qs[2], ks[2]
+    if causal is True and Sq != 1 and Sq != Sk:
+        return None
+    # CPU calls only (q.device costs more than the rest together): there Python's cost is the
+    # call's; a GPU call's runs ahead of the device anyway.
+    key = (q.dtype, q.is_cpu, causal is True, Sq <= 4)
+    builtin = _BUILTIN_CALLS.get(key)
+    if builtin is None:
+        if not q.is_cpu or q.dtype not in _FLOATING or (causal is not True and causal is not False):
+            return None
+        case = _auto_case(q, causal, None)
+        builtin = _BUILTIN_CALLS[key] = auto.pick("attention", "cpu", case) == auto.BUILTIN
+    return (causal is True and Sq > 1) if builtin else None
 
 
 def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:

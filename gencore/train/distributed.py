@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import inspect
 import os
 import weakref
 from typing import Dict, Iterable, List, Optional
@@ -145,13 +146,17 @@ class DDPSync:
     gradient in that backward (`check` says which did not).
 
     Buffers are broadcast from rank 0 once at construction (as DDP does), not at every step
-    (`broadcast_buffers=False`): running statistics stay per process.
+    (`forward_sync_buffers=False`, formerly `broadcast_buffers=False`): running statistics stay
+    per process.
     """
 
     def __init__(self, modules: Dict[str, nn.Module], device: torch.device,
                  bucket_cap_mb: Optional[float] = None):
         from torch.nn.parallel import DistributedDataParallel as DDP
         kw = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
+        # Buffers synced at construction only (torch 2.13 renamed broadcast_buffers).
+        kw["forward_sync_buffers" if "forward_sync_buffers" in
+           inspect.signature(DDP.__init__).parameters else "broadcast_buffers"] = False
         self.ddp: Dict[str, nn.Module] = {}
         _SYNCS.add(self)
         for name, m in modules.items():
@@ -159,8 +164,7 @@ class DDPSync:
                 broadcast_module(m)
                 continue
             self.ddp[name] = DDP(_Armed(m), device_ids=[device.index] if device.type == "cuda"
-                                 else None, broadcast_buffers=False, gradient_as_bucket_view=True,
-                                 **kw)
+                                 else None, gradient_as_bucket_view=True, **kw)
 
     def arm(self, names: Iterable[str]) -> None:
         for n in names:

@@ -15,6 +15,7 @@ import torch
 from . import _backend, check
 from ._device import available_devices, describe_device, resolve_device
 from .ops import auto
+from .train.trainer import STOPPED_EXIT_STATUS
 
 
 def cmd_info(args) -> int:
@@ -95,6 +96,8 @@ def cmd_train(args) -> int:
     out = args.out or os.path.join("runs", args.recipe)
     res = train_recipe(args.recipe, overrides, out_dir=out, device=args.device,
                        resume=args.resume, progress=args.progress)
+    if res.get("stopped_by"):  # SIGTERM/SIGUSR1: checkpointed; `--resume` continues exactly
+        return STOPPED_EXIT_STATUS
     if res:
         _print_results(res, out)
     return 0
@@ -129,10 +132,24 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _fresh_dir(parent: Path, stem: str) -> Path:
+    """A new directory `parent/stem` (or stem-2, stem-3...): created here, so nothing that was
+    there before is touched."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = parent / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ValueError(f"cannot create a fresh folder for the demo in {parent}")
+
+
 def cmd_demo(args) -> int:
-    """Short runs of every recipe on the embedded data, then one report.html."""
-    import shutil
-    from .recipes import RUN_FILE, recipe_names, train_recipe
+    """Short runs of every recipe on the embedded data, then one report.html, all in a new
+    folder OUT/demo-<date>-<time>/: the demo never deletes or overwrites anything."""
+    from .recipes import recipe_names, train_recipe
     from .report import write_report
 
     names = args.only or recipe_names()
@@ -140,19 +157,19 @@ def cmd_demo(args) -> int:
         if n not in recipe_names():
             raise ValueError(f"unknown recipe {n!r}; valid recipes: {', '.join(recipe_names())}")
     device = resolve_device(args.device)
-    root = Path(args.out)
+    root = _fresh_dir(Path(args.out), time.strftime("demo-%Y%m%d-%H%M%S"))
     t0 = time.time()
     runs = []
     print(f"gencore demo: {len(names)} short runs ({', '.join(names)}) on "
           f"{describe_device(device)}; output in {root}")
     for i, name in enumerate(names, 1):
         out = root / name
-        if (out / RUN_FILE).is_file():  # an earlier demo's run: the demo starts fresh
-            shutil.rmtree(out)
         print(f"\n[{i}/{len(names)}] {name}")
         overrides = {"steps": str(args.steps)} if args.steps is not None else {}
         res = train_recipe(name, overrides, out_dir=out, device=device, demo=True,
                            progress=args.progress)
+        if res.get("stopped_by"):
+            return STOPPED_EXIT_STATUS
         _print_results(res, out)
         runs.append(out)
     report = write_report(runs, root / "report.html", title="gencore demo",
@@ -231,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sample)
 
     d = sub.add_parser("demo", help="train every recipe briefly and write report.html (~10 min)")
-    d.add_argument("--out", default=os.path.join("out", "demo"), help="output folder")
+    d.add_argument("--out", default=os.path.join("out", "demo"),
+                   help="where the demo creates its own new folder demo-<date>-<time>/ (nothing "
+                        "already there is touched)")
     d.add_argument("--only", nargs="+", default=None, metavar="RECIPE", help="run these recipes only")
     d.add_argument("--steps", type=int, default=None, help="steps per recipe (default: each demo's)")
     d.add_argument("--device", **device)

@@ -58,14 +58,30 @@ def test_sample_from_a_run(tmp_path, capsys):
 
 def test_demo_writes_report_with_every_section(tmp_path, capsys):
     assert run("demo", "--only", "toy-char", "--out", tmp_path, "--progress", "none") == 0
-    html = (tmp_path / "report.html").read_text()
+    demo, = tmp_path.glob("demo-*")  # the demo's own new folder
+    html = (demo / "report.html").read_text()
     for part in ('id="summary"', 'id="run-toy-char"', "Loss curves", "<svg", "<polyline",
                  "Metrics", "floor (real data", "Samples", "<pre>"):
         assert part in html, part
-    assert json.loads((tmp_path / "toy-char" / "results.json").read_text())["steps"] == 6
-    assert str((tmp_path / "report.html").resolve()) in capsys.readouterr().out
-    # a second demo starts fresh instead of refusing the existing run directory
+    assert json.loads((demo / "toy-char" / "results.json").read_text())["steps"] == 6
+    assert str((demo / "report.html").resolve()) in capsys.readouterr().out
+    # a second demo goes to a folder of its own too
     assert run("demo", "--only", "toy-char", "--out", tmp_path, "--progress", "none", "--steps", 3) == 0
+    assert len(list(tmp_path.glob("demo-*"))) == 2
+    assert json.loads((demo / "toy-char" / "results.json").read_text())["steps"] == 6
+
+
+def test_demo_never_touches_existing_runs(tmp_path, capsys):
+    """`gencore train X --out runs/X` then `gencore demo --out runs`: the run stays as it was."""
+    runs = tmp_path / "runs"
+    mine = runs / "toy-char"
+    assert run("train", "toy-char", "--out", mine, "--progress", "none") == 0
+    before = {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    assert run("demo", "--only", "toy-char", "--out", runs, "--progress", "none", "--steps", 3) == 0
+    after = {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    assert after == before
+    demo, = runs.glob("demo-*")
+    assert json.loads((demo / "toy-char" / "results.json").read_text())["steps"] == 3
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -90,7 +106,7 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path, capsys):
     assert run("train", "toy-char", "--out", out, "--progress", "none") == 2
     assert "pass --resume" in capsys.readouterr().err
     assert run("train", "toy-char", "--out", out, "--resume", "--set", "lr=0.5") == 2
-    assert "only steps may change" in capsys.readouterr().err
+    assert "only steps, parallel may change" in capsys.readouterr().err
 
 
 def test_resolve_config_types():
@@ -154,18 +170,22 @@ def test_every_recipe_trains_resumes_and_samples(recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_under_torchrun(tmp_path):
-    """`torchrun --nproc_per_node=2 -m gencore train ...`: one process writes, both train."""
+@pytest.mark.parametrize("recipe", ["gan-digits", "textgan-oracle"])
+def test_gan_recipe_under_torchrun(recipe, tmp_path):
+    """`torchrun --nproc_per_node=2 -m gencore train ...` of a GAN (several modules and
+    optimizers: one DDP per stepped module): one process writes, both train. (gpt-text under
+    DDP and FSDP2: tests/test_distributed.py.)"""
     import subprocess
     import sys
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "gencore", "train", "gpt-text", "--steps", "3", "--out", str(out),
-         "--progress", "none", "--set", *TINY["gpt-text"]],
+         "-m", "gencore", "train", recipe, "--steps", "3", "--out", str(out),
+         "--progress", "none", "--set", *TINY[recipe]],
         capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("gpt-text: 3 steps") == 1  # the main process reports
+    assert proc.stdout.count(f"{recipe}: 3 steps") == 1  # the main process reports
     res = json.loads((out / "results.json").read_text())
     assert res["world_size"] == 2 and res["steps"] == 3
+    assert all(map(math.isfinite, res["metrics"].values()))

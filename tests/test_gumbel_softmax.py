@@ -347,7 +347,12 @@ def test_module_temperature_and_modes():
     assert torch.equal(y, gumbel_softmax(x, tau=2.0, hard=True, generator=gen(0)))
     layer.tau = 0.1
     assert layer.tau == pytest.approx(0.1) and "tau=0.1" in repr(layer)
-    assert layer.state_dict()["_tau"].item() == pytest.approx(0.1)
+    assert layer.state_dict()["_extra_state"] == {"tau": 0.1}  # a float: .half() keeps it exact
+    assert layer.half().tau == 0.1 and layer.half().state_dict()["_extra_state"] == {"tau": 0.1}
+    old = gencore.nn.GumbelSoftmax()  # a state dict from before: tau as a float64 buffer
+    old.load_state_dict({"_tau": torch.tensor(0.25, dtype=torch.float64)})
+    assert old.tau == 0.25
+    layer.float()
     with pytest.raises(ValueError):
         layer.tau = 0
     layer.eval()

@@ -263,47 +263,8 @@ def test_gan_two_optimizers_exact_resume(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _torchrun(*args):
-    out = subprocess.run(
-        # --standalone: torchrun picks a free port itself (no race between choosing and binding)
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         SCRIPT, *args],
-        env=ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    # Each process really left the group: gloo's worker threads ended (ones left running into
-    # interpreter shutdown made a process abort there now and then).
-    for r in (0, 1):
-        assert f"rank {r} threads left by the process group: 0" in out.stdout, out.stdout
-    return out
-
-
-@pytest.mark.slow
-def test_ddp_resume_bit_identical(tmp_path):
-    common = ["--steps", "12", "--batch", "8", "--ckpt-every", "3"]
-    _torchrun(tmp_path / "straight", *common)
-    _torchrun(tmp_path / "resumed", *common, "--stop-after", "6")
-    assert CheckpointManager(tmp_path / "resumed" / "checkpoints").list()[-1][0] == 6
-    out = _torchrun(tmp_path / "resumed", *common, "--resume")
-    assert "resumed from" in out.stdout and "at step 6" in out.stdout
-    _assert_state_equal(_learned(_final(tmp_path / "straight")), _learned(_final(tmp_path / "resumed")))
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_match_single(tmp_path):
-    common = ["--steps", "12", "--batch", "8", "--dropout", "0"]
-    subprocess.run([sys.executable, SCRIPT, tmp_path / "one", *common], env=ENV, check=True,
-                   capture_output=True, timeout=180)
-    out = _torchrun(tmp_path / "two", *common)
-    assert out.stdout.count("DONE") == 1  # one process writes
-    one, two = _final(tmp_path / "one"), _final(tmp_path / "two")
-    assert two["trainer"]["world_size"] == 2
-    for k, v in one["modules"]["model"].items():
-        torch.testing.assert_close(two["modules"]["model"][k], v, rtol=1e-4, atol=1e-5)
-    l1 = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    l2 = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    v1 = [r["val_loss"] for r in l1 if r["event"] == "val"]
-    v2 = [r["val_loss"] for r in l2 if r["event"] == "val"]
-    assert v1 == pytest.approx(v2, rel=1e-4)
+# Several processes (DDP, FSDP2, DCP resume across world sizes, SIGTERM, SIGKILL + torchrun
+# restarts, two nodes): tests/test_distributed.py.
 
 
 def test_grad_accum_matches_bigger_batch(tmp_path):

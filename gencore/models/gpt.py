@@ -197,9 +197,14 @@ class GPT(nn.Module):
             raise TypeError(f"GPT: {what} must hold integer token ids, got {idx.dtype}")
         if idx.shape[1] < 1:
             raise ValueError(f"GPT: {what} must hold at least one token per sequence")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
-            raise ValueError(f"GPT: {what} holds token ids outside [0, {self.config.vocab_size}): "
-                             f"min {int(idx.min())}, max {int(idx.max())}")
+        if idx.numel():
+            # Checked on the device (no host read in the training step): on CUDA a failure
+            # surfaces as a device-side assert at the next sync; on the CPU it raises here.
+            msg = f"GPT: {what} holds token ids outside [0, {self.config.vocab_size})"
+            try:
+                torch._assert_async(((idx >= 0) & (idx < self.config.vocab_size)).all(), msg)
+            except RuntimeError:
+                raise ValueError(msg) from None
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 cache: Optional[List[KVCache]] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -14,7 +14,9 @@
   context (1500 steps: 1.256 nats/char on unseen modules, 1.719 with nanoGPT's setting).
 
 Metrics (held-out text, every non-overlapping block_size window): loss (nats per token), bpc
-(bits per character), perplexity (per token). `n_kv_head=0` means n_head (no grouping);
+(bits per character), perplexity (per token). Under torchrun, `parallel=ddp` (the default)
+replicates the model (DistributedDataParallel), `parallel=fsdp` shards it per transformer block
+(FSDP2) and writes sharded checkpoints (torch.distributed.checkpoint); see README "Scaling". `n_kv_head=0` means n_head (no grouping);
 `top_k=0` samples from the whole vocabulary. Samples longer than block_size cost a full-window
 forward pass per token past block_size (see gencore.models.gpt), hence 200 tokens by default.
 """
@@ -27,6 +29,7 @@ import torch
 from ..data import LMBatches, LMEvalBatches, english_text, stdlib_code
 from ..models.gpt import GPT, MLPS, NORMS, GPTConfig
 from ..nn.attention import IMPLS
+from ..train.distributed import PARALLEL
 from ..train.precision import resolve_precision
 from ..train.tasks.lm import OPTIMIZERS, LanguageModelTask
 from .base import Recipe, RunPlan
@@ -66,7 +69,8 @@ def _build_gpt(config: Dict[str, Any], data, tokenizer, device: torch.device) ->
                  "decay_frac": config["decay_frac"], "warmup_steps": min(config["warmup_steps"], steps),
                  "min_lr_ratio": config["min_lr"] / config["lr"], "log_every": 50,
                  "val_every": min(config["val_every"], steps),
-                 "sample_every": max(1, steps // 2), "ckpt_every": max(1, steps // 4)})
+                 "sample_every": max(1, steps // 2), "ckpt_every": max(1, steps // 4),
+                 "parallel": config["parallel"]})
 
 
 def build_gpt_text(config: Dict[str, Any], device: torch.device) -> RunPlan:
@@ -91,10 +95,11 @@ _COMMON = {
     "grad_clip": 1.0,
     "val_every": 250, "val_batches": 20, "eval_batches": 0,
     "sample_tokens": 200, "temperature": 1.0, "top_k": 0,
+    "parallel": "ddp",
 }
 
 _CHOICES = {"impl": IMPLS, "norm": NORMS, "mlp": MLPS, "lr_schedule": ("cosine", "linear"),
-            "optimizer": OPTIMIZERS, "precision": ("auto", "fp32", "bf16")}
+            "optimizer": OPTIMIZERS, "precision": ("auto", "fp32", "bf16"), "parallel": PARALLEL}
 
 # What the field learned after GPT-2, each measured alone at this budget (benchmarks/RESULTS.md,
 # "gpt-text ablation"): rotary positions, Muon for the hidden matrices, a higher learning rate

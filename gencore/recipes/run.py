@@ -58,14 +58,16 @@ def _run_config(recipe: Recipe, out: Path, overrides: Mapping[str, Any], resume:
         if run["recipe"] != recipe.name:
             raise ValueError(f"--resume: {out} holds a {run['recipe']!r} run, not {recipe.name!r}")
         config = resolve_config(recipe, run["config"])
-        # Only the length of training may change on resume: anything else would not be the
-        # same run any more.
-        changed = {k: v for k, v in resolve_config(recipe, {**config, **overrides}).items()
-                   if k != "steps" and v != config[k]}
+        # Only the length of training and how it is spread over processes may change on
+        # resume: anything else would not be the same run any more.
+        free = ("steps", "parallel")
+        new = resolve_config(recipe, {**config, **overrides})
+        changed = {k: v for k, v in new.items() if k not in free and v != config[k]}
         if changed:
             raise ValueError(f"--resume continues the run as it was configured; these settings "
-                             f"differ from {out / RUN_FILE}: {changed} (only steps may change)")
-        config["steps"] = resolve_config(recipe, {**config, **overrides})["steps"]
+                             f"differ from {out / RUN_FILE}: {changed} (only {', '.join(free)} "
+                             "may change)")
+        config.update({k: new[k] for k in free if k in new})
         return config
     ckpts = CheckpointManager(out / "checkpoints").list()
     if ckpts:
@@ -108,9 +110,13 @@ def train_recipe(name: str, overrides: Optional[Mapping[str, Any]] = None,
                  n_samples: int = 16, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Trains recipe `name` into `out_dir` on `device` ("auto": CUDA when available), then
     evaluates it and writes final samples. Returns (and writes to results.json) the final
-    metrics and timings. A resumed run may continue on another device."""
+    metrics and timings. A resumed run may continue on another device or number of processes.
+    A torchrun restart of a failed worker (TORCHELASTIC_RESTART_COUNT > 0) always resumes.
+    Stopped by SIGTERM/SIGUSR1: returns {"stopped_by": signal, "steps": step} after the
+    checkpoint (no evaluation, no results.json)."""
     recipe = get_recipe(name)
     out = Path(out_dir)
+    resume = resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     dev = resolve_device(device)
     config = _run_config(recipe, out, overrides or {}, resume, demo)
     if _is_main_process():
@@ -126,12 +132,18 @@ def train_recipe(name: str, overrides: Optional[Mapping[str, Any]] = None,
     t0 = time.time()
     summary = trainer.fit()
     train_seconds = time.time() - t0
-    if not trainer.is_main:
+    if summary["stopped_by"]:
+        log(f"{name}: stopped by {summary['stopped_by']} at step {trainer.step} (checkpoint "
+            f"written; --resume continues)")
+        return {"stopped_by": summary["stopped_by"], "steps": trainer.step}
+    if not trainer.is_main and not trainer.sharded:  # sharded: every process evaluates
         return {}
     t1 = time.time()
     with trainer.eval_mode():
         metrics = {k: float(v) for k, v in plan.task.evaluate().items()}
         samples = plan.task.generate(n_samples)
+    if not trainer.is_main:
+        return {}
     sample_path = save_samples(samples, out / "samples" / "final")
     results = {"recipe": name, "steps": trainer.step, "train_seconds": round(train_seconds, 2),
                "eval_seconds": round(time.time() - t1, 2), "final_train": summary["train"],

@@ -9,13 +9,22 @@
   in it is tensors and plain Python types (RNG states are stored as tensors / tuples of ints).
 - `CheckpointManager` keeps the last K and loads the newest good one, falling back past corrupt,
   truncated or foreign files with a clear message for each.
+- Sharded state (FSDP2) goes to a directory `ckpt-<step>/` through `torch.distributed.checkpoint`
+  (DCP): every process writes its shards; the rest of the state (step, RNG, schedules, data
+  position...) is an ordinary checkpoint file `extra.pt` in it. The same guarantees: it is written
+  as `.ckpt-<step>.dcp.tmp/`, then `manifest.json` (the SHA-256 and size of every file) is written
+  last and the directory renamed into place, so a failed or interrupted save never replaces a good
+  checkpoint; loading verifies every file against the manifest. DCP reshards on load: a
+  checkpoint written by N processes resumes on M (or on one, without a process group).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -27,7 +36,8 @@ import torch
 from .._atomic import atomic_torch_save
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CheckpointManager",
-           "capture_rng_state", "restore_rng_state", "FORMAT"]
+           "capture_rng_state", "restore_rng_state", "FORMAT", "DCP_KEY", "seal_sharded",
+           "verify_sharded"]
 
 FORMAT = "gencore-checkpoint"
 VERSION = 1
@@ -84,8 +94,15 @@ def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> Path:
 
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
     """Loads and verifies a checkpoint written by `save_checkpoint`; returns its state.
-    Raises `CheckpointError` saying what is wrong with a truncated, corrupt or foreign file."""
+    Raises `CheckpointError` saying what is wrong with a truncated, corrupt or foreign file.
+    A sharded checkpoint directory: verifies every file, returns the state of its `extra.pt` with
+    `state[DCP_KEY]` = the directory (the caller loads the sharded tensors with DCP from it)."""
     path = Path(path)
+    if path.is_dir():
+        verify_sharded(path)
+        state = load_checkpoint(path / _EXTRA, map_location)
+        state[DCP_KEY] = str(path)
+        return state
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     size = path.stat().st_size
@@ -113,6 +130,77 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any
     if digest != payload.get("digest"):
         raise CheckpointError(f"{path} is corrupt: its content does not match its SHA-256 digest")
     return state
+
+
+# ----------------------------------------------------------------------------- sharded (DCP)
+
+DCP_KEY = "sharded_checkpoint"  # in a loaded state: the directory holding the DCP files
+_MANIFEST = "manifest.json"
+_EXTRA = "extra.pt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def seal_sharded(tmp: Path, final: Path, meta: Dict[str, Any]) -> Path:
+    """Main process, after every process wrote its part of `tmp`: fsync every file, write the
+    manifest last, rename `tmp` to `final` (a previous `final` is replaced only then)."""
+    files = {}
+    for p in sorted(tmp.iterdir()):
+        if p.is_file() and p.name != _MANIFEST:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+            files[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    manifest = {"format": FORMAT + "-dcp", "version": VERSION, **meta, "files": files}
+    with open(tmp / _MANIFEST, "w") as f:
+        f.write(json.dumps(manifest, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    old = None
+    if final.exists():  # the same step written again (a run resumed from an older checkpoint)
+        old = final.with_name(f".{final.name}.old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_sharded(path: Path) -> Dict[str, Any]:
+    """The manifest of a sharded checkpoint directory, after checking every file it lists."""
+    try:
+        manifest = json.loads((path / _MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a complete sharded checkpoint (no readable "
+                              f"{_MANIFEST}: {type(exc).__name__})") from None
+    if manifest.get("format") != FORMAT + "-dcp" or _EXTRA not in files:
+        raise CheckpointError(f"{path} is not a gencore sharded checkpoint")
+    for name, want in files.items():
+        p = path / name
+        if not p.is_file() or p.stat().st_size != want["bytes"] or _sha256(p) != want["sha256"]:
+            raise CheckpointError(f"{path} is corrupt: {name} is missing or does not match the "
+                                  "SHA-256 digest in its manifest")
+    return manifest
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -151,12 +239,19 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- manager
 
-_NAME = re.compile(r"^ckpt-(\d{8,})\.pt$")
+_NAME = re.compile(r"^ckpt-(\d{8,})(\.pt)?$")
+
+
+def _remove(p: Path) -> None:
+    try:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    except OSError:
+        pass
 
 
 class CheckpointManager:
-    """`ckpt-<step>.pt` files in one directory: save (atomic), keep the last `keep_last`, and load
-    the newest good one."""
+    """`ckpt-<step>.pt` files (or `ckpt-<step>/` sharded directories) in one directory: save
+    (atomic), keep the last `keep_last`, and load the newest good one."""
 
     def __init__(self, directory: Union[str, Path], keep_last: int = 3):
         if keep_last < 1:
@@ -164,17 +259,21 @@ class CheckpointManager:
         self.dir = Path(directory)
         self.keep_last = keep_last
 
-    def path_for(self, step: int) -> Path:
-        return self.dir / f"ckpt-{step:08d}.pt"
+    def path_for(self, step: int, sharded: bool = False) -> Path:
+        return self.dir / (f"ckpt-{step:08d}" if sharded else f"ckpt-{step:08d}.pt")
+
+    def temp_for(self, step: int) -> Path:
+        """Where a sharded checkpoint is written before it is sealed (the same on every rank)."""
+        return self.dir / f".ckpt-{step:08d}.dcp.tmp"
 
     def list(self) -> List[Tuple[int, Path]]:
-        """(step, path) of the checkpoint files, oldest first."""
+        """(step, path) of the checkpoints (files or sharded directories), oldest first."""
         if not self.dir.is_dir():
             return []
         found = []
         for p in self.dir.iterdir():
             m = _NAME.match(p.name)
-            if m and p.is_file():
+            if m and (p.is_file() if m.group(2) else p.is_dir()):
                 found.append((int(m.group(1)), p))
         return sorted(found)
 
@@ -182,18 +281,15 @@ class CheckpointManager:
         """Removes temporary files left by a writer that was killed mid-write."""
         if self.dir.is_dir():
             for p in self.dir.glob(".ckpt-*.tmp"):
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
+                _remove(p)
+
+    def prune(self) -> None:
+        for _, old in self.list()[:-self.keep_last]:
+            _remove(old)
 
     def save(self, state: Dict[str, Any], step: int) -> Path:
         path = save_checkpoint(state, self.path_for(step))
-        for _, old in self.list()[:-self.keep_last]:
-            try:
-                old.unlink()
-            except OSError:
-                pass
+        self.prune()
         return path
 
     def load_latest(self, map_location="cpu", log=print) -> Optional[Tuple[int, Path, Dict]]:

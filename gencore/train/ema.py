@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -24,17 +24,23 @@ class EMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, skip: Optional[torch.Tensor] = None) -> None:
+        """`skip`: a 0-dim bool tensor; where it is True (a step whose update was skipped) the
+        average is left as it is, decided on the device (no host read). `num_updates` counts
+        calls either way."""
         self.num_updates += 1
         n = self.num_updates
         d = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        w = 1.0 - d if skip is None else (~skip).to(torch.float32) * (1.0 - d)
         for s, p in zip(self.module.parameters(), model.parameters()):
             if s.dtype.is_floating_point:
-                s.lerp_(p.detach(), 1.0 - d)
-            else:
+                s.lerp_(p.detach(), w if skip is None else w.to(s.dtype))
+            elif skip is None:
                 s.copy_(p)
+            else:
+                s.copy_(torch.where(skip, s, p))
         for s, b in zip(self.module.buffers(), model.buffers()):
-            s.copy_(b)
+            s.copy_(b if skip is None else torch.where(skip, s, b))
 
     def state_dict(self) -> Dict:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,

@@ -25,12 +25,20 @@ import torch
 
 from .precision import native_bf16
 
-__all__ = ["Muon", "orthogonalize"]
+__all__ = ["Muon", "orthogonalize", "fused"]
 
 # Quintic Newton-Schulz coefficients chosen (by Keller Jordan) to push singular values in
 # (0, 1] up to about 1 within a few steps; they land in [0.7, 1.2], not exactly 1, which
 # training does not mind.
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def fused(params) -> Optional[bool]:
+    """`fused=` for torch's Adam/AdamW: True where every parameter is a floating-point tensor on
+    the CPU or a CUDA device (one kernel for all parameters, and a skipped step, `found_inf`,
+    decided on the device: see the Trainer's NaN/inf guard), else None (the default)."""
+    params = list(params)
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -84,61 +92,88 @@ class Muon(torch.optim.Optimizer):
                 raise ValueError("Muon: a group with muon=True may hold only 2-D parameters")
         self.ns_dtype = ns_dtype
 
+    # GradScaler's protocol (as torch's fused Adam/AdamW): `found_inf` (a 0-dim float tensor, 1.0
+    # when a gradient is not finite) makes the step leave parameters and state as they were,
+    # decided on the device; `grad_scale` divides the gradients first. The Trainer's NaN/inf guard
+    # sets `found_inf` so that a skipped step costs no host-device sync.
+    _step_supports_amp_scaling = True
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                (self._muon_step if group["muon"] else self._adamw_step)(group, params)
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if grad_scale is not None:
+                torch._foreach_div_(grads, grad_scale.to(grads[0].device))
+            keep = None
+            if found_inf is not None:
+                skip = found_inf.to(grads[0].device) > 0
+                for g in grads:  # NaN * 0 is NaN: zero them, then scale every change by keep
+                    g.masked_fill_(skip, 0.0)
+                keep = (~skip).to(torch.float32)
+            (self._muon_step if group["muon"] else self._adamw_step)(group, params, grads, keep)
         return loss
 
-    def _muon_step(self, group, params: List[torch.Tensor]) -> None:
+    def _muon_step(self, group, params: List[torch.Tensor], grads: List[torch.Tensor],
+                   keep: Optional[torch.Tensor]) -> None:
         lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
         bufs = []
         for p in params:
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
             bufs.append(self.state[p]["momentum_buffer"])
-        grads = [p.grad for p in params]
-        torch._foreach_mul_(bufs, beta)
+        # keep = 1: buf = beta * buf + g; keep = 0 (skipped step, g zeroed): buf unchanged
+        torch._foreach_mul_(bufs, beta if keep is None else keep * beta + (1 - keep))
         torch._foreach_add_(bufs, grads)
         nesterov = torch._foreach_add(grads, bufs, alpha=beta)
         if wd:
-            torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_mul_(params, 1 - lr * wd if keep is None else 1 - lr * wd * keep)
         by_shape: Dict[torch.Size, Tuple[List[torch.Tensor], List[torch.Tensor]]] = {}
         for p, u in zip(params, nesterov):
             ps, us = by_shape.setdefault(p.shape, ([], []))
             ps.append(p)
             us.append(u)
         for shape, (ps, us) in by_shape.items():
+            sharded = hasattr(ps[0], "full_tensor")  # FSDP2: orthogonalise the whole matrices
+            if sharded:
+                us = [u.full_tensor() for u in us]
             dtype = self.ns_dtype or (torch.bfloat16 if native_bf16(ps[0].device) else torch.float32)
             update = orthogonalize(torch.stack(us), group["ns_steps"], dtype).to(ps[0].dtype)
             scale = 0.2 * max(shape) ** 0.5  # RMS 0.2: an orthogonal m x n matrix has 1/sqrt(max)
-            torch._foreach_add_(ps, list(update.unbind(0)), alpha=-lr * scale)
+            update.mul_(-lr * scale if keep is None else keep * (-lr * scale))
+            updates = list(update.unbind(0))
+            if sharded:
+                from torch.distributed.tensor import distribute_tensor
+                updates = [distribute_tensor(u, p.device_mesh, p.placements, src_data_rank=None)
+                           for u, p in zip(updates, ps)]
+            torch._foreach_add_(ps, updates)
 
-    def _adamw_step(self, group, params: List[torch.Tensor]) -> None:
-        """torch.optim.AdamW's update (decoupled weight decay), on foreach kernels."""
+    def _adamw_step(self, group, params: List[torch.Tensor], grads: List[torch.Tensor],
+                    keep: Optional[torch.Tensor]) -> None:
+        """torch.optim.AdamW's update (decoupled weight decay); the step counts and bias
+        corrections stay tensors on the parameters' device (no host reads)."""
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        for p in params:
-            if "exp_avg" not in self.state[p]:
-                self.state[p].update(step=torch.zeros((), dtype=torch.float32),
-                                     exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        states = [self.state[p] for p in params]
-        grads = [p.grad for p in params]
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        torch._foreach_add_([s["step"] for s in states], 1.0)
-        steps = [float(s["step"]) for s in states]  # per parameter: some may have missed steps
-        torch._foreach_lerp_(exp_avgs, grads, 1 - b1)
-        torch._foreach_mul_(exp_avg_sqs, b2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - b2)
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, [(1 - b2 ** t) ** 0.5 for t in steps])
-        torch._foreach_add_(denom, eps)
-        if wd:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / (1 - b1 ** t) for t in steps])
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                             exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            step, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+            k = 1.0 if keep is None else keep.to(step.device)
+            step.add_(k)  # per parameter: some may have missed steps
+            m.lerp_(g, (1 - b1) * k)
+            v.mul_(1 - (1 - b2) * k).addcmul_(g, g, value=1 - b2)  # g is zero when skipped
+            t = step.to(p.device)
+            denom = (v.sqrt() / (1 - b2 ** t).clamp_min(1e-30).sqrt()).add_(eps)
+            if wd:
+                p.mul_(1 - lr * wd * k)
+            upd = m / denom * (-lr / (1 - b1 ** t).clamp_min(1e-30))
+            p.add_(upd if keep is None else torch.where(keep.to(p.device) > 0, upd, 0.0))

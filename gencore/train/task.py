@@ -9,7 +9,10 @@ A task owns its modules and says how one training step goes. Two styles:
 - manual (`automatic_optimization = False`, e.g. a GAN with two optimizers): `training_step`
   calls `self.trainer.optimizer_step(name, loss)` for each update it wants; the Trainer still does
   the NaN/inf guard, backward (with the GradScaler for fp16), gradient average, clipping and step.
-  It returns a dict of numbers to log.
+  It returns a dict of numbers to log: tensors (read once per logging interval) or floats.
+  With several processes (DDP) every trainable parameter of a module that optimizer `name` steps
+  must get a gradient in its backward; freeze a module used but not stepped (a discriminator in
+  the generator's step) with `requires_grad_(False)`.
 
 Everything else has a default: no validation, no samples, no extra state.
 """

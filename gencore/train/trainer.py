@@ -5,18 +5,38 @@
     Trainer(task, cfg, train_data=LMBatches(...), val_data=LMEvalBatches(...)).fit()
 
 Run it with `python script.py` or `torchrun --nproc_per_node=N script.py`: the same code.
-Files in `out_dir`: `metrics.jsonl` (one JSON object per line), `checkpoints/ckpt-<step>.pt`,
+Files in `out_dir`: `metrics.jsonl` (one JSON object per line), `checkpoints/ckpt-<step>.pt`
+(`ckpt-<step>/` with parallel="fsdp": sharded, through torch.distributed.checkpoint),
 `samples/step-<step>.{txt,png}`; only the main process (rank 0) writes them.
+
+No host-device sync inside a training step outside logging intervals (and validation, samples,
+checkpoints). The logged numbers, the gradient norms and the NaN/inf guard stay on the device and
+are read once per logging interval:
+- A step whose loss or gradient norm is not finite (on any process) is skipped on the device: the
+  optimizer gets `found_inf` (torch's fused Adam/AdamW/SGD and gencore's Muon leave parameters and
+  state unchanged); the EMA does not move. An optimizer without that protocol reads the flag on the
+  host instead (one sync per step); so does fp16, whose GradScaler skips inf/NaN steps itself.
+- The skips are counted and reported at the next logging interval. With nonfinite="stop" (or
+  after more than max_consecutive_skips skips in a row) every later update is skipped too, and
+  NonFiniteLossError is raised at that interval (or at the next checkpoint, whichever comes
+  first): the weights are those from before the first non-finite step.
+
+SIGTERM and SIGUSR1 (what SLURM and Kubernetes send before they kill) finish the current step,
+write a checkpoint and end `fit()` with `summary["stopped_by"]` set; under torchrun all processes
+stop after the same step. `gencore train` then exits with status STOPPED_EXIT_STATUS (75,
+EX_TEMPFAIL: the run is incomplete, `--resume` continues it exactly).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,14 +49,18 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import distributed as dist_utils
-from .checkpoint import CheckpointError, CheckpointManager, capture_rng_state, load_checkpoint, \
-    restore_rng_state
+from .checkpoint import DCP_KEY, CheckpointError, CheckpointManager, capture_rng_state, \
+    load_checkpoint, restore_rng_state, save_checkpoint, seal_sharded
 from .ema import EMA
 from .images import save_png_grid
 from .schedule import WarmupDecay
 from .task import Task
 
-__all__ = ["TrainerConfig", "Trainer", "NonFiniteLossError", "seed_everything", "to_device"]
+__all__ = ["TrainerConfig", "Trainer", "NonFiniteLossError", "seed_everything", "to_device",
+           "STOPPED_EXIT_STATUS"]
+
+STOPPED_EXIT_STATUS = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; resume it
+_STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _NONFINITE = ("skip", "stop")
@@ -46,16 +70,6 @@ _PROGRESS = ("auto", "bar", "lines", "none")
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped because a loss (or the gradients) became NaN or infinite."""
-
-
-class _NonFinite(Exception):
-    def __init__(self, what: str):
-        super().__init__(what)
-        self.what = what
-
-
-def _num(v) -> float:
-    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,6 +112,9 @@ class TrainerConfig:
     resume: Union[bool, str] = False        # True: newest good checkpoint in out_dir; or a path
     seed: Optional[int] = None              # seed_everything(seed) at the start of fit()
     progress: str = "auto"                  # auto (bar on a terminal, lines otherwise) | bar | lines | none
+    parallel: str = "ddp"                   # several processes: ddp (DistributedDataParallel) |
+                                            # fsdp (FSDP2 per block, sharded DCP checkpoints)
+    handle_signals: bool = True             # SIGTERM/SIGUSR1: finish the step, checkpoint, stop
 
     def validate(self) -> None:
         def choice(name, valid):
@@ -108,6 +125,7 @@ class TrainerConfig:
         choice("nonfinite", _NONFINITE)
         choice("lr_schedule", _SCHEDULES)
         choice("progress", _PROGRESS)
+        choice("parallel", dist_utils.PARALLEL)
         for name in ("max_steps", "grad_accum", "log_every", "keep_last", "max_consecutive_skips"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"TrainerConfig.{name} must be a positive integer, "
@@ -140,6 +158,7 @@ class Trainer:
         self._ckpt_step = -1
         self._bar = None  # the tqdm progress bar while fit() shows one
         self._bar_metrics = None  # the train metrics the bar shows
+        self._signal: Optional[int] = None  # a stop signal received during fit()
         task.trainer = self
 
     # ------------------------------------------------------------------ output
@@ -191,9 +210,22 @@ class Trainer:
         self.modules: Dict[str, nn.Module] = dict(self.task.modules())
         if not self.modules:
             raise ValueError("the task's modules() returned no modules")
+        # FSDP2 when asked for and there are several processes; its checkpoints are sharded (DCP)
+        # at any world size, so that a run can move between 1 and N processes.
+        self.sharded = cfg.parallel == "fsdp" and self.world_size > 1
+        self._dcp = cfg.parallel == "fsdp"
+        if self.sharded and not self.task.automatic_optimization:
+            raise ValueError("parallel='fsdp' shards tasks with automatic optimization (one "
+                             "optimizer, e.g. the GPT recipes); use parallel='ddp' for this task")
+        if self.sharded and cfg.ema_decay is not None:
+            raise ValueError("parallel='fsdp' keeps no EMA of sharded weights; set ema_decay=None "
+                             "or use parallel='ddp'")
         for m in self.modules.values():
             m.to(self.device)
-            dist_utils.broadcast_module(m)
+            if self.sharded:
+                dist_utils.broadcast_module(m)  # the same start everywhere, then shard it
+                dist_utils.shard(m, cfg.precision)
+        self._container = nn.ModuleDict(self.modules)  # one tree of names for DCP
         self.optimizers = dict(self.task.configure_optimizers())
         if self.task.automatic_optimization:
             if len(self.optimizers) != 1:
@@ -205,6 +237,24 @@ class Trainer:
                              "accumulates itself)")
         self._opt_params = {n: [p for g in o.param_groups for p in g["params"]]
                             for n, o in self.optimizers.items()}
+        ids = {n: {id(p) for p in ps} for n, ps in self._opt_params.items()}
+        # The modules each optimizer steps: their gradients are synchronised in its backward.
+        self._opt_modules = {n: [mn for mn, m in self.modules.items()
+                                 if any(id(p) in ids[n] for p in m.parameters())]
+                             for n in self.optimizers}
+        self._ddp = None
+        if self.world_size > 1 and not self.sharded:
+            stepped = {mn for names in self._opt_modules.values() for mn in names}
+            for mn, m in self.modules.items():
+                if mn not in stepped:
+                    dist_utils.broadcast_module(m)
+            self._ddp = dist_utils.DDPSync({mn: m for mn, m in self.modules.items()
+                                            if mn in stepped}, self.device)
+        # The NaN/inf guard's counters, on the device (read at logging intervals).
+        z = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        self._guard = {"skips": z(torch.int64), "consec": z(torch.int64),
+                       "max_consec": z(torch.int64), "first_bad": z(torch.int64) - 1,
+                       "halt": z(torch.bool)}
         scheds = self.task.configure_schedulers(self.optimizers, cfg.max_steps)
         if scheds is None:
             scheds = {}
@@ -245,13 +295,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
+        """The whole state (one file). With parallel='fsdp' the modules and optimizers are saved
+        through DCP instead (`_sharded_state`) and this holds the rest."""
+        tensors = {} if self._dcp else {
+            "modules": {n: m.state_dict() for n, m in self.modules.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}}
         return {
             "trainer": {"step": self.step, "nonfinite_skips": self.nonfinite_skips,
                         "consecutive_skips": self._consecutive_skips,
-                        "world_size": self.world_size},
+                        "world_size": self.world_size, "parallel": self.config.parallel},
             "config": dataclasses.asdict(self.config),
-            "modules": {n: m.state_dict() for n, m in self.modules.items()},
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            **tensors,
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "ema": {n: e.state_dict() for n, e in self.ema.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -260,17 +314,50 @@ class Trainer:
             "task": self.task.state_dict(),
         }
 
+    def _sharded_state(self) -> Dict[str, Any]:
+        """Modules and optimizers as DCP state dicts (DTensor shards under FSDP2, whole tensors
+        otherwise), keyed by parameter names: loadable at any world size, sharded or not."""
+        from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        return {"modules": get_model_state_dict(self._container),
+                "optimizers": {n: get_optimizer_state_dict(self._container, o)
+                               for n, o in self.optimizers.items()}}
+
+    def _load_sharded(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (set_model_state_dict,
+                                                             set_optimizer_state_dict)
+        target = self._sharded_state()
+        try:
+            with warnings.catch_warnings():  # one process, no group: DCP says it assumes so
+                warnings.filterwarnings("ignore", message=".*assuming the intent")
+                dcp.load(target, checkpoint_id=path)
+        except Exception as exc:  # DCP wraps the per-rank errors (missing keys, shapes)
+            msg = str(exc).strip().splitlines()
+            raise CheckpointError(f"cannot load the sharded checkpoint {path} into this task "
+                                  f"({msg[-1][:300] if msg else type(exc).__name__})") from exc
+        set_model_state_dict(self._container, target["modules"])
+        for n, o in self.optimizers.items():
+            set_optimizer_state_dict(self._container, o, target["optimizers"][n])
+
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         def same_keys(what, have, saved):
             if set(have) != set(saved):
                 raise CheckpointError(f"checkpoint {what} {sorted(saved)} do not match the "
                                       f"task's {sorted(have)}")
-        same_keys("modules", self.modules, state["modules"])
-        same_keys("optimizers", self.optimizers, state["optimizers"])
-        for n, m in self.modules.items():
-            m.load_state_dict(state["modules"][n])
-        for n, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][n])
+        if DCP_KEY in state:
+            self._load_sharded(state[DCP_KEY])
+        else:
+            if self.sharded:
+                raise CheckpointError("a single-file checkpoint (written with parallel='ddp' or "
+                                      "by one process) resumes with parallel='ddp'; FSDP resumes "
+                                      "sharded checkpoints (written with parallel='fsdp')")
+            same_keys("modules", self.modules, state["modules"])
+            same_keys("optimizers", self.optimizers, state["optimizers"])
+            for n, m in self.modules.items():
+                m.load_state_dict(state["modules"][n])
+            for n, o in self.optimizers.items():
+                o.load_state_dict(state["optimizers"][n])
         for n, s in self.schedulers.items():
             if n in state["schedulers"]:
                 s.load_state_dict(state["schedulers"][n])
@@ -285,18 +372,43 @@ class Trainer:
         t = state["trainer"]
         self.step = t["step"]
         self.nonfinite_skips, self._consecutive_skips = t["nonfinite_skips"], t["consecutive_skips"]
+        self._guard["consec"].fill_(self._consecutive_skips)
+        self._guard["max_consec"].fill_(self._consecutive_skips)
         restore_rng_state(state["rng"])
 
     def save_checkpoint(self) -> Optional[Path]:
-        """Writes a checkpoint of the current step (main process; others wait for it)."""
+        """Writes a checkpoint of the current step: the main process writes one file, or (fsdp)
+        every process writes its shards through DCP; all return together."""
+        self._read_guard()  # a halted run raises here rather than save its skipped steps
         path = None
         self._ckpt_step = self.step  # on every rank: all take the same decisions
-        if self.ckpt is not None and self.is_main:
-            path = self.ckpt.save(self.state_dict(), self.step)
-            self.last_checkpoint = path
-            self._record({"event": "checkpoint", "path": str(path)})
+        if self.ckpt is not None:
+            if self._dcp:
+                path = self._save_sharded()
+            elif self.is_main:
+                path = self.ckpt.save(self.state_dict(), self.step)
+            if self.is_main:
+                self.last_checkpoint = path
+                self._record({"event": "checkpoint", "path": str(path)})
         dist_utils.barrier()
         return path
+
+    def _save_sharded(self) -> Path:
+        import torch.distributed.checkpoint as dcp
+        tmp, final = self.ckpt.temp_for(self.step), self.ckpt.path_for(self.step, sharded=True)
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist_utils.barrier()
+        with warnings.catch_warnings():  # one process, no group: DCP says it assumes so
+            warnings.filterwarnings("ignore", message=".*assuming the intent")
+            dcp.save(self._sharded_state(), checkpoint_id=str(tmp))  # every process its shards
+        if self.is_main:
+            save_checkpoint(self.state_dict(), tmp / "extra.pt")
+            seal_sharded(tmp, final, {"step": self.step, "world_size": self.world_size,
+                                      "parallel": self.config.parallel})
+            self.ckpt.prune()
+        return final
 
     def _resume(self) -> None:
         cfg = self.config
@@ -309,11 +421,13 @@ class Trainer:
             found = self.ckpt.load_latest(log=self.log)
             if found is None:
                 self.log(f"resume: no checkpoint in {self.ckpt.dir}, starting from step 0")
+                if self.is_main and self.out_dir is not None:  # a restart before the first
+                    self._truncate_log()                         # checkpoint: log from step 0
                 return
             _, path, state = found
         ws = state["trainer"].get("world_size", 1)
         if ws != self.world_size:
-            self.log(f"warning: checkpoint written by {ws} processes, resuming with "
+            self.log(f"note: checkpoint written by {ws} processes, resuming with "
                      f"{self.world_size}: the global batch is unchanged, the RNG streams are")
         self.load_state_dict(state)
         self.last_checkpoint, self._ckpt_step = path, self.step
@@ -339,92 +453,183 @@ class Trainer:
         os.replace(tmp, p)
 
     # ------------------------------------------------------------------ one step
-    def _check_finite(self, loss: torch.Tensor, what: str) -> None:
-        bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0],
-                           device=self.device)
-        if float(dist_utils.all_reduce_sum(bad)) > 0:  # every process takes the same decision
-            raise _NonFinite(f"{what} = {loss.detach().float().cpu().tolist()}")
+    def _nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        return ~torch.isfinite(loss.detach()).all()  # a device bool: no host read
 
-    def _backward(self, loss: torch.Tensor, **kw) -> None:
+    def _backward(self, loss: torch.Tensor, modules: List[str], sync: bool = True, **kw) -> None:
+        """Backward; with several processes the gradients of `modules` are averaged during it
+        (DDP armed, or FSDP2's reduce-scatter) unless `sync` is False (accumulation)."""
+        if self.sharded:
+            for n in modules:
+                self.modules[n].set_requires_gradient_sync(sync)
+        elif self._ddp is not None and sync:
+            self._ddp.arm(modules)
         with torch.autocast(self.device.type, enabled=False) if self.config.precision != "fp32" \
                 else contextlib.nullcontext():
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward(**kw)
+        if self._ddp is not None and sync:
+            self._ddp.check(modules)
 
-    def _apply(self, name: str) -> float:
-        """Average grads across processes, clip, check, step. Returns the grad norm."""
+    def _apply(self, name: str, bad: torch.Tensor) -> torch.Tensor:
+        """Clip, guard and step optimizer `name` (gradients already averaged). `bad`: this
+        process's loss was not finite. Returns the gradient norm before clipping (a tensor)."""
         opt, params = self.optimizers[name], self._opt_params[name]
-        dist_utils.all_reduce_grads(params)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
-        with_grad = [p for p in params if p.grad is not None]
-        clip = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(with_grad, clip)) if with_grad else 0.0
-        if self.scaler is not None:  # fp16: the scaler skips inf/NaN steps and lowers its scale
-            self.scaler.step(opt)
-            self.scaler.update()
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            norm = torch.zeros((), device=self.device)
+        elif self.config.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                                  self.config.grad_clip)
         else:
-            if not math.isfinite(norm):
-                raise _NonFinite(f"gradient norm of '{name}' = {norm}")
+            norm = torch.nn.utils.get_total_norm(grads)
+        if hasattr(norm, "full_tensor"):  # FSDP2: the norm of the sharded gradients, replicated
+            norm = norm.full_tensor()
+        if self.world_size > 1:  # a bad loss on any process skips the step on all of them
+            bad = dist_utils.all_reduce_sum(bad.to(torch.float32)) > 0
+        if self.scaler is None:
+            bad = bad | ~torch.isfinite(norm)
+        skip = bad | self._guard["halt"]
+        if self.scaler is not None:
+            # fp16: the scaler skips inf/NaN gradients itself (and lowers its scale: not counted
+            # as a skip); a bad loss or a halted run is read on the host, as GradScaler reads its
+            # own flag for optimizers without found_inf.
+            if not bool(skip):
+                self.scaler.step(opt)
+            self.scaler.update()
+        elif getattr(opt, "_step_supports_amp_scaling", False):
+            opt.found_inf = skip.to(torch.float32)  # the step is a no-op where it is 1
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf
+        elif not bool(skip):  # a host read: this optimizer cannot skip a step on the device
             opt.step()
-        return norm
+        self._step_bad = bad if self._step_bad is None else self._step_bad | bad
+        self._step_skip = skip if self._step_skip is None else self._step_skip | skip
+        return norm.detach()
 
-    def optimizer_step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> float:
-        """For manual tasks: guard, zero_grad, backward, average, clip and step optimizer `name`.
-        Returns the gradient norm (before clipping)."""
+    def optimizer_step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+        """For manual tasks: zero_grad, backward (gradients averaged across processes), clip,
+        guard and step optimizer `name`. Returns the gradient norm before clipping (a 0-dim
+        tensor on the device: reading it is a host sync)."""
         if name not in self.optimizers:
             raise KeyError(f"no optimizer {name!r}; the task's optimizers: {sorted(self.optimizers)}")
-        self._check_finite(loss, f"loss for '{name}'")
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        self._backward(loss, retain_graph=retain_graph)
-        return self._apply(name)
+        self.optimizers[name].zero_grad(set_to_none=True)
+        bad = self._nonfinite(loss)
+        self._backward(loss, self._opt_modules[name], retain_graph=retain_graph)
+        return self._apply(name, bad)
 
-    def _train_step(self) -> Dict[str, float]:
-        metrics: Dict[str, float] = {}
+    def _metric(self, v) -> torch.Tensor:
+        if isinstance(v, torch.Tensor):
+            return v.detach().to(torch.float32)
+        return torch.tensor(float(v), dtype=torch.float32, device=self.device)
+
+    def _train_step(self) -> Dict[str, torch.Tensor]:
+        """One step; the logged numbers come back as device tensors (nothing read)."""
+        metrics: Dict[str, torch.Tensor] = {}
         task, cfg = self.task, self.config
+        self._step_bad = self._step_skip = None
         if task.automatic_optimization:
             (name, opt), = self.optimizers.items()
             opt.zero_grad(set_to_none=True)
-            for _ in range(cfg.grad_accum):
+            bad = None
+            for i in range(cfg.grad_accum):
                 batch = to_device(next(self._train_iter), self.device)
                 with self._autocast():
                     out = task.training_step(batch, self.step)
                 if not isinstance(out, dict) or "loss" not in out:
                     raise TypeError("training_step must return a dict with a 'loss' tensor "
                                     "(or set automatic_optimization = False)")
-                self._check_finite(out["loss"], "loss")
-                self._backward(out["loss"] / cfg.grad_accum)
+                f = self._nonfinite(out["loss"])
+                bad = f if bad is None else bad | f
+                # Only the last micro-batch's backward synchronises (DDP's no_sync before it).
+                self._backward(out["loss"] / cfg.grad_accum, self._opt_modules[name],
+                               sync=i == cfg.grad_accum - 1)
                 for k, v in out.items():
-                    metrics[k] = metrics.get(k, 0.0) + _num(v) / cfg.grad_accum
-            metrics["grad_norm"] = self._apply(name)
+                    metrics[k] = metrics.get(k, 0.0) + self._metric(v) / cfg.grad_accum
+            metrics["grad_norm"] = self._apply(name, bad)
         else:
             batch = to_device(next(self._train_iter), self.device)
             with self._autocast():
                 out = task.training_step(batch, self.step) or {}
-            metrics.update({k: _num(v) for k, v in out.items()})
+            metrics.update({k: self._metric(v) for k, v in out.items()})
         return metrics
 
-    def _after_step(self, update_ema: bool = True) -> None:
+    def _count_skip(self) -> None:
+        """The guard's bookkeeping for the step just taken, on the device."""
+        g, bad = self._guard, self._step_bad
+        if bad is None:
+            g["consec"].zero_()
+            return
+        b = bad.to(torch.int64)
+        g["skips"].add_(b)
+        g["consec"].mul_(b).add_(b)
+        torch.maximum(g["max_consec"], g["consec"], out=g["max_consec"])
+        g["first_bad"].masked_fill_(bad & (g["first_bad"] < 0), self.step + 1)
+        halt = g["consec"] > self.config.max_consecutive_skips
+        if self.config.nonfinite == "stop":
+            halt = halt | bad
+        g["halt"].logical_or_(halt)
+
+    def _guard_values(self) -> List[torch.Tensor]:
+        g = self._guard
+        return [g["skips"], g["max_consec"], g["consec"], g["first_bad"], g["halt"]]
+
+    def _read_guard(self) -> None:
+        """Reads the guard's counters (a host sync: checkpoints and the end of fit())."""
+        self._take_guard(torch.stack([v.to(torch.float64) for v in self._guard_values()]).tolist())
+
+    def _take_guard(self, values: List[float]) -> None:
+        skips, _, consec, first_bad, halt = (int(round(v)) for v in values)
+        g = self._guard
+        g["skips"].zero_()
+        g["max_consec"].copy_(g["consec"])
+        g["first_bad"].fill_(-1)
+        self.nonfinite_skips += skips
+        self._consecutive_skips = consec
+        if not skips:
+            return
+        self._record({"event": "nonfinite", "skipped": skips, "first_step": first_bad})
+        where = (f"non-finite value at step {first_bad} (loss or gradient norm); this step's "
+                 "update was not applied (weights unchanged)")
+        if halt:
+            cfg = self.config
+            why = ("nonfinite='stop'" if cfg.nonfinite == "stop" else
+                   f"{cfg.max_consecutive_skips + 1} non-finite steps in a row "
+                   f"(max_consecutive_skips={cfg.max_consecutive_skips})")
+            after = (f"; read at step {self.step} (the guard is read once per logging interval): "
+                     f"no update after it was applied either" if self.step > first_bad else "")
+            last = f"; last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise NonFiniteLossError(
+                f"training stopped: {where} [{why}]{after}{last}. Try a lower learning rate, "
+                "gradient clipping (grad_clip), or precision='fp32'.")
+        self.log(f"warning: {where}; {skips} step(s) skipped since the last log")
+
+    def _after_step(self) -> None:
         # Schedulers follow the step count (also over a skipped step); EMA only real updates.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
             for s in self.schedulers.values():
                 s.step()
-        if update_ema:
-            for n, e in self.ema.items():
-                e.update(self.modules[n])
+        for n, e in self.ema.items():
+            e.update(self.modules[n], skip=self._step_skip)
 
     # ------------------------------------------------------------------ eval / samples
     @contextlib.contextmanager
     def eval_mode(self):
         """Eval mode, no grad, and the training RNG streams left exactly as they were (so
-        validating or sampling more or less often does not change training)."""
+        validating or sampling more or less often does not change training). Sharded modules
+        are gathered whole on every process meanwhile (sampling calls more than forward)."""
         rng = capture_rng_state()
         modes = {n: m.training for n, m in self.modules.items()}
         for m in self.modules.values():
             m.eval()
+        gathered = dist_utils.gather_full(self.modules.values()) if self.sharded \
+            else contextlib.nullcontext()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), gathered:
                 yield
         finally:
             for n, m in self.modules.items():
@@ -435,31 +640,33 @@ class Trainer:
         self.setup()
         if self.val_data is None:
             return {}
-        sums: Dict[str, float] = {}
+        sums: Dict[str, torch.Tensor] = {}
         n = 0
         with self.eval_mode(), self._autocast():
             for batch in self.val_data:
                 out = self.task.validation_step(to_device(batch, self.device))
                 for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + _num(v)
+                    sums[k] = sums.get(k, 0.0) + self._metric(v).to(torch.float64)
                 n += 1
         keys = sorted(sums)
-        t = dist_utils.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(n)],
-                                                   dtype=torch.float64, device=self.device))
-        if float(t[-1]) == 0:
+        t = dist_utils.all_reduce_sum(torch.stack(
+            [sums[k].reshape(()) for k in keys]
+            + [torch.tensor(float(n), dtype=torch.float64, device=self.device)]))
+        values = t.tolist()  # host read (validation)
+        if values[-1] == 0:
             return {}
-        res = {f"val_{k}": float(t[i] / t[-1]) for i, k in enumerate(keys)}
+        res = {f"val_{k}": values[i] / values[-1] for i, k in enumerate(keys)}
         self._record({"event": "val", **res})
         self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
         return res
 
     def write_samples(self) -> List[Path]:
         self.setup()
-        if not self.is_main:
+        if not self.is_main and not self.sharded:
             return []
-        with self.eval_mode():
+        with self.eval_mode():  # sharded modules: every process runs the forward passes
             out = self.task.sample(self.step)
-        if out is None:
+        if out is None or not self.is_main:
             return []
         items = out if isinstance(out, dict) else {"": out}
         paths = []
@@ -503,77 +710,102 @@ class Trainer:
             self.log(f"step {self.step}/{cfg.max_steps}: {desc} ({rate:.2f} it/s, eta {eta:.0f}s)")
 
     def fit(self, stop_after: Optional[int] = None) -> Dict[str, Any]:
-        """Trains up to `config.max_steps` (or until `stop_after` steps in this call). Returns a
-        summary: step, last train metrics, last validation metrics, seconds."""
+        """Trains up to `config.max_steps` (or until `stop_after` steps in this call, or a
+        SIGTERM/SIGUSR1). Returns a summary: step, last train metrics, last validation metrics,
+        seconds, nonfinite_skips, stopped_by (the signal's name, or None)."""
         self.setup()
         mode = self._progress_mode()
         if mode == "bar":
             self._bar = tqdm(total=self.config.max_steps, initial=self.step, unit="step",
                              file=sys.stderr, dynamic_ncols=True)
+        previous = self._catch_signals()
         try:
             return self._fit(stop_after, mode)
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
 
+    def _catch_signals(self) -> Dict[int, Any]:
+        """SIGTERM/SIGUSR1 -> stop after the current step (the handler only sets a flag)."""
+        if not self.config.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        self._signal = None
+
+        def handler(signum, frame):
+            if self._signal is None:
+                self._signal = signum
+        return {sig: signal.signal(sig, handler) for sig in
+                (getattr(signal, n) for n in _STOP_SIGNALS if hasattr(signal, n))}
+
+    def _log_interval(self, pending: Dict[str, torch.Tensor], pending_n: Dict[str, Any]) -> Dict[str, float]:
+        """The one host read of a logging interval: the means of the logged numbers (over the
+        steps that were not skipped, and over the processes) and the guard's counters."""
+        keys = sorted(pending)
+        means = [torch.where(torch.as_tensor(pending_n[k], device=self.device) > 0,
+                             pending[k].to(torch.float64) / pending_n[k], float("nan"))
+                 for k in keys]
+        t = torch.stack([m.reshape(()) for m in means]
+                        + [v.to(torch.float64) for v in self._guard_values()])
+        if self.world_size > 1:  # the guard's counters are the same on every process
+            t = dist_utils.all_reduce_sum(t) / self.world_size
+        values = t.tolist()  # host read, once per logging interval
+        train = dict(zip(keys, values[:len(keys)]))
+        if train:
+            lrs = {f"lr_{n}" if len(self.optimizers) > 1 else "lr": o.param_groups[0]["lr"]
+                   for n, o in self.optimizers.items()}
+            self._record({"event": "train", **train, **lrs})
+        self._take_guard(values[len(keys):])
+        return train
+
     def _fit(self, stop_after: Optional[int], mode: str) -> Dict[str, Any]:
         cfg = self.config
-        # Sums and counts per key: a number logged on only some steps (say an R1 penalty every
-        # 4th step) is averaged over the steps that logged it.
-        pending: Dict[str, float] = {}
-        pending_n: Dict[str, int] = {}
+        # Sums and counts per key, on the device: a number logged on only some steps (say an R1
+        # penalty every 4th step) is averaged over the steps that logged it; skipped steps are
+        # left out.
+        pending: Dict[str, torch.Tensor] = {}
+        pending_n: Dict[str, Any] = {}
         last_train: Dict[str, float] = {}
         last_val: Dict[str, float] = {}
+        stop = dist_utils.StopFlag()
+        stopped_by = None
         t0, steps_done = time.time(), 0
-        while self.step < cfg.max_steps and (stop_after is None or steps_done < stop_after):
-            try:
+        try:
+            while self.step < cfg.max_steps and (stop_after is None or steps_done < stop_after):
                 metrics = self._train_step()
-                self._consecutive_skips = 0
-            except _NonFinite as exc:
-                for o in self.optimizers.values():
-                    o.zero_grad(set_to_none=True)
-                self.nonfinite_skips += 1
-                self._consecutive_skips += 1
-                where = (f"non-finite value at step {self.step + 1}: {exc.what}; this step's update "
-                         "was not applied (weights unchanged)")
-                self._record({"event": "nonfinite", "what": exc.what})
-                if cfg.nonfinite == "stop" or self._consecutive_skips > cfg.max_consecutive_skips:
-                    why = ("nonfinite='stop'" if cfg.nonfinite == "stop" else
-                           f"{self._consecutive_skips} non-finite steps in a row "
-                           f"(max_consecutive_skips={cfg.max_consecutive_skips})")
-                    last = f"; last checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
-                    raise NonFiniteLossError(
-                        f"training stopped: {where} [{why}]{last}. Try a lower learning rate, "
-                        "gradient clipping (grad_clip), or precision='fp32'.") from None
-                self.log(f"warning: {where}; skipped ({self._consecutive_skips} in a row)")
-                metrics = None
-            self.step += 1
-            steps_done += 1
-            self._after_step(update_ema=metrics is not None)
-            if metrics is not None:
+                self._count_skip()
+                self.step += 1
+                steps_done += 1
+                self._after_step()
+                keep = None if self._step_skip is None else ~self._step_skip
                 for k, v in metrics.items():
-                    pending[k] = pending.get(k, 0.0) + v
-                    pending_n[k] = pending_n.get(k, 0) + 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                if pending:
-                    keys = sorted(pending)
-                    t = dist_utils.all_reduce_sum(torch.tensor(
-                        [pending[k] / pending_n[k] for k in keys], dtype=torch.float64,
-                        device=self.device)) / self.world_size
-                    last_train = {k: float(t[i]) for i, k in enumerate(keys)}
-                    lrs = {f"lr_{n}" if len(self.optimizers) > 1 else "lr": o.param_groups[0]["lr"]
-                           for n, o in self.optimizers.items()}
-                    self._record({"event": "train", **last_train, **lrs})
-                pending, pending_n = {}, {}
-            self._progress(mode, last_train, steps_done / max(time.time() - t0, 1e-9))
-            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps):
-                last_val = self.validate()
-            if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.max_steps):
-                self.write_samples()
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    pending[k] = pending.get(k, 0.0) + (v if keep is None else torch.where(keep, v, 0.0))
+                    pending_n[k] = pending_n.get(k, 0) + (1 if keep is None else keep.to(torch.float32))
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    last_train = self._log_interval(pending, pending_n) or last_train
+                    pending, pending_n = {}, {}
+                self._progress(mode, last_train, steps_done / max(time.time() - t0, 1e-9))
+                if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps):
+                    last_val = self.validate()
+                if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.max_steps):
+                    self.write_samples()
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save_checkpoint()
+                if stop.poll(self._signal is not None):  # every process stops after this step
+                    stopped_by = signal.Signals(self._signal).name if self._signal else "SIGTERM"
+                    break
+        finally:
+            stop.close()
+        self._read_guard()
+        if stopped_by is not None:
+            self.log(f"{stopped_by}: stopping after step {self.step}")
+            if self.ckpt is not None and self._ckpt_step != self.step:
                 self.save_checkpoint()
-        if self.step >= cfg.max_steps and self.ckpt is not None and self._ckpt_step != self.step:
+            self._record({"event": "stopped", "signal": stopped_by})
+        elif self.step >= cfg.max_steps and self.ckpt is not None and self._ckpt_step != self.step:
             self.save_checkpoint()
         return {"step": self.step, "train": last_train, "val": last_val,
-                "seconds": time.time() - t0, "nonfinite_skips": self.nonfinite_skips}
+                "seconds": time.time() - t0, "nonfinite_skips": self.nonfinite_skips,
+                "stopped_by": stopped_by}

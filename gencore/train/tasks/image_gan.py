@@ -18,6 +18,7 @@ import torch
 from ...models.dcgan import Discriminator, Generator, r1_penalty
 from ...nn import GANLoss
 from ...ops.reference.gan_loss import FAKE_ONLY
+from ..optim import fused
 from ..task import Task
 from ._images import DIGIT_SHAPE, digit_image_metrics, unconditional_samples
 from ._sampling import seeded_generator
@@ -61,8 +62,10 @@ class ImageGANTask(Task):
         return ["G"]
 
     def configure_optimizers(self):
-        return {"g": torch.optim.Adam(self.G.parameters(), self.lr_g, betas=self.betas),
-                "d": torch.optim.Adam(self.D.parameters(), self.lr_d, betas=self.betas)}
+        return {"g": torch.optim.Adam(self.G.parameters(), self.lr_g, betas=self.betas,
+                                      fused=fused(self.G.parameters())),
+                "d": torch.optim.Adam(self.D.parameters(), self.lr_d, betas=self.betas,
+                                      fused=fused(self.D.parameters()))}
 
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, step: int):
         """D's loss on a real and a (detached) fake batch, with R1 on the steps that take it."""
@@ -75,7 +78,7 @@ class ImageGANTask(Task):
         if use_r1:
             r1 = r1_penalty(d_real, real)
             total = d_loss + (0.5 * self.r1_gamma * self.r1_every) * r1
-            self._last_r1 = float(r1.detach())
+            self._last_r1 = r1.detach()  # a tensor: logged without a host read
         if self._last_r1 is not None:  # logged every step (the Trainer averages over steps)
             out["r1"] = self._last_r1
         return total, out

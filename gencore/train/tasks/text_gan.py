@@ -19,6 +19,7 @@ from ...metrics.nll import nll_div, nll_gen, nll_oracle
 from ...models.oracle import OracleLSTM
 from ...models.text_gan import (LOSS_KINDS, CNNDiscriminator, TemperatureSchedule, TextGenerator,
                                 discriminator_loss, generator_loss)
+from ..optim import fused
 from ..task import Task
 from ._sampling import seeded_generator
 
@@ -81,9 +82,10 @@ class TextGANTask(Task):
         return ["G"]
 
     def configure_optimizers(self):
-        return {"mle": torch.optim.Adam(self.G.parameters(), self.mle_lr),
-                "g": torch.optim.Adam(self.G.parameters(), self.g_lr, betas=self.betas),
-                "d": torch.optim.Adam(self.D.parameters(), self.d_lr, betas=self.betas)}
+        f_g, f_d = fused(self.G.parameters()), fused(self.D.parameters())
+        return {"mle": torch.optim.Adam(self.G.parameters(), self.mle_lr, fused=f_g),
+                "g": torch.optim.Adam(self.G.parameters(), self.g_lr, betas=self.betas, fused=f_g),
+                "d": torch.optim.Adam(self.D.parameters(), self.d_lr, betas=self.betas, fused=f_d)}
 
     def configure_schedulers(self, optimizers, total_steps):
         return {}  # constant learning rates
@@ -94,7 +96,7 @@ class TextGANTask(Task):
             self.phase = "mle"
             loss = self.G.mle_loss(real)
             self.trainer.optimizer_step("mle", loss)
-            return {"mle_loss": float(loss.detach())}
+            return {"mle_loss": loss.detach()}  # tensors: the Trainer reads them once per log
         self.phase = "adversarial"
         out = self.adversarial_step(real, self.trainer.optimizer_step)
         self.temperature.step()
@@ -117,7 +119,7 @@ class TextGANTask(Task):
             real_logits = self.D(real) if self._g_needs_real() else None
             g_loss = self.g_loss(real_logits, self.D(soft))
             optimizer_step("g", g_loss)
-        return {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()), "beta": 1.0 / tau}
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "beta": 1.0 / tau}
 
     def _g_needs_real(self) -> bool:
         return self.loss in ("rsgan", "ragan")

@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import torch
 
 from ...models.vae import VAE
+from ..optim import fused
 from ..task import Task
 from ._images import DIGIT_SHAPE, digit_image_metrics, unconditional_samples
 from ._sampling import seeded_generator
@@ -62,7 +63,8 @@ class VAETask(Task):
         return {"vae": self.model}
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                                fused=fused(self.model.parameters()))
         if self.prior_refit_every:
             # After the update (the refit writes the prior's parameters in place, which must
             # not happen between the forward pass and backward).

@@ -215,8 +215,9 @@ def cases(device: str = "cpu") -> List[BenchCase]:
         for B, H, Sk, D in ((1, 12, 1024, 64), (1, 4, 64, 32), (8, 12, 1024, 64), (8, 12, 64, 64),
                             (1, 12, 4096, 64)):
             out.append(_attention_case(device, dtype, B, H, 1, Sk, D, True, False))
-    for kind, B, H, S, D in FEATURE_CASES:
-        out.append(_feature_case(device, torch.float32, kind, B, H, S, D))
+    for dtype in dtypes:
+        for kind, B, H, S, D in FEATURE_CASES:
+            out.append(_feature_case(device, dtype, kind, B, H, S, D))
     for n in (64, 4096, 1 << 20):
         out.append(_gan_case(device, n))
     for rows, cols in ((64, 100), (256, 32000), (1280, 5000)):

@@ -135,15 +135,17 @@ def _gumbel(shapes: Sequence[Tuple[Tuple[int, ...], int]], hard: bool, tau: floa
 
 
 def _attention(shapes: Sequence[Tuple[int, int, int, int, int, int]], causal: bool,
-               masked: bool):
-    """shapes: (B, H, H_kv, S_q, S_k, D). On CUDA the kernel runs bf16/fp16 at head dims 64, 96,
-    128 only (impl="fused" refuses the rest): other head dims become 64 there, other dtypes no trials."""
+               masked: bool, features=None):
+    """shapes: (B, H, H_kv, S_q, S_k, D). features(B, H, S_q, S_k, g, device): the keyword
+    features of the call (window, softcap, document_ids, attn_mask). On CUDA the kernel runs
+    bf16/fp16 at head dims 64, 96, 128 only (impl="fused" refuses the rest): other head dims
+    become 64 there, other dtypes no trials."""
     def trials(device, dtype):
         out = []
         for i, (B, H, Hkv, Sq, Sk, D) in enumerate(shapes):
             if device.type == "cuda":
-                if not _attention_mod.cuda_kernel_covers(dtype, 64):
-                    break
+                if features or not _attention_mod.cuda_kernel_covers(dtype, 64):
+                    break  # the keyword features are not in the CUDA kernel yet
                 D = D if _attention_mod.cuda_kernel_covers(dtype, D) else 64
             g = torch.Generator().manual_seed(i)
             q, dout = _randn((B, H, Sq, D), g, device, dtype), _randn((B, H, Sq, D), g, device, dtype)
@@ -154,18 +156,26 @@ def _attention(shapes: Sequence[Tuple[int, int, int, int, int, int]], causal: bo
                 mask[:, -1] = False
                 mask = mask.to(device)
 
-            def run(impl, gold, q=q, k=k, v=v, dout=dout, mask=mask):
+            kw = features(B, H, Sq, Sk, g, device) if features else {}
+
+            def run(impl, gold, q=q, k=k, v=v, dout=dout, mask=mask, kw=kw):
                 qi, ki, vi = (_leaf(t, gold) for t in (q, k, v))
-                y = attention(qi, ki, vi, causal=causal, key_padding_mask=mask, impl=impl)
+                y = attention(qi, ki, vi, causal=causal, key_padding_mask=mask, impl=impl, **kw)
                 return _grads(y, {"q": qi, "k": ki, "v": vi}, dout.double() if gold else dout)
-            def l1(q=q, k=k, v=v, dout=dout, mask=mask):
+            def l1(q=q, k=k, v=v, dout=dout, mask=mask, kw=kw):
                 q, k, v = q.double(), k.double(), v.double()
                 eye = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(*k.shape[:2], -1, -1)
-                probs = attention_reference(q, k, eye, causal, mask)[0]
+                probs = attention_reference(q, k, eye, causal, mask, **kw)[0]
                 return attention_l1(q, k, v, dout, probs, 1.0 / math.sqrt(q.shape[-1]))
-            out.append(Trial(run, auto_case=_attention_mod._auto_case(q, causal, mask), l1=l1))
+            out.append(Trial(run, auto_case=_attention_mod._auto_case(q, causal, mask, **kw), l1=l1))
         return out
     return trials
+
+
+def _documents(B, H, Sq, Sk, g, device):
+    """Packed documents: random cut points, the ids sorted (as packing makes them)."""
+    ids = (torch.rand(B, Sk, generator=g) < 0.05).cumsum(-1)
+    return dict(document_ids=ids.to(device))
 
 
 def _gan(kind: str):
@@ -214,6 +224,11 @@ CASES: Tuple[Case, ...] = (
     Case("attention", "GQA, causal", _attention([(2, 4, 2, 17, 17, 32), (1, 6, 2, 9, 30, 40)], True, False)),
     Case("attention", "decode, GQA+pad", _attention([(2, 4, 2, 1, 1, 8), (2, 4, 2, 3, 100, 64),
                                                       (1, 2, 1, 1, 77, 40)], True, True)),
+    Case("attention", "window, softcap", _attention([(2, 4, 2, 70, 70, 32), (1, 2, 2, 9, 30, 16)], True, False,
+                                                    lambda B, H, Sq, Sk, g, d: dict(window=(16, -1), softcap=4.0))),
+    Case("attention", "documents, pad", _attention([(2, 4, 2, 70, 70, 32)], True, True, _documents)),
+    Case("attention", "bool mask", _attention([(2, 4, 2, 40, 70, 32)], False, False, lambda B, H, Sq, Sk, g, d: dict(
+        attn_mask=(torch.rand(B, 1, Sq, Sk, generator=g) < 0.6).to(d)))),
     *(Case("gan_loss", f"{kind}, D+G", _gan(kind)) for kind in KINDS),
 )
 

@@ -59,6 +59,13 @@ _CPU_ATTENTION = {
     "bfloat16 decode": _ids("attention", "cpu", "bfloat16 decode", _DECODE, "fwd"),
     "*": _ids("attention", "cpu", "float32 full", _TRAIN[1:], "fwd+bwd"),
 }
+# The keyword features (issue 20): one case each, the built-in being SDPA with the equivalent mask
+# (window, bool mask), SDPA's own dropout, or SDPA on the same tokens padded per document.
+_FEATURES = {"window": "B1-H8-Sq2048-Sk2048-D64-w256", "documents": "B1-H8-Sq2048-Sk2048-D64-docs4",
+             "dropout": "B8-H8-Sq512-Sk512-D64-p0.1", "mask": "B2-H8-Sq1024-Sk1024-D64-prefix"}
+for _dtype in ("float32", "bfloat16"):
+    for _name, _shape in _FEATURES.items():
+        _CPU_ATTENTION[f"{_dtype} {_name}"] = _ids("attention", "cpu", f"{_dtype} {_name}", (_shape,), "fwd+bwd")
 
 _NO_GPU = ("no record: this kernel has not run on a GPU since it was written (no GPU lent since "
            "the tensor-core rewrite)")
@@ -72,6 +79,8 @@ RULES = (
     Rule("attention", "cpu-avx2", "float32 decode", BUILTIN, _CPU_ATTENTION["float32 decode"]),
     Rule("attention", "cpu-avx2", "bfloat16 decode", BUILTIN, _CPU_ATTENTION["bfloat16 decode"]),
     Rule("attention", "cpu-avx2", "*", BUILTIN, _CPU_ATTENTION["*"]),
+    *(Rule("attention", "cpu-avx2", f"{d} {f}", FUSED, _CPU_ATTENTION[f"{d} {f}"])
+      for d in ("float32", "bfloat16") for f in _FEATURES),
     # AVX-512: no record of the current kernels yet (the machines of this session were AVX2):
     # the built-ins until one is made (`gencore bench --record --out benchmarks/records`).
     *(Rule(op, "cpu-avx512", "*", BUILTIN, (), "no record of the current kernels on AVX-512")

@@ -96,39 +96,43 @@ def _describe(dense: torch.Tensor, diag: int):
     """(causal, window_left, key_padding_mask, document_ids, kv_len) giving exactly `dense`, or None.
 
     diag: query i's position minus key 0's (q_offset - kv_offset), so "causal" is key j <= i + diag.
-    Host reads (a few per forward, not per layer): the checks that make the description exact.
+    Tries the fewest arguments first (no window, no documents). Host reads (a few per forward, not
+    per layer) are the checks that make the description exact.
     """
     B, _, Sq, Sk = dense.shape
     m = dense[:, 0]                                                            # (B, Sq, Sk)
     dev = m.device
     back = torch.arange(Sq, device=dev)[:, None] + diag - torch.arange(Sk, device=dev)  # (Sq, Sk)
-    unseen = ~m.any(dim=1)                                # (B, Sk): keys no query sees (padding)
-    causal = not bool((m & (back < 0)).any())             # host read
-    kv_len, left = Sk, None
+    causal = not bool((m & (back < 0)).any())                                  # host read
+    kv_len, lefts = Sk, [None]
     if causal:
         kv_len = Sq + diag                  # keys from kv_len on come after every query
         if not 0 < kv_len <= Sk:
             return None                     # no bottom-right frame holds this diagonal
-        far = int(torch.where(m, back, -1).amax()) if m.numel() else -1     # host read
-        if 0 <= far < kv_len - 1:           # else the window never binds
-            left = far
-        back = back[:, :kv_len]
-    keep = back >= 0 if causal else torch.ones_like(back, dtype=torch.bool)
-    if left is not None:
-        keep = keep & (back <= left)
-    kpm = unseen[:, :kv_len]                                                   # (B, kv_len)
-    cand = keep & ~kpm[:, None, :]                                             # (B, Sq, kv_len)
-    padded = bool(kpm.any())                                                   # host read
-    if torch.equal(cand, m[:, :, :kv_len]):                                    # host read
-        return causal, left, kpm if padded else None, None, kv_len
+        m, back = m[:, :, :kv_len], back[:, :kv_len]
+        first = m.to(torch.uint8).argmax(-1)                 # (B, Sq): first key each query sees
+        far = (torch.arange(Sq, device=dev) + diag - first).masked_fill(~m.any(-1), -1)
+        far = int(far.amax()) if far.numel() else -1                           # host read
+        if 0 <= far < kv_len - 1:           # else a window would never bind
+            lefts.append(far)
+    unseen = ~m.any(dim=1)                                  # (B, kv_len): keys no query sees
+    padded = bool(unseen.any())                                                # host read
+    kpm = unseen if padded else None
+    base = back >= 0 if causal else torch.ones_like(back, dtype=torch.bool)    # (Sq, kv_len)
+    if padded:
+        base = base & ~unseen[:, None, :]                                      # (B, Sq, kv_len)
+    docs = [None]
     if causal and diag == 0 and Sq == Sk and Sq > 1:
         # Packed documents (position_ids restarting): query i starts one where it cannot see key i-1.
         starts = torch.ones(B, Sq, dtype=torch.bool, device=dev)
         starts[:, 1:] = ~m.diagonal(offset=-1, dim1=1, dim2=2)
-        docs = starts.cumsum(1)                                                # (B, S)
-        cand = cand & (docs[:, :, None] == docs[:, None, :])
-        if torch.equal(cand, m):                                               # host read
-            return causal, left, kpm if padded else None, docs, kv_len
+        docs.append(starts.cumsum(1))                                          # (B, S)
+    for doc in docs:
+        with_doc = base if doc is None else base & (doc[:, :, None] == doc[:, None, :])
+        for left in lefts:
+            cand = with_doc if left is None else with_doc & (back <= left)
+            if torch.equal(cand.expand_as(m), m):                              # host read
+                return causal, left, kpm, doc, kv_len
     return None
 
 

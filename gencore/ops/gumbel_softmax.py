@@ -6,6 +6,7 @@ in-kernel with Philox keyed by (seed, offset, element index), so they match the 
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -30,14 +31,14 @@ def _check(logits: torch.Tensor, tau: float, dim: int) -> int:
         raise ValueError(f"gumbel_softmax: tau must be a finite number > 0, got {tau}")
     if logits.dim() == 0:
         raise ValueError("gumbel_softmax: logits must have at least one dimension (the categories)")
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if isinstance(dim, bool) or not hasattr(type(dim), "__index__"):   # ints, numpy ints
         raise TypeError(f"gumbel_softmax: dim must be an int, got {type(dim).__name__} (the 4th "
                         "positional argument is dim here; F.gumbel_softmax's is eps: pass eps= by name)")
     if not -logits.dim() <= dim < logits.dim():
         raise IndexError(
             f"gumbel_softmax: dim {dim} is out of range for a {logits.dim()}-d tensor "
             f"(expected {-logits.dim()} <= dim < {logits.dim()})")
-    return dim % logits.dim()
+    return operator.index(dim) % logits.dim()
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, dim: int = -1,

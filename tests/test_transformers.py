@@ -16,6 +16,7 @@ transformers = pytest.importorskip(
     "'gencore[transformers]'; the Makefile's setup installs it)")
 
 import gencore.integrations.transformers as gt  # noqa: E402  registers "gencore"
+import gencore.ops  # noqa: E402
 from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig,  # noqa: E402
                           MistralConfig, Qwen2Config)
 from transformers.masking_utils import (causal_mask_function, chunked_causal_mask_function,  # noqa: E402
@@ -296,6 +297,27 @@ def test_gencore_runs_the_calls_it_can_take(monkeypatch):
     assert seen == [(4, 2, True, "auto")] * 2
 
 
+def test_calls_auto_gives_to_sdpa_get_transformers_mask(monkeypatch):
+    """Where the auto table picks PyTorch's SDPA (this CPU's table: padded calls), the layer hands
+    SDPA the mask transformers built for the forward, as "sdpa" does; where it picks the fused
+    kernel, gencore.ops.attention runs."""
+    calls = []
+    real_sdpa, real_attention = gt.sdpa_attention_forward, gt.ops.attention
+    monkeypatch.setattr(gt, "sdpa_attention_forward",
+                        lambda *a, **k: calls.append("sdpa") or real_sdpa(*a, **k))
+    monkeypatch.setattr(gt.ops, "attention",
+                        lambda *a, **k: calls.append("gencore") or real_attention(*a, **k))
+    monkeypatch.setattr(gt, "_auto_runs_fused", lambda q, causal, kpm: kpm is None)
+    _, ours = _pair("qwen2")
+    ids, mask, _ = _batch(padded=True)
+    ours(ids, attention_mask=mask)
+    ours(ids)
+    assert calls == ["sdpa"] * 2 + ["gencore"] * 2
+    monkeypatch.undo()
+    q = torch.randn(2, 4, 16, 8)
+    assert gt._auto_runs_fused(q, True, None) == (gencore.ops.auto.pick("attention", "cpu", "float32 causal") == "fused")
+
+
 def test_register_again_under_another_name():
     gt.register("gencore-test")
     from transformers import AttentionInterface
@@ -347,6 +369,7 @@ def issue20_api(monkeypatch):
     import inspect
     monkeypatch.setattr(gt.ops, "attention", _spec_attention)
     monkeypatch.setattr(gt, "ATTENTION_ARGS", frozenset(inspect.signature(_spec_attention).parameters))
+    monkeypatch.setattr(gt, "_auto_runs_fused", lambda *a: True)   # every call to the stand-in
     monkeypatch.setattr(gt, "_WARNED", set())
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="gencore.integrations.transformers")

@@ -187,10 +187,30 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if reason is not None:
         return _fallback(reason, module, query, key, value, attention_mask, dropout, scaling,
                          softcap, is_causal, kwargs)
+    if softcap is None and not _auto_runs_fused(query, causal, kpm) and \
+            _cu_seqlens_documents(kwargs, query.shape[0], query.shape[2], key.shape[2]) is None:
+        # auto's pick is PyTorch's SDPA: give it the mask transformers built once per forward,
+        # as transformers' "sdpa" does, rather than have gencore rebuild it in every layer.
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
     if kv_len != key.shape[2]:
         key, value = key[:, :, :kv_len], value[:, :, :kv_len]
     out = ops.attention(query, key, value, **args)                            # (B, H, S_q, D)
     return out.transpose(1, 2).contiguous(), None
+
+
+_ATTENTION_MODULE = sys.modules[ops.attention.__module__]
+
+
+def _auto_runs_fused(query, causal, kpm) -> bool:
+    """Whether gencore.ops.attention(impl="auto") picks the fused kernel for this call (the auto
+    table's row for its case: gencore/ops/auto.py). True where that cannot be told (a gencore whose
+    case function differs): then gencore.ops.attention decides, which is right, if slower."""
+    try:
+        case = _ATTENTION_MODULE._auto_case(query, causal, kpm)
+        return ops.auto.pick("attention", query.device.type, case) == ops.auto.FUSED
+    except (AttributeError, TypeError):
+        return True
 
 
 def _unmappable(query, key, value, kwargs) -> Optional[str]:

@@ -130,15 +130,19 @@ def test_generate(benchmark, name, impl):
 
 
 def _round_robin(cases: dict, rounds: int) -> dict:
+    """{name: (min, median)} seconds; each round runs the cases forwards, the next backwards
+    (ABBA), so a load change on a shared machine falls on both. Load only adds time: the min is
+    the steadier figure there."""
     for fn in cases.values():
         fn()  # warm-up
     times = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
+    order = list(cases)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
-            fn()
+            cases[name]()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
 def main(argv=None) -> None:
@@ -151,7 +155,8 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", message="gencore.integrations.transformers")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"threads {torch.get_num_threads()}")
-    print("| case | baseline ms | gencore ms | baseline / gencore |\n|---|---:|---:|---:|")
+    print("| case | baseline ms (min / median) | gencore ms (min / median) | baseline / gencore "
+          "(min, median) |\n|---|---:|---:|---:|")
     groups = [(f"{label} train step {B}x{S}", name, lambda i, n=name, k=kind, d=dropout:
                train_step(n, i, k, d), args.rounds) for label, name, kind, dropout in TRAIN_CASES]
     groups += [(f"{name} generate {NEW} tokens, {GEN_B}x{PROMPT} left-padded", name,
@@ -161,8 +166,9 @@ def main(argv=None) -> None:
             continue
         base = baseline(name)
         med = _round_robin({base: make(base), "gencore": make("gencore")}, rounds)
-        print(f"| {label} ({base}) | {med[base] * 1e3:.1f} | {med['gencore'] * 1e3:.1f} | "
-              f"{med[base] / med['gencore']:.2f} |", flush=True)
+        (b0, b1), (g0, g1) = med[base], med["gencore"]
+        print(f"| {label} ({base}) | {b0 * 1e3:.1f} / {b1 * 1e3:.1f} | {g0 * 1e3:.1f} / "
+              f"{g1 * 1e3:.1f} | {b0 / g0:.2f}, {b1 / g1:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

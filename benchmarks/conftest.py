@@ -43,3 +43,29 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["extra_info"]["torch_version"] = torch.__version__
     output_json["extra_info"]["device"] = (describe_device(resolve_device(CHOSEN)) if CHOSEN
                                            else "every device the suites name")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every suite's timings become benchmark records (gencore.records) of this machine, under
+    benchmarks/records/ (GENCORE_RECORDS_OUT overrides the folder): case "<group>", impl from
+    extra_info. Set GENCORE_NO_RECORDS=1 for a run that should leave no trace."""
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is None or not bs.benchmarks or os.environ.get("GENCORE_NO_RECORDS") == "1":
+        return
+    from gencore import records
+    by_machine = {}
+    for b in bs.benchmarks:
+        if b.has_error or b.stats is None:
+            continue
+        group = b.group or b.name
+        device = "cuda" if " cuda" in group or "cuda" in b.name else "cpu"
+        op = group.split()[0]
+        impl = b.extra_info.get("impl", b.name)
+        st = {"median": b.stats.median, "iqr": b.stats.iqr, "reps": b.stats.rounds}
+        rec = records.make_record(op, f"suite/{group}", impl, st, device)
+        rec["extra"] = {k: v for k, v in b.extra_info.items() if k != "impl"}
+        by_machine.setdefault(rec["machine"], []).append(rec)
+    out = os.environ.get("GENCORE_RECORDS_OUT") or records.REPO_DIR
+    for machine, recs in by_machine.items():
+        path = records.save(recs, machine, out)
+        print(f"\nbenchmark records: {len(recs)} written to {path}")

@@ -1,4 +1,12 @@
-"""Turns pytest-benchmark JSON into ratio tables.
+"""Turns benchmark records (benchmarks/records/*.json) or pytest-benchmark JSON into ratio tables.
+
+    python benchmarks/report.py --records benchmarks/records [--markdown]   # RESULTS.md's tables
+
+Records (gencore.records): for the auto table's cases (gencore/bench_cases.py) one row per case:
+the fused kernel, what auto runs instead, auto itself and PyTorch's own built-in, with ratios
+(x / y > 1: y is that many times faster; "torch / auto" >= 0.95 is auto's promise);
+on a GPU also the fraction of the machine's limit (bytes moved / copy bandwidth for memory-bound
+ops, FLOP/s / matmul rate for attention). Suite records ("suite/<group>") one row per impl.
 
 Each benchmark sets `benchmark.group` (op, shape, dtype, pass) and `benchmark.extra_info["impl"]`
 ("fused", "reference", "torch" for PyTorch's built-in); extra_info may also carry "peak_mb".
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
 
 ORDER = {"fused": 0, "reference": 1, "torch": 2}
 
@@ -33,11 +42,84 @@ def rows(data: dict):
             yield group, impl, med * 1e3, ratio, peak
 
 
+# Ceilings measured on the lent GPUs (DESIGN.md): device copy bandwidth (bytes read + written per
+# second) and bf16 dense matmul rate.
+LIMITS = {"H200": {"bytes_per_s": 4.1e12, "flops_per_s": 744e12}}
+
+
+def _limit(info: dict, rec: dict) -> str:
+    gpu = info.get("gpu", "")
+    limit = next((v for k, v in LIMITS.items() if k in gpu), None)
+    if limit is None or not rec.get("median_s"):
+        return ""
+    if rec.get("flops"):
+        return f"{rec['flops'] / rec['median_s'] / limit['flops_per_s']:.1%} of matmul"
+    if rec.get("bytes"):
+        return f"{rec['bytes'] / rec['median_s'] / limit['bytes_per_s']:.1%} of copy"
+    return ""
+
+
+def record_tables(directory: Path, markdown: bool) -> None:
+    from gencore import bench_cases, records
+    for path in sorted(Path(directory).glob("*.json")):
+        machine = path.stem
+        recs = records.load(machine, directory)
+        if not recs:
+            continue
+        by_case = defaultdict(dict)
+        for r in recs:
+            by_case[(r["op"], r["case"])][r["impl"]] = r
+        some = recs[0]
+        info = some.get("machine_info", {})
+        commits = sorted({r.get("commit", "")[:10] + ("+dirty" if r.get("dirty") else "") for r in recs})
+        print(f"\n### {machine}: {info.get('gpu') or info.get('cpu', '?')}"
+              f"{'' if 'gpu' in info else ', %s threads' % info.get('threads', '?')}, torch "
+              f"{some.get('torch', '?')}, commits {', '.join(commits)}\n")
+        head = ["case", "fused us", "alternative", "alt us", "alt / fused", "torch / fused",
+                "torch / auto", "limit"]
+        lines = []
+        for (op, case), impls in sorted(by_case.items()):
+            if case.startswith("suite/") or "fused" not in impls:
+                continue
+            alt = bench_cases.ALTERNATIVE.get(op, "reference")
+            f, a = impls["fused"]["median_s"], impls.get(alt, {}).get("median_s")
+            auto = impls.get("auto", {}).get("median_s")
+            torch_ = impls.get("torch", {}).get("median_s")
+            lines.append([case, f"{f * 1e6:.1f}", alt, f"{a * 1e6:.1f}" if a else "-",
+                          f"{a / f:.2f}" if a else "-", f"{torch_ / f:.2f}" if torch_ else "-",
+                          f"{torch_ / auto:.2f}" if torch_ and auto else "-", _limit(info, impls["fused"])])
+        _print_table(head, lines, markdown)
+        suite = [[case[6:], impl, f"{r['median_s'] * 1e3:.3f}"]
+                 for (op, case), impls in sorted(by_case.items()) if case.startswith("suite/")
+                 for impl, r in sorted(impls.items(), key=lambda kv: (ORDER.get(kv[0], 9), kv[0]))]
+        if suite:
+            print()
+            _print_table(["suite case", "impl", "median ms"], suite, markdown)
+
+
+def _print_table(head, lines, markdown: bool) -> None:
+    if markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    for line in [head, *lines]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", help="file written by pytest --benchmark-json")
+    ap.add_argument("json", nargs="?", help="file written by pytest --benchmark-json")
+    ap.add_argument("--records", type=Path, default=None, help="a records folder (benchmarks/records)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args(argv)
+    if args.records is not None:
+        record_tables(args.records, args.markdown)
+        return
+    if args.json is None:
+        ap.error("give a pytest-benchmark JSON file or --records DIR")
     with open(args.json) as f:
         data = json.load(f)
     machine = data.get("machine_info", {})

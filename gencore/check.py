@@ -9,7 +9,8 @@ The rule (the one tests/ uses, FlashAttention's): the inputs are rounded to the 
 reference run in float64 on those inputs (and, for Gumbel-softmax, on the same noise: same seed)
 is the gold; the fused kernel passes when its largest error against the gold, for the output and
 every gradient, is at most FACTOR times the error the reference itself makes at that dtype, plus
-a tiny absolute floor (an implementation cannot be asked to beat rounding the result once).
+one rounding of the reduction behind it (gencore.tolerance: an implementation cannot be asked to
+beat rounding the result once).
 Gumbel-softmax hard samples are one-hots: they must equal the reference's exactly.
 
 Each row also says what impl="auto" runs for that case on that device (gencore/ops/auto.py).
@@ -17,6 +18,7 @@ Each row also says what impl="auto" runs for that case on that device (gencore/o
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,16 +28,15 @@ import torch
 from . import _backend
 from .ops import attention, auto, gan_loss, gumbel_softmax
 from .ops.reference.gan_loss import FAKE_ONLY, KINDS, ROLES
+from .ops.reference.attention import attention_reference
+from .ops.reference.gumbel_softmax import gumbel_noise
+from .ops.rng import philox_seed_offset
+from .tolerance import FACTOR, attention_l1, max_abs_err, softmax_l1, within_2x
 
 __all__ = ["CASES", "DTYPES", "FACTOR", "OPS", "Result", "check_case", "main", "run_checks"]
 
-FACTOR = 2.0
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 OPS = ("gumbel_softmax", "attention", "gan_loss")  # every compiled op, by its schema name
-# Errors at rounding level where the reference happens to be exact: 1e-6 is below one float32
-# rounding of the O(1) values these ops return, far below a bfloat16/float16 one.
-_FLOOR = {torch.float64: 1e-12}
-_DEFAULT_FLOOR = 1e-6
 # What impl="auto" runs where the table does not pick the fused kernel (gencore/ops/auto.py).
 _BUILTIN_NAME = {"attention": "sdpa"}
 _attention_mod = importlib.import_module("gencore.ops.attention")
@@ -51,6 +52,8 @@ class Trial:
     run: Callable[[str, bool], Tensors]
     auto_case: str = "*"
     exact: Tuple[str, ...] = ()
+    # L1 sizes of the reductions behind each output (gencore.tolerance), by name; |gold| where absent.
+    l1: Callable[[], Tensors] = dict
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,12 @@ def _gumbel(shapes: Sequence[Tuple[Tuple[int, ...], int]], hard: bool, tau: floa
                     return {"out": y, "dlogits": grad.to(dtype)}
                 xi = _leaf(x, gold)
                 return _grads(sample(xi, impl, hard), {"logits": xi}, w.double() if gold else w)
-            out.append(Trial(run, exact=("out",) if hard else ()))
+            def l1(x=x, w=w, dim=dim, seed=i):  # the exponent z = (x + g) / tau on the same noise
+                so = philox_seed_offset(torch.Generator().manual_seed(100 + seed))
+                g = gumbel_noise(x.shape, so[0], so[1], x.device, torch.float64)
+                sizes = softmax_l1((x.double() + g) / tau, dim, w, tau)
+                return {"out": sizes["out"], "dlogits": sizes["grad"]}
+            out.append(Trial(run, exact=("out",) if hard else (), l1=l1))
         return out
     return trials
 
@@ -145,7 +153,12 @@ def _attention(shapes: Sequence[Tuple[int, int, int, int, int, int]], causal: bo
                 qi, ki, vi = (_leaf(t, gold) for t in (q, k, v))
                 y = attention(qi, ki, vi, causal=causal, key_padding_mask=mask, impl=impl)
                 return _grads(y, {"q": qi, "k": ki, "v": vi}, dout.double() if gold else dout)
-            out.append(Trial(run, auto_case=_attention_mod._auto_case(q, causal, mask)))
+            def l1(q=q, k=k, v=v, dout=dout, mask=mask):
+                q, k, v = q.double(), k.double(), v.double()
+                eye = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(*k.shape[:2], -1, -1)
+                probs = attention_reference(q, k, eye, causal, mask)[0]
+                return attention_l1(q, k, v, dout, probs, 1.0 / math.sqrt(q.shape[-1]))
+            out.append(Trial(run, auto_case=_attention_mod._auto_case(q, causal, mask), l1=l1))
         return out
     return trials
 
@@ -171,7 +184,14 @@ def _gan(kind: str):
                 ri, fi = _leaf(real, gold), _leaf(fake, gold)
                 loss = gan_loss(ri, fi, kind, role, red, impl=impl)
                 return _grads(loss, {"real": ri, "fake": fi}, up.double() if gold else up)
-            out.append(Trial(run))
+
+            def l1(run=run, real=real, fake=fake):  # sigmoid(x) rounds its exponent: 1 + |x|
+                gold = run("reference", True)
+                sizes = {"dfake": gold["dfake"].abs() * (1 + fake.double().abs())}
+                if real is not None:
+                    sizes["dreal"] = gold["dreal"].abs() * (1 + real.double().abs())
+                return sizes
+            out.append(Trial(run, l1=l1))
         return out
     return trials
 
@@ -195,15 +215,6 @@ CASES: Tuple[Case, ...] = (
 
 # ----------------------------------------------------------------------------- running them
 
-def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    if a.numel() == 0:
-        return 0.0
-    err = (a.double() - b.double()).abs().max().item()
-    return float("inf") if err != err else err  # NaN: as bad as it gets
-
-
 def _auto_label(op: str, device_type: str, cases: Sequence[str]) -> str:
     picks = []
     for case in cases:
@@ -218,7 +229,6 @@ def _auto_label(op: str, device_type: str, cases: Sequence[str]) -> str:
 
 def check_case(case: Case, device: torch.device, dtype: torch.dtype) -> Result:
     res = Result(case.op, str(device), dtype, case.name)
-    floor = _FLOOR.get(dtype, _DEFAULT_FLOOR)
     if not _backend.has_kernel(case.op, device.type):
         res.passed, res.note = False, "no fused kernel built for this device"
         res.auto = _auto_label(case.op, device.type, ["*"])
@@ -229,12 +239,12 @@ def check_case(case: Case, device: torch.device, dtype: torch.dtype) -> Result:
         res.auto = _auto_label(case.op, device.type, [t.auto_case for t in trials])
         for t in trials:
             fused, ref, gold = t.run("fused", False), t.run("reference", False), t.run("reference", True)
+            l1 = t.l1()
             for name in ref:
                 if name in t.exact:
-                    err, tol = _max_err(fused[name], ref[name]), 0.0
+                    err, tol = max_abs_err(fused[name], ref[name]), 0.0
                 else:
-                    err = _max_err(fused[name], gold[name])
-                    tol = FACTOR * _max_err(ref[name], gold[name]) + floor
+                    _, err, tol = within_2x(gold[name], ref[name], fused[name], l1.get(name), dtype)
                 bad = err > tol
                 ratio = float("inf") if bad and tol == 0 else (err / tol if tol else 0.0)
                 if ratio > worst:
@@ -285,8 +295,8 @@ def main(devices: Sequence[str], ops: Sequence[str] = OPS, out=print) -> int:
         return 1
     devs = [torch.device(d) for d in devices]
     out(f"gencore check: fused kernels vs their references on {', '.join(map(str, devs))}; a check "
-        f"passes when the fused error against a float64 gold is <= {FACTOR:g} x the reference's own "
-        f"error + {_DEFAULT_FLOOR:g} ({_FLOOR[torch.float64]:g} in float64); hard one-hots exactly")
+        f"passes when the fused error against a float64 gold is <= {FACTOR:g} x (the reference's own "
+        f"error + one rounding of the reduction) (gencore.tolerance); hard one-hots exactly")
     out(_HEADER)
     t0 = time.time()
     results = run_checks(devs, ops, report=lambda r: out(format_row(r)))

@@ -38,15 +38,38 @@ def cmd_info(args) -> int:
     print("fused kernels built: " + ", ".join(
         f"{op} ({'/'.join(d for d in ('cpu', 'cuda') if _backend.has_kernel(op, d)) or 'none'})"
         for op in check.OPS))
-    print("impl='auto' runs (gencore/ops/auto.py; fused only where measured at least as fast as "
-          "PyTorch's built-in):")
-    for rule in auto.RULES:
-        built = _backend.has_kernel(rule.op, rule.device)
-        runs = "fused" if rule.pick == auto.FUSED and built else "builtin"
-        note = " (kernel not built here)" if rule.pick == auto.FUSED and not built else ""
-        print(f"  {rule.op:<15} {rule.device:<5} {rule.case:<15} {runs}{note}")
-        print(textwrap.indent(textwrap.fill(rule.evidence, 88), " " * 8))
+    _print_auto_table()
     return 0
+
+
+def _print_auto_table() -> None:
+    """The auto table's rows for this machine's classes, each with what runs here and the records
+    behind it (this machine's own from `gencore bench --record`, else the project's)."""
+    from . import bench_cases, records
+    classes = {"cpu": auto.machine("cpu")}
+    if torch.cuda.is_available():
+        classes["cuda"] = auto.machine("cuda")
+    print("impl='auto' runs (gencore/ops/auto.py: fused only where a benchmark record shows it at "
+          "least as fast as the alternative on this machine class):")
+    for device, machine in classes.items():
+        local = records.medians(records.load(machine, records.local_dir()))
+        repo = records.medians(records.load(machine, records.REPO_DIR))
+        rows = [r for r in auto.RULES if r.machine == machine]
+        if not rows:
+            print(f"  {machine}: no rows: every op runs its built-in (`gencore bench --record` "
+                  f"measures this machine)")
+        for rule in rows:
+            runs = auto.pick(rule.op, device, rule.case)
+            built = _backend.has_kernel(rule.op, device)
+            runs = "fused" if runs == auto.FUSED and built else "builtin"
+            alt = bench_cases.ALTERNATIVE[rule.op]
+            source, times = ("local records", local) if all((rule.op, c, "fused") in local for c in rule.cases) \
+                else ("project records", repo)
+            ratios = [times[(rule.op, c, alt)] / times[(rule.op, c, "fused")] for c in rule.cases
+                      if (rule.op, c, "fused") in times and (rule.op, c, alt) in times]
+            evidence = (f"{alt}/fused {min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} cases "
+                        f"({source})" if ratios else (rule.note or "no record here"))
+            print(f"  {rule.op:<15} {machine:<11} {rule.case:<16} {runs:<8} {evidence}")
 
 
 def cmd_check(args) -> int:
@@ -139,7 +162,23 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    """Runs the pytest-benchmark suites and prints the ratio tables."""
+    """Runs the pytest-benchmark suites and prints the ratio tables; with --record, times the
+    auto table's cases (gencore/bench_cases.py) and writes this machine's records."""
+    if args.record:
+        from . import bench_cases, records
+        device = resolve_device(args.device)
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        print(f"gencore bench --record: {records.machine_class(device.type)}, "
+              f"{describe_device(device)}, {torch.get_num_threads()} threads", flush=True)
+        try:
+            path = bench_cases.record(device.type, args.k, Path(args.out) if args.out else None,
+                                      log=lambda line: print(line, flush=True))
+        except ValueError as exc:
+            print(f"gencore bench: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"gencore bench: records written to {path}; impl='auto' follows them on this "
+              f"machine (`gencore info` shows the table)")
+        return 0
     root = Path(__file__).resolve().parent.parent / "benchmarks"
     if not root.is_dir():
         print("gencore bench: the benchmarks/ folder is only in a source checkout", file=sys.stderr)
@@ -204,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default="benchmark.json", help="where to write pytest-benchmark's JSON")
     b.add_argument("--device", **device)
     b.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    b.add_argument("--record", action="store_true",
+                   help="time the auto table's cases and write this machine's benchmark records "
+                        "(impl='auto' then follows them here)")
+    b.add_argument("--out", default=None, help="with --record: the records folder (default "
+                                              "$GENCORE_RECORDS_DIR or ~/.cache/gencore/records)")
+    b.add_argument("--threads", type=int, default=None, help="with --record: torch threads")
     b.set_defaults(fn=cmd_bench)
     sub.add_parser("info", help="versions, devices, and which fused kernels are built").set_defaults(fn=cmd_info)
 

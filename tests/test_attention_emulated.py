@@ -87,7 +87,7 @@ def check(driver, tmp_path, q, k, v, dout, **kw):
     """Flash rule on out, dq, dk, dv; lse vs the float64 reference; no ldmatrix bank conflicts."""
     (out, lse, dq, dk, dv), stats = emulate(driver, tmp_path, q, k, v, dout, **kw)
     exact = run(ref, *(t.double() for t in (q, k, v, dout)), **kw)
-    assert_within_2x(exact, run(ref, q, k, v, dout, **kw), (out, dq, dk, dv), q.dtype, "ref")
+    assert_within_2x(exact, run(ref, q, k, v, dout, **kw), (out, dq, dk, dv), (q, k, v, dout), "ref", **kw)
     scale = kw.get("scale")
     _, r_lse = attention_reference(q.double(), k.double(), v.double(), kw.get("causal", False),
                                    kw.get("key_padding_mask"), q.shape[-1] ** -0.5 if scale is None else scale)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from _helpers import ALL_DEVICES, need_fused
+from gencore import bench_cases, records
 from gencore.ops import attention, auto, gan_loss, gumbel_softmax
 from gencore.ops.reference import attention_reference
 
@@ -14,28 +15,85 @@ attention_mod = importlib.import_module("gencore.ops.attention")
 OPS = {"attention", "gan_loss", "gumbel_softmax"}
 
 
+MACHINES = ("cpu-avx2", "cpu-avx512", "cpu-default", "cuda-sm80", "cuda-sm90")
+
+
 def test_table_is_well_formed():
-    keys = [(r.op, r.device, r.case) for r in auto.RULES]
-    assert len(keys) == len(set(keys)), "a (op, device, case) row appears twice"
+    keys = [(r.op, r.machine, r.case) for r in auto.RULES]
+    assert len(keys) == len(set(keys)), "a (op, machine, case) row appears twice"
     for r in auto.RULES:
-        assert r.op in OPS and r.device in ("cpu", "cuda") and r.pick in (auto.FUSED, auto.BUILTIN)
-        assert len(r.evidence) > 20, f"{r} names no benchmark"
-    for op in OPS:
-        for dev in ("cpu", "cuda"):
-            assert (op, dev, "*") in keys, f"no catch-all row for {op} on {dev}"
+        assert r.op in OPS and r.machine in MACHINES and r.pick in (auto.FUSED, auto.BUILTIN)
+        assert r.cases or r.note, f"{r}: a row without records says why"
+        device = r.machine.split("-")[0]
+        # A row cites every bench case of its op, device and auto case: none left out.
+        ids = {c.id for c in bench_cases.cases(device) if c.op == r.op and c.auto_case == r.case}
+        if r.cases:
+            assert set(r.cases) == ids, f"{r.op} {r.machine} {r.case!r}: cites {set(r.cases) ^ ids} wrongly"
+    for machine in {r.machine for r in auto.RULES}:
+        for op in OPS:
+            assert (op, machine, "*") in keys, f"no catch-all row for {op} on {machine}"
+
+
+def test_fused_rows_rest_on_records():
+    """Each FUSED row: records of every case it cites, fused at least as fast as the alternative
+    (within records.NOISE), and measured on the kernel sources as they are now."""
+    assert records.table_problems(auto.RULES, records.REPO_DIR, bench_cases.ALTERNATIVE) == []
+
+
+def test_record_check_fails_on_a_slower_fused_record(tmp_path):
+    rule = next(r for r in auto.RULES if r.pick == auto.FUSED)
+    recs = records.load(rule.machine, records.REPO_DIR)
+    for r in recs:
+        if r["op"] == rule.op and r["case"] == rule.cases[0] and r["impl"] == "fused":
+            r["median_s"] *= 10
+    records.save(recs, rule.machine, tmp_path)
+    problems = records.table_problems(auto.RULES, tmp_path, bench_cases.ALTERNATIVE)
+    assert any("slower than" in p and rule.cases[0] in p for p in problems), problems
+    # ... on stale sources, and on a fused row that cites nothing.
+    for r in recs:
+        r["sources"] = "0" * 16
+    records.save(recs, rule.machine, tmp_path)
+    assert any("older than the kernel sources" in p for p in
+               records.table_problems(auto.RULES, tmp_path, bench_cases.ALTERNATIVE))
+    bare = [rule._replace(cases=())]
+    assert "cites no record" in records.table_problems(bare, tmp_path, bench_cases.ALTERNATIVE)[0]
+
+
+def test_local_records_take_precedence(tmp_path, monkeypatch):
+    rule = auto.rule("attention", auto.machine("cpu"), "float32 decode")
+    if rule is None:
+        pytest.skip(f"no decode row for {auto.machine('cpu')}")
+    flipped = auto.BUILTIN if rule.pick == auto.FUSED else auto.FUSED
+    fused_time = 1.0 if flipped == auto.FUSED else 3.0
+    rows = [{"op": "attention", "case": c, "impl": impl, "median_s": t}
+            for c in rule.cases for impl, t in (("fused", fused_time), ("sdpa", 2.0))]
+    records.save(rows, rule.machine, tmp_path)
+    monkeypatch.setenv("GENCORE_RECORDS_DIR", str(tmp_path))
+    monkeypatch.setattr(auto, "_PICKS", {})
+    assert auto.pick("attention", "cpu", "float32 decode") == flipped
+    assert auto.pick("attention", "cpu", "float32 causal") == auto.rule(
+        "attention", auto.machine("cpu"), "float32 causal").pick  # rows it does not time keep theirs
 
 
 def test_pick_falls_back_to_catch_all_and_builtin():
     assert auto.pick("attention", "cpu", "no such case") == auto.pick("attention", "cpu", "*")
     assert auto.pick("attention", "mps") == auto.BUILTIN  # a device with no rows
-    assert auto.pick("attention", "cuda", "float32 causal") == auto.BUILTIN
+    assert auto.rule("attention", "cpu-unknown") is None  # a class with no rows: the built-in
 
 
-def test_gan_loss_auto_is_fused_wherever_a_kernel_exists():
-    # gencore.ops.gan_loss's fast path calls the kernel directly for impl="auto": right only while
-    # the table picks the kernel on every device that has one.
-    for dev in ("cpu", "cuda"):
-        assert auto.pick("gan_loss", dev) == auto.FUSED
+def test_gan_loss_fast_path_follows_auto(monkeypatch):
+    """gan_loss's fast path (the kernel first, checks after) is taken for impl="auto" only where
+    auto picked the kernel."""
+    gan_mod = importlib.import_module("gencore.ops.gan_loss")
+    monkeypatch.setattr(gan_mod, "_fused_ok", set())
+    monkeypatch.setattr(auto, "_PICKS", {("gan_loss", "cpu", "*"): auto.BUILTIN})
+    calls = []
+    real = gan_mod.gan_loss_reference
+    monkeypatch.setattr(gan_mod, "gan_loss_reference", lambda *a: calls.append(1) or real(*a))
+    r, f = torch.randn(5), torch.randn(5)
+    gan_loss(r, f, "bce", "discriminator", impl="fused")  # the kernel ran for "fused"...
+    gan_loss(r, f, "bce", "discriminator")                # ...auto still runs the built-ins
+    assert calls == [1]
 
 
 def test_resolve_names_the_valid_impls():
@@ -129,4 +187,5 @@ def test_info_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "gencore", "info"], capture_output=True, text=True,
                          timeout=300).stdout
     for r in auto.RULES:
-        assert f"{r.op:<15} {r.device:<5} {r.case:<15}" in out, out
+        if r.machine == auto.machine("cpu"):
+            assert f"{r.op:<15} {r.machine:<11} {r.case:<16}" in out, out

@@ -1,19 +1,31 @@
-"""What `impl="auto"` runs: one table, per op, device and case, each row tied to its evidence.
+"""What `impl="auto"` runs: one table, per op, machine class and case, each row resting on
+benchmark records.
 
-DESIGN.md's rule: auto is never slower than PyTorch. It takes the fused kernel only where the
-project's own benchmarks show it at least as fast as PyTorch's built-in on that device and case;
-everywhere else it takes the built-in with gencore's exact semantics:
+DESIGN.md's rule: auto is never slower than PyTorch. It takes the fused kernel only where a record
+of the project's benchmarks (benchmarks/records/<machine>.json, made by `gencore bench --record`
+from gencore/bench_cases.py) shows it at least as fast as what auto would run instead, on that
+machine class and case; everywhere else it runs:
 - attention: `F.scaled_dot_product_attention` (ops/attention.py's `attention_sdpa`),
 - gan_loss: the composed built-ins (the reference: softplus, relu, means),
 - gumbel_softmax: the reference, since no built-in draws gencore's counter-based noise
   (`F.gumbel_softmax` samples other noise, so it cannot stand in for the op).
 
-A case that no row names falls to the op's `*` row for that device, and a device with no rows at
-all (mps, xpu, ...) to the built-in. `gencore info` prints this table.
+Machine classes: "cpu-avx2", "cpu-avx512", "cpu-default" (the ISA the CPU kernels were built
+for) and "cuda-sm80", "cuda-sm90", ...: a measurement on one is no evidence for another. A class
+with no row of its own runs the built-in. Each row names the bench cases it rests on (`cases`);
+tests/test_auto.py fails when a FUSED row's records show the fused median slower, when a FUSED
+row cites no record, or when a record is older than the kernel sources it measured.
+
+A user's own records (`gencore bench --record`, written to gencore.records.local_dir()) take
+precedence on that machine: where they time every case of a row, the row's pick follows them.
+`gencore info` prints the table and what this machine runs.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import warnings
+from typing import Dict, NamedTuple, Tuple
+
+import torch
 
 from .. import _backend
 
@@ -22,49 +34,99 @@ FUSED, BUILTIN, REFERENCE = "fused", "builtin", "reference"
 
 class Rule(NamedTuple):
     op: str
-    device: str    # torch device type: "cpu", "cuda"
-    case: str      # a case name the op computes for a call, or "*" for the rest
-    pick: str      # FUSED or BUILTIN
-    evidence: str  # the benchmark behind the pick
+    machine: str              # machine class, e.g. "cpu-avx2", "cuda-sm90"
+    case: str                 # a case name the op computes for a call, or "*" for the rest
+    pick: str                 # FUSED or BUILTIN
+    cases: Tuple[str, ...]    # the bench case ids (gencore/bench_cases.py) the pick rests on
+    note: str = ""            # for a BUILTIN row without records: why
 
+
+def _ids(op: str, device: str, case: str, shapes, mode: str) -> Tuple[str, ...]:
+    return tuple(f"{op}/{device}/{case}/{s}/{mode}" for s in shapes)
+
+
+_TRAIN = ("B8-H8-Sq512-Sk512-D64", "B4-H8-Sq256-Sk256-D64", "B12-H4-Sq64-Sk64-D32")
+_DECODE = ("B1-H12-Sq1-Sk1024-D64", "B1-H4-Sq1-Sk64-D32", "B8-H12-Sq1-Sk1024-D64",
+           "B8-H12-Sq1-Sk64-D64", "B1-H12-Sq1-Sk4096-D64")
+_GUMBEL = tuple(f"gumbel_softmax/cpu/*/{s}/{m}" for s in ("64x100", "256x32000", "1280x5000")
+                for m in ("fwd", "fwd+bwd"))
+_GAN = _ids("gan_loss", "cpu", "*", ("bce-discriminator-n64", "bce-discriminator-n4096",
+                                     "bce-discriminator-n1048576"), "fwd+bwd")
+_CPU_ATTENTION = {
+    "float32 causal": _ids("attention", "cpu", "float32 causal", _TRAIN, "fwd+bwd"),
+    "bfloat16 causal": _ids("attention", "cpu", "bfloat16 causal", _TRAIN, "fwd+bwd"),
+    "float32 decode": _ids("attention", "cpu", "float32 decode", _DECODE, "fwd"),
+    "bfloat16 decode": _ids("attention", "cpu", "bfloat16 decode", _DECODE, "fwd"),
+    "*": _ids("attention", "cpu", "float32 full", _TRAIN[1:], "fwd+bwd"),
+}
+
+_NO_GPU = ("no record: this kernel has not run on a GPU since it was written (no GPU lent since "
+           "the tensor-core rewrite)")
 
 RULES = (
-    Rule("gumbel_softmax", "cpu", "*", FUSED,
-         "bench_gumbel_softmax (1280x5000 f32, 2-core EPYC): fwd 17x, fwd+bwd 12x faster than "
-         "F.gumbel_softmax; the reference is slower still"),
-    Rule("gumbel_softmax", "cuda", "*", FUSED,
-         "the reference is the only other implementation of gencore's noise (17x slower than "
-         "fused on CPU; not timed on GPU); H200: fused 0.67-1.2x F.gumbel_softmax's speed, "
-         "which draws other noise (issue 13)"),
-    Rule("gan_loss", "cpu", "*", FUSED,
-         "bench_gan_loss (sizes 64..1M, 1 thread): discriminator fwd+bwd 1.4-3.3x faster than the "
-         "composed built-ins"),
-    Rule("gan_loss", "cuda", "*", FUSED,
-         "H200, bce discriminator fwd+bwd, n=64..2^24: fused 0.22-0.32 ms, composed built-ins "
-         "0.38-0.49 ms"),
-    Rule("attention", "cpu", "float32 causal", FUSED,
-         "bench_attention (2-core, f32, no mask): causal fwd 1.0-1.3x, fwd+bwd 1.1-1.7x faster "
-         "than SDPA; GPT train step at parity (bench_gpt)"),
-    Rule("attention", "cpu", "bfloat16 causal", FUSED,
-         "bench_attention -k 'cpu and bf16' (2-core EPYC, no mask; what bf16 autocast training "
-         "sends): fwd 1.3-1.9x, fwd+bwd 1.7-3.7x faster than SDPA (gpt-text's (12,4,64,32): 3.7x)"),
-    Rule("attention", "cpu", "float32 decode", FUSED,
-         "bench_attention -k decode (1-4 queries vs a KV cache, f32): 1.0-1.3x faster than SDPA"),
-    Rule("attention", "cpu", "*", BUILTIN,
-         "bench_attention (2-core, f32): non-causal fwd 0.77-0.91x SDPA's speed; float16, bf16 "
-         "decoding and masked calls not shown faster"),
-    Rule("attention", "cuda", "*", BUILTIN,
-         "H200 bf16: the fused kernels are 19-390x slower than SDPA (issue 12)"),
+    # AVX2 (2-core AMD EPYC): benchmarks/records/cpu-avx2.json.
+    Rule("gumbel_softmax", "cpu-avx2", "*", FUSED, _GUMBEL),
+    Rule("gan_loss", "cpu-avx2", "*", FUSED, _GAN),
+    Rule("attention", "cpu-avx2", "float32 causal", FUSED, _CPU_ATTENTION["float32 causal"]),
+    Rule("attention", "cpu-avx2", "bfloat16 causal", FUSED, _CPU_ATTENTION["bfloat16 causal"]),
+    Rule("attention", "cpu-avx2", "float32 decode", BUILTIN, _CPU_ATTENTION["float32 decode"]),
+    Rule("attention", "cpu-avx2", "bfloat16 decode", BUILTIN, _CPU_ATTENTION["bfloat16 decode"]),
+    Rule("attention", "cpu-avx2", "*", BUILTIN, _CPU_ATTENTION["*"]),
+    # AVX-512: no record of the current kernels yet (the machines of this session were AVX2):
+    # the built-ins until one is made (`gencore bench --record --out benchmarks/records`).
+    *(Rule(op, "cpu-avx512", "*", BUILTIN, (), "no record of the current kernels on AVX-512")
+      for op in ("gumbel_softmax", "gan_loss", "attention")),
+    *(Rule(op, f"cuda-sm{arch}", "*", BUILTIN, (), _NO_GPU)
+      for arch in (80, 90) for op in ("gumbel_softmax", "gan_loss", "attention")),
 )
 
-_TABLE = {(r.op, r.device, r.case): r.pick for r in RULES}
+_TABLE: Dict[tuple, Rule] = {(r.op, r.machine, r.case): r for r in RULES}
+_MACHINE: Dict[str, str] = {}       # device type -> machine class, filled on first use
+_PICKS: Dict[tuple, str] = {}       # (op, device type, case) -> pick, after local records
 
 
+def machine(device_type: str) -> str:
+    """This process's machine class for a device type (CUDA: the current device's)."""
+    m = _MACHINE.get(device_type)
+    if m is None:
+        from .. import records
+        m = _MACHINE[device_type] = records.machine_class(device_type)
+    return m
+
+
+def rule(op: str, machine_class: str, case: str = "*"):
+    """The table's row for a call, or None (the built-in)."""
+    return _TABLE.get((op, machine_class, case)) or _TABLE.get((op, machine_class, "*"))
+
+
+def _local_pick(r: Rule, device_type: str):
+    """The pick a user's own records make for the row, or None where they do not time it all."""
+    from .. import bench_cases, records
+    if not r.cases:
+        return None
+    try:
+        times = records.medians(records.load(r.machine, records.local_dir()))
+    except ValueError as exc:
+        warnings.warn(f"gencore: ignoring local benchmark records: {exc}", RuntimeWarning)
+        return None
+    wins = records.fused_wins(times, r.op, r.cases, bench_cases.ALTERNATIVE[r.op])
+    return None if wins is None else (FUSED if wins else BUILTIN)
+
+
+# A constant under torch.compile: traced code gets the pick eager code gets, without tracing the
+# records' file reads.
+@torch.compiler.assume_constant_result
 def pick(op: str, device_type: str, case: str = "*") -> str:
-    """FUSED or BUILTIN: what the table says auto runs for this op, device and case."""
-    choice = _TABLE.get((op, device_type, case))
+    """FUSED or BUILTIN: what auto runs for this op, device type and case on this machine."""
+    key = (op, device_type, case)
+    choice = _PICKS.get(key)
     if choice is None:
-        choice = _TABLE.get((op, device_type, "*"), BUILTIN)
+        if device_type not in ("cpu", "cuda"):
+            choice = BUILTIN
+        else:
+            r = rule(op, machine(device_type), case)
+            choice = BUILTIN if r is None else (_local_pick(r, device_type) or r.pick)
+        _PICKS[key] = choice
     return choice
 
 

@@ -26,8 +26,9 @@ _REDUCTION = {r: i for i, r in enumerate(REDUCTIONS)}
 _FAKE_ONLY_CODES = frozenset((_KIND[k], _ROLE[r]) for k, r in FAKE_ONLY)
 _CODES = {(k, r, red): (_KIND[k], _ROLE[r], _REDUCTION[red])
           for k in KINDS for r in ROLES for red in REDUCTIONS}
-_fused_ok = set()  # device types for which impl="auto"/"fused" resolved to the kernel
-_fast = False      # the kernel ran once: try it first, before any Python-side check
+# (impl, device type) pairs that resolved to the kernel: such a call tries the kernel first,
+# before any Python-side check.
+_fused_ok = set()
 
 
 def _check(real_logits, fake_logits, kind, role, reduction) -> None:
@@ -92,23 +93,21 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
     Returns the loss in the logits' dtype (float32 math; float64 for float64), a scalar unless
     reduction is "none". Gradients flow to both inputs. See reference/gan_loss.py for formulas.
     """
-    global _fast
     # Fast path (GAN losses run on tiny tensors, where Python costs more than the kernel): once the
     # kernel has run, call it directly; it checks everything again in C++. Any error sends the call
     # down the checked path, which raises the clear Python error or falls back to the reference.
-    # (Right for "auto" because the auto table picks the kernel on every device that has one.)
-    if _fast and (impl == "auto" or impl == "fused") and not torch.compiler.is_compiling():
+    if _fused_ok and not torch.compiler.is_compiling():
         codes = _CODES.get((kind, role, reduction))
-        if codes is not None:
+        where = getattr(getattr(fake_logits, "device", None), "type", None)
+        if codes is not None and (impl, where) in _fused_ok:
             try:
                 return torch.ops.gencore.gan_loss.default(real_logits, fake_logits, *codes)[0]
             except (RuntimeError, TypeError):
                 pass
     _check(real_logits, fake_logits, kind, role, reduction)
     dev = fake_logits.device.type
-    if impl in ("auto", "fused") and dev in _fused_ok or auto.resolve("gan_loss", impl, dev) == auto.FUSED:
-        _fused_ok.add(dev)
-        _fast = True
+    if (impl, dev) in _fused_ok or auto.resolve("gan_loss", impl, dev) == auto.FUSED:
+        _fused_ok.add((impl, dev))
         return torch.ops.gencore.gan_loss.default(
             real_logits, fake_logits, _KIND[kind], _ROLE[role], _REDUCTION[reduction])[0]
     return gan_loss_reference(real_logits, fake_logits, kind, role, reduction)

@@ -1,0 +1,160 @@
+"""The benchmark cases behind the auto table (gencore/ops/auto.py): each one a stable id, the
+auto case it stands for, and a zero-argument call per implementation.
+
+`gencore bench --record` times them with gencore.timing (round-robin medians) and writes records
+(gencore.records); the project's records under benchmarks/records/ come from the same command.
+Implementations: "fused" (the kernel), the op's alternative under auto ("sdpa" for attention,
+"reference" for gan_loss and gumbel_softmax: what auto runs where it does not run the kernel),
+"auto" itself, and PyTorch's own built-in called directly ("torch": F.scaled_dot_product_attention,
+F.gumbel_softmax, F.binary_cross_entropy_with_logits; "softmax", the floor a Gumbel-softmax cannot
+beat): auto / torch is the promise that importing gencore never costs speed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .ops import attention, gan_loss, gumbel_softmax
+
+# What auto runs for an op where it does not run the fused kernel.
+ALTERNATIVE = {"attention": "sdpa", "gan_loss": "reference", "gumbel_softmax": "reference"}
+
+
+@dataclass
+class BenchCase:
+    id: str                      # "<op>/<device>/<auto case>/<shape>/<pass>", stable across runs
+    op: str
+    device: str                  # torch device type
+    auto_case: str               # the auto table's case (ops/auto.py) this case stands for
+    make: Callable[[], Dict[str, Callable[[], object]]] = field(repr=False)
+    bytes: float = 0.0
+    flops: float = 0.0
+
+
+def _backward_call(fn, inputs, grad):
+    def call():
+        for t in inputs:
+            t.grad = None
+        fn().backward(grad)
+    return call
+
+
+def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train) -> BenchCase:
+    dname = str(dtype).replace("torch.", "")
+    decode = Sq <= 4
+    auto_case = f"{dname} decode" if decode else (f"{dname} causal" if causal else "*")
+    mode = "fwd+bwd" if train else "fwd"
+    cid = f"attention/{device}/{auto_case}/B{B}-H{H}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
+    if not decode and not causal:
+        cid = f"attention/{device}/{dname} full/B{B}-H{H}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
+    flops = 4 * B * H * Sq * Sk * D * (0.5 if causal and Sq == Sk else 1.0) * (3.5 if train else 1.0)
+
+    def make():
+        g = torch.Generator().manual_seed(0)
+        q, k, v, dout = (torch.randn(B, H, s, D, generator=g).to(device, dtype)
+                         for s in (Sq, Sk, Sk, Sq))
+        # "torch": PyTorch's SDPA called directly, as a user would without gencore (one query
+        # sees every key; S_q == S_k causal is torch's is_causal).
+        builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal and not decode)
+        fns = {impl: (lambda q, k, v, impl=impl: attention(q, k, v, causal=causal, impl=impl))
+               for impl in ("fused", "sdpa", "auto")}
+        fns["torch"] = builtin
+        calls = {}
+        for impl, fn in fns.items():
+            if train:
+                qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
+                calls[impl] = _backward_call(lambda fn=fn, qi=qi, ki=ki, vi=vi: fn(qi, ki, vi), (qi, ki, vi), dout)
+            else:
+                def call(fn=fn):
+                    with torch.no_grad():
+                        fn(q, k, v)
+                calls[impl] = call
+        return calls
+    return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
+
+
+def _gan_case(device, n, kind="bce", role="discriminator") -> BenchCase:
+    def make():
+        g = torch.Generator().manual_seed(0)
+        real, fake = ((torch.randn(n, generator=g) * 2).to(device).requires_grad_(True) for _ in range(2))
+        ones, zeros = torch.ones(n, device=device), torch.zeros(n, device=device)
+        bce = F.binary_cross_entropy_with_logits
+        fns = {impl: (lambda impl=impl: gan_loss(real, fake, kind, role, impl=impl))
+               for impl in ("fused", "reference", "auto")}
+        fns["torch"] = lambda: bce(real, ones) + bce(fake, zeros)
+        return {impl: _backward_call(fn, (real, fake), None) for impl, fn in fns.items()}
+    return BenchCase(f"gan_loss/{device}/*/{kind}-{role}-n{n}/fwd+bwd", "gan_loss", device, "*", make,
+                     bytes=2 * n * 4 * 2)
+
+
+def _gumbel_case(device, rows, cols, train) -> BenchCase:
+    mode = "fwd+bwd" if train else "fwd"
+
+    def make():
+        x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)).to(device)
+        grad = torch.randn_like(x)
+        fns = {"fused": lambda x: gumbel_softmax(x, impl="fused"),
+               "reference": lambda x: gumbel_softmax(x, impl="reference"),
+               "auto": lambda x: gumbel_softmax(x),
+               "torch": lambda x: F.gumbel_softmax(x),
+               "softmax": lambda x: torch.softmax(x, -1)}
+        if train:
+            xi = x.clone().requires_grad_(True)
+            return {impl: _backward_call(lambda fn=fn: fn(xi), (xi,), grad) for impl, fn in fns.items()}
+
+        def forward(fn):
+            def call():
+                with torch.no_grad():
+                    fn(x)
+            return call
+        return {impl: forward(fn) for impl, fn in fns.items()}
+    # Bytes: one read of the logits and one write of the sample (forward), plus the backward's
+    # read of the saved sample and the upstream gradient and write of the gradient.
+    return BenchCase(f"gumbel_softmax/{device}/*/{rows}x{cols}/{mode}", "gumbel_softmax", device, "*",
+                     make, bytes=rows * cols * 4 * (5 if train else 2))
+
+
+def cases(device: str = "cpu") -> List[BenchCase]:
+    """Every case for a device type, in the order `gencore bench --record` runs them."""
+    out: List[BenchCase] = []
+    # Training shapes: a GPT block at bench_attention's size and gpt-text's (12, 4, 64, 32).
+    train_shapes: Tuple[tuple, ...] = ((8, 8, 512, 64), (4, 8, 256, 64), (12, 4, 64, 32))
+    dtypes = (torch.float32, torch.bfloat16)
+    for dtype in dtypes:
+        for B, H, S, D in train_shapes:
+            out.append(_attention_case(device, dtype, B, H, S, S, D, True, True))
+    for B, H, S, D in train_shapes[1:]:
+        out.append(_attention_case(device, torch.float32, B, H, S, S, D, False, True))
+    # KV-cache decoding: one query against S_k keys.
+    for dtype in dtypes:
+        for B, H, Sk, D in ((1, 12, 1024, 64), (1, 4, 64, 32), (8, 12, 1024, 64), (8, 12, 64, 64),
+                            (1, 12, 4096, 64)):
+            out.append(_attention_case(device, dtype, B, H, 1, Sk, D, True, False))
+    for n in (64, 4096, 1 << 20):
+        out.append(_gan_case(device, n))
+    for rows, cols in ((64, 100), (256, 32000), (1280, 5000)):
+        for train in (False, True):
+            out.append(_gumbel_case(device, rows, cols, train))
+    return out
+
+
+def record(device: str = "cpu", select: str | None = None, out=None, log=print):
+    """Times every case of the device type (those whose id contains `select`, if given) and
+    writes their records to `out` (default: gencore.records.local_dir()). Returns the file."""
+    from . import records, timing
+    chosen = [c for c in cases(device) if select is None or select in c.id]
+    if not chosen:
+        raise ValueError(f"no bench case matches {select!r} on {device}")
+    rows = []
+    for case in chosen:
+        fns = case.make()
+        stats = timing.round_robin(fns, device)
+        rows += [records.make_record(case.op, case.id, impl, st, device, bytes_moved=case.bytes,
+                                     flops=case.flops) for impl, st in stats.items()]
+        alt = ALTERNATIVE[case.op]
+        log(f"{case.id:<62} " + "  ".join(f"{impl} {st['median'] * 1e6:9.1f} us" for impl, st in stats.items())
+            + f"   {alt}/fused {stats[alt]['median'] / stats['fused']['median']:.2f}x")
+    return records.save(rows, records.machine_class(device), out or records.local_dir())

@@ -1,0 +1,61 @@
+"""One timing harness for every comparison gencore makes (records, `gencore bench --record`, the
+GPU scripts, bench_gpt): round-robin medians.
+
+Each repetition calls every implementation once, in an order rotated from one repetition to the
+next, so load from other processes, frequency changes and cache state hit all of them alike; the
+median and interquartile range of each implementation's own calls are reported. On CUDA each call
+is timed with CUDA events on the current stream (no host sync inside the timed region except the
+one that reads the events after the call).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Dict
+
+import torch
+
+
+def _timer(device_type: str) -> Callable[[Callable[[], Any]], float]:
+    if device_type == "cuda":
+        def timed(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) * 1e-3
+        return timed
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return timed
+
+
+def round_robin(fns: Dict[str, Callable[[], Any]], device_type: str = "cpu", *,
+                min_time: float = 0.3, min_reps: int = 5, max_reps: int = 500,
+                warmup: int = 2) -> Dict[str, dict]:
+    """{name: {"median", "iqr", "reps"}} in seconds per call of each fn.
+
+    Repetitions: enough for about `min_time` seconds of the slowest implementation, within
+    [min_reps, max_reps]."""
+    timed = _timer(device_type)
+    names = list(fns)
+    first = {}
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+        first[name] = timed(fns[name])
+    reps = int(min(max_reps, max(min_reps, min_time / max(max(first.values()), 1e-9))))
+    samples = {name: [] for name in names}
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(timed(fns[name]))
+    out = {}
+    for name, xs in samples.items():
+        q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+        out[name] = {"median": statistics.median(xs), "iqr": q[2] - q[0], "reps": len(xs)}
+    return out

@@ -164,8 +164,9 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     mask for those layers), so the mask alone decides, as it does for "eager" and "sdpa".
     """
     reason = _unmappable(query, key, value, kwargs)
+    cu_docs = _cu_seqlens_documents(kwargs, query.shape[0], query.shape[2], key.shape[2])
     if reason is None:
-        plan, reason = _plan(module, query, key, attention_mask, is_causal, kwargs)
+        plan, reason = _plan(module, query, key, attention_mask, is_causal, cu_docs)
     if reason is None:
         causal, left, kpm, docs, attn_mask, kv_len = plan
         args = {"causal": causal, "scale": scaling}
@@ -187,8 +188,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if reason is not None:
         return _fallback(reason, module, query, key, value, attention_mask, dropout, scaling,
                          softcap, is_causal, kwargs)
-    if softcap is None and not _auto_runs_fused(query, causal, kpm) and \
-            _cu_seqlens_documents(kwargs, query.shape[0], query.shape[2], key.shape[2]) is None:
+    if softcap is None and cu_docs is None and not _auto_runs_fused(query, causal, kpm):
         # auto's pick is PyTorch's SDPA: give it the mask transformers built once per forward,
         # as transformers' "sdpa" does, rather than have gencore rebuild it in every layer.
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -229,9 +229,9 @@ def _unmappable(query, key, value, kwargs) -> Optional[str]:
     return None
 
 
-def _plan(module, query, key, attention_mask, is_causal, kwargs):
+def _plan(module, query, key, attention_mask, is_causal, cu_docs):
     """((causal, window_left, key_padding_mask, document_ids, attn_mask, kv_len), None), or
-    (None, reason) for a mask gencore cannot take."""
+    (None, reason) for a mask gencore cannot take. cu_docs: documents from cu_seq_lens, or None."""
     B, Sq, Sk = query.shape[0], query.shape[2], key.shape[2]
     m = attention_mask
     if isinstance(m, torch.Tensor) and m.dim() == 4 and m.dtype != torch.bool:
@@ -264,7 +264,7 @@ def _plan(module, query, key, attention_mask, is_causal, kwargs):
     for i in (2, 3):   # a mask built for a batch of 1, broadcast
         if plan[i] is not None and plan[i].shape[0] != B:
             plan[i] = plan[i].expand(B, -1)
-    docs = _cu_seqlens_documents(kwargs, B, Sq, Sk)
+    docs = cu_docs
     if docs is not None:
         if plan[5] != Sq or not (plan[0] or plan[4] is not None):
             return None, "cu_seq_lens with a KV cache or a non-causal mask"

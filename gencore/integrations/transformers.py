@@ -188,7 +188,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if reason is not None:
         return _fallback(reason, module, query, key, value, attention_mask, dropout, scaling,
                          softcap, is_causal, kwargs)
-    if softcap is None and cu_docs is None and not _auto_runs_fused(query, causal, kpm):
+    if softcap is None and cu_docs is None and not _auto_runs_fused(query, causal, kpm, args):
         # auto's pick is PyTorch's SDPA: give it the mask transformers built once per forward,
         # as transformers' "sdpa" does, rather than have gencore rebuild it in every layer.
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -202,12 +202,17 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 _ATTENTION_MODULE = sys.modules[ops.attention.__module__]
 
 
-def _auto_runs_fused(query, causal, kpm) -> bool:
+_FEATURES = ("dropout_p", "window", "softcap", "document_ids", "attn_mask")
+
+
+def _auto_runs_fused(query, causal, kpm, args) -> bool:
     """Whether gencore.ops.attention(impl="auto") picks the fused kernel for this call (the auto
-    table's row for its case: gencore/ops/auto.py). True where that cannot be told (a gencore whose
-    case function differs): then gencore.ops.attention decides, which is right, if slower."""
+    table's row for its case, gencore/ops/auto.py; the case from the op's own `_auto_case`, which
+    names the features present). True where that cannot be told (a gencore whose case function
+    differs): then gencore.ops.attention decides, which is right, if slower."""
+    features = {name: args[name] for name in _FEATURES if name in args}
     try:
-        case = _ATTENTION_MODULE._auto_case(query, causal, kpm)
+        case = _ATTENTION_MODULE._auto_case(query, causal, kpm, **features)
         return ops.auto.pick("attention", query.device.type, case) == ops.auto.FUSED
     except (AttributeError, TypeError):
         return True

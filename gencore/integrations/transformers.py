@@ -75,10 +75,10 @@ class GencoreMask:
     __slots__ = ("shape", "exact", "causal", "window_left", "key_padding_mask", "document_ids",
                  "kv_len")
 
-    def __init__(self, dense: torch.Tensor, diag: int):
+    def __init__(self, dense: torch.Tensor, diag: int, window: bool = True):
         assert dense.dtype == torch.bool and dense.dim() == 4, (dense.dtype, dense.shape)
         self.shape = tuple(dense.shape)
-        plan = _describe(dense, diag)
+        plan = _describe(dense, diag, window)
         self.exact = plan is not None
         if plan is None:
             plan = (False, None, None, None, dense.shape[-1])
@@ -92,10 +92,11 @@ class GencoreMask:
                 f"documents={self.document_ids is not None}, kv_len={self.kv_len})")
 
 
-def _describe(dense: torch.Tensor, diag: int):
+def _describe(dense: torch.Tensor, diag: int, window: bool = True):
     """(causal, window_left, key_padding_mask, document_ids, kv_len) giving exactly `dense`, or None.
 
     diag: query i's position minus key 0's (q_offset - kv_offset), so "causal" is key j <= i + diag.
+    window: look for a sliding window (transformers says when it built one: `local_size`).
     Tries the fewest arguments first (no window, no documents). Host reads (a few per forward, not
     per layer) are the checks that make the description exact.
     """
@@ -110,29 +111,32 @@ def _describe(dense: torch.Tensor, diag: int):
         if not 0 < kv_len <= Sk:
             return None                     # no bottom-right frame holds this diagonal
         m, back = m[:, :, :kv_len], back[:, :kv_len]
-        first = m.to(torch.uint8).argmax(-1)                 # (B, Sq): first key each query sees
-        far = (torch.arange(Sq, device=dev) + diag - first).masked_fill(~m.any(-1), -1)
-        far = int(far.amax()) if far.numel() else -1                           # host read
-        if 0 <= far < kv_len - 1:           # else a window would never bind
-            lefts.append(far)
+        if window:
+            first = m.to(torch.uint8).argmax(-1)             # (B, Sq): first key each query sees
+            far = (torch.arange(Sq, device=dev) + diag - first).masked_fill(~m.any(-1), -1)
+            far = int(far.amax()) if far.numel() else -1                       # host read
+            if 0 <= far < kv_len - 1:       # else a window would never bind
+                lefts.append(far)
     unseen = ~m.any(dim=1)                                  # (B, kv_len): keys no query sees
     padded = bool(unseen.any())                                                # host read
     kpm = unseen if padded else None
     base = back >= 0 if causal else torch.ones_like(back, dtype=torch.bool)    # (Sq, kv_len)
     if padded:
         base = base & ~unseen[:, None, :]                                      # (B, Sq, kv_len)
-    docs = [None]
+    for left in lefts:
+        cand = base if left is None else base & (back <= left)
+        if torch.equal(cand.expand_as(m), m):                                  # host read
+            return causal, left, kpm, None, kv_len
     if causal and diag == 0 and Sq == Sk and Sq > 1:
         # Packed documents (position_ids restarting): query i starts one where it cannot see key i-1.
         starts = torch.ones(B, Sq, dtype=torch.bool, device=dev)
         starts[:, 1:] = ~m.diagonal(offset=-1, dim1=1, dim2=2)
-        docs.append(starts.cumsum(1))                                          # (B, S)
-    for doc in docs:
-        with_doc = base if doc is None else base & (doc[:, :, None] == doc[:, None, :])
+        docs = starts.cumsum(1)                                                # (B, S)
+        base = base & (docs[:, :, None] == docs[:, None, :])
         for left in lefts:
-            cand = with_doc if left is None else with_doc & (back <= left)
-            if torch.equal(cand.expand_as(m), m):                              # host read
-                return causal, left, kpm, doc, kv_len
+            cand = base if left is None else base & (back <= left)
+            if torch.equal(cand, m):                                           # host read
+                return causal, left, kpm, docs, kv_len
     return None
 
 
@@ -147,7 +151,8 @@ def mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: 
     dense = sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length,
                       q_offset=q_offset, kv_offset=kv_offset, **kwargs)
     if dense is not None:   # a static cache's q_offset is a tensor
-        dense.gencore_mask = GencoreMask(dense, int(q_offset) - int(kv_offset))
+        dense.gencore_mask = GencoreMask(dense, int(q_offset) - int(kv_offset),
+                                         window=kwargs.get("local_size") is not None)
     return dense
 
 

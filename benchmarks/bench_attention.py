@@ -5,9 +5,8 @@
 
 Groups: "attention <B,H,S,D> <dtype> causal=<..> <fwd|fwd+bwd>"; extra_info: impl, peak_mb, and on
 a GPU tflops (FLOPs 4*B*H*S_q*S_k*D forward, halved when causal; forward+backward 3.5x forward).
-GPU cases: issue 12's bf16 shapes (GPU_CASES); GENCORE_ATTENTION_KERNEL=legacy times the older
-kernels as "fused". benchmarks/gpu/attention_check.py is the one-call GPU check (errors, CUDA-event
-timings, both kernel families).
+GPU cases: issue 12's bf16 shapes (GPU_CASES). benchmarks/gpu/attention_check.py is the one-call
+GPU check (errors, CUDA-event timings).
 
 peak_mb, CPU: the peak resident-set growth during one extra call made just for it. For that call
 glibc's mmap threshold is set to 64 KiB (every block of 64 KiB or more, torch's or a kernel's own
@@ -191,3 +190,24 @@ def test_attention_decode(benchmark, shape, impl):
     benchmark.group = f"attention decode <{B},{H},1 vs {Sk},{D}> float32"
     benchmark.extra_info["impl"] = impl
     benchmark.pedantic(run, rounds=30, iterations=20, warmup_rounds=2)
+
+
+# issue 20's features (window, packed documents, dropout, bool mask), fwd+bwd on CPU, each against
+# the best built-in way to the same result (gencore/bench_cases.py's _feature_case says which):
+# the same cases `gencore bench --record` times for the auto table.
+#     python -m pytest benchmarks/bench_attention.py -k features -q
+def _feature_cases():
+    from gencore import bench_cases
+    return [c for c in bench_cases.cases("cpu") if any(f" {kind}/" in c.id for kind, *_ in bench_cases.FEATURE_CASES)]
+
+
+@pytest.mark.parametrize("case", _feature_cases(), ids=lambda c: c.id.split("/")[2].replace(" ", "-") + "-" + c.id.split("/")[3])
+@pytest.mark.parametrize("impl", ["fused", "sdpa", "torch"])
+def test_attention_features(benchmark, case, impl):
+    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
+        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
+    run = case.make()[impl]
+    benchmark.group = f"attention features {case.id}"
+    benchmark.extra_info["impl"] = impl
+    run()  # warm-up
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=0)

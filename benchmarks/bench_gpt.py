@@ -6,7 +6,8 @@
 
 On a machine shared with other jobs, pytest-benchmark's one-case-after-another timing turns load
 changes into ratio errors; `python benchmarks/bench_gpt.py [--rounds N]` times the same cases
-round-robin (one call of each case per round) and prints medians and ratios.
+round-robin (one call of each case per round) and prints medians and ratios, for one device
+(`--device cpu`, the default, or `--device cuda`: the GPT-2-small step alone).
 
 Groups (extra_info "impl"; report.py gives each time as a multiple of the "fused" one):
 - "gpt train step ...": one full training step (forward, cross-entropy, backward, gradient
@@ -150,15 +151,19 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="round-robin timing of the GPT benchmark cases")
     ap.add_argument("--rounds", type=int, default=30, help="rounds of training steps")
     ap.add_argument("--gen-rounds", type=int, default=3, help="rounds of generation")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="time only this device's cases: cpu (gpt-text step, generation) or cuda "
+                         "(the GPT-2-small step; its --rounds)")
     args = ap.parse_args(argv)
     print(f"torch threads: {torch.get_num_threads()}")
     print("| case | impl | median ms | x fused time |\n|---|---|---:|---:|")
-    groups = [(TRAIN_GROUP, {k: train_step(v) for k, v in TRAIN_IMPLS.items()}, args.rounds)]
-    if torch.cuda.is_available():
-        groups.append((GPU_TRAIN_GROUP, {k: gpu_train_step(v) for k, v in GPU_TRAIN_IMPLS.items()}, 10))
-    for batch in (1, 8):
-        groups.append((GEN_GROUP.format(batch=batch),
-                       {k: generation(a, c, batch) for k, (a, c) in GEN_CASES.items()}, args.gen_rounds))
+    if args.device == "cuda":
+        groups = [(GPU_TRAIN_GROUP, {k: gpu_train_step(v) for k, v in GPU_TRAIN_IMPLS.items()}, args.rounds)]
+    else:
+        groups = [(TRAIN_GROUP, {k: train_step(v) for k, v in TRAIN_IMPLS.items()}, args.rounds)]
+        for batch in (1, 8):
+            groups.append((GEN_GROUP.format(batch=batch),
+                           {k: generation(a, c, batch) for k, (a, c) in GEN_CASES.items()}, args.gen_rounds))
     for group, cases, rounds in groups:
         med = _round_robin(cases, rounds)
         for name, t in med.items():

@@ -34,12 +34,21 @@ TORCH_LIBRARY(gencore, m) {
 
   // Flash-style attention, layout (B, H, S, D); k/v may have fewer heads (H % H_kv == 0). Causal
   // is aligned bottom-right (query i sees keys j <= i + S_k - S_q); key_padding_mask is bool
-  // (B, S_k), True = ignore. Returns (out, lse): lse is the row logsumexp of the scaled scores
-  // (float32; float64 for float64 inputs), -inf for rows that see no key (their out is zero).
+  // (B, S_k), True = ignore. The keyword features (gencore/ops/reference/attention.py defines
+  // them), each off at its default: window (left, right) in the causal frame, -1 unbounded;
+  // softcap (scores -> softcap tanh(scores / softcap)), 0 = none; document_ids integer (B, S),
+  // S_q == S_k; attn_mask bool (B or 1, H or 1, S_q, S_k), True = take part; dropout_p on the
+  // probabilities with the Philox keep-mask keyed by seed_offset (CPU int64 [seed, offset]).
+  // Returns (out, lse): lse is the row logsumexp of the scaled (capped) scores (float32; float64
+  // for float64 inputs), -inf for rows that see no key (their out is zero).
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, bool causal,"
-        " float scale) -> (Tensor, Tensor)");
+        " float scale, int window_left=-1, int window_right=-1, float softcap=0.,"
+        " Tensor? document_ids=None, Tensor? attn_mask=None, float dropout_p=0.,"
+        " Tensor? seed_offset=None) -> (Tensor, Tensor)");
   m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
-        " Tensor lse, Tensor? key_padding_mask, bool causal, float scale)"
+        " Tensor lse, Tensor? key_padding_mask, bool causal, float scale, int window_left=-1,"
+        " int window_right=-1, float softcap=0., Tensor? document_ids=None,"
+        " Tensor? attn_mask=None, float dropout_p=0., Tensor? seed_offset=None)"
         " -> (Tensor, Tensor, Tensor)");
 }
 

@@ -42,6 +42,22 @@ def _backward_call(fn, inputs, grad):
     return call
 
 
+def _attention_calls(fns, q, k, v, dout, train):
+    """{impl: zero-argument call} of attention functions fn(q, k, v): forward under no_grad, or
+    forward+backward on fresh leaves."""
+    calls = {}
+    for impl, fn in fns.items():
+        if train:
+            qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
+            calls[impl] = _backward_call(lambda fn=fn, qi=qi, ki=ki, vi=vi: fn(qi, ki, vi), (qi, ki, vi), dout)
+        else:
+            def call(fn=fn):
+                with torch.no_grad():
+                    fn(q, k, v)
+            calls[impl] = call
+    return calls
+
+
 def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train) -> BenchCase:
     dname = str(dtype).replace("torch.", "")
     decode = Sq <= 4
@@ -62,17 +78,7 @@ def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train) -> BenchCase:
         fns = {impl: (lambda q, k, v, impl=impl: attention(q, k, v, causal=causal, impl=impl))
                for impl in ("fused", "sdpa", "auto")}
         fns["torch"] = builtin
-        calls = {}
-        for impl, fn in fns.items():
-            if train:
-                qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
-                calls[impl] = _backward_call(lambda fn=fn, qi=qi, ki=ki, vi=vi: fn(qi, ki, vi), (qi, ki, vi), dout)
-            else:
-                def call(fn=fn):
-                    with torch.no_grad():
-                        fn(q, k, v)
-                calls[impl] = call
-        return calls
+        return _attention_calls(fns, q, k, v, dout, train)
     return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
 
 
@@ -117,6 +123,82 @@ def _gumbel_case(device, rows, cols, train) -> BenchCase:
                      make, bytes=rows * cols * 4 * (5 if train else 2))
 
 
+def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
+    """issue 20's features against the best built-in way to the same result:
+    "window": causal sliding window (256, 0); torch = SDPA with the equivalent bool mask.
+    "documents": 4 causal documents of random lengths packed in S tokens (B = 1); torch = SDPA on
+        the documents padded to the longest (is_causal: padded keys come after every real query),
+        the padding and unpadding included.
+    "dropout": causal, dropout 0.1; torch = SDPA's own dropout (another mask, the same law).
+    "mask": a prefix-LM bool mask (B, 1, S, S) (the first S/4 tokens see each other); torch = SDPA
+        with that mask. Here "fused"/"auto" go through gencore.ops.scaled_dot_product_attention."""
+    dname = str(dtype).replace("torch.", "")
+    auto_case = f"{dname} {kind}"
+    mode = "fwd+bwd" if train else "fwd"
+    extra = {"window": "-w256", "documents": "-docs4", "dropout": "-p0.1", "mask": "-prefix"}[kind]
+    cid = f"attention/{device}/{auto_case}/B{B}-H{H}-Sq{S}-Sk{S}-D{D}{extra}/{mode}"
+    visible = {"window": 257 * S - 256 * 257 // 2, "mask": S * (S + 1) // 2 + (S // 4) ** 2 // 2}
+    pairs = visible.get(kind, S * (S + 1) // 2)
+    flops = 4 * B * H * pairs * D * (3.5 if train else 1.0)
+
+    def make():
+        from .ops import scaled_dot_product_attention
+        g = torch.Generator().manual_seed(0)
+        q, k, v, dout = (torch.randn(B, H, S, D, generator=g).to(device, dtype) for _ in range(4))
+        pos = torch.arange(S, device=device)
+        if kind == "window":
+            band = (pos[None, :] <= pos[:, None]) & (pos[None, :] >= pos[:, None] - 256)
+            kw = dict(causal=True, window=(256, 0))
+            builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+        elif kind == "documents":
+            cuts = torch.sort(torch.randperm(S - 1, generator=g)[:3] + 1).values.tolist()
+            bounds = [0] + cuts + [S]
+            ids = torch.zeros(1, S, dtype=torch.int64)
+            for d in range(4):
+                ids[0, bounds[d]:bounds[d + 1]] = d
+            ids = ids.to(device)
+            lmax = max(bounds[d + 1] - bounds[d] for d in range(4))
+            # (doc, slot) -> token index; padded slots read token 0 and are dropped after.
+            index = torch.zeros(4, lmax, dtype=torch.int64)
+            valid = torch.zeros(4, lmax, dtype=torch.bool)
+            for d in range(4):
+                n = bounds[d + 1] - bounds[d]
+                index[d, :n] = torch.arange(bounds[d], bounds[d + 1])
+                valid[d, :n] = True
+            index, valid = index.to(device), valid.to(device)
+            flat = index[valid]
+
+            def builtin(q, k, v):
+                pq, pk, pv = (t[0][:, index].transpose(0, 1) for t in (q, k, v))  # (4, H, lmax, D)
+                y = F.scaled_dot_product_attention(pq, pk, pv, is_causal=True)
+                out = torch.empty_like(q[0])
+                out = out.index_copy(1, flat, y.transpose(0, 1)[:, valid])
+                return out[None]
+            kw = dict(causal=True, document_ids=ids)
+        elif kind == "dropout":
+            kw = dict(causal=True, dropout_p=0.1)
+            builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1)
+        else:
+            prefix = (pos[None, :] <= pos[:, None]) | (pos[None, :] < S // 4)
+            mask = prefix.expand(B, 1, S, S)
+            builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if kind == "mask":
+            fns = {impl: (lambda q, k, v, impl=impl: scaled_dot_product_attention(q, k, v, attn_mask=mask, impl=impl))
+                   for impl in ("fused", "auto")}
+            fns["sdpa"] = lambda q, k, v: attention(q, k, v, attn_mask=mask, impl="sdpa")
+        else:
+            fns = {impl: (lambda q, k, v, impl=impl: attention(q, k, v, impl=impl, **kw))
+                   for impl in ("fused", "sdpa", "auto")}
+        fns["torch"] = builtin
+        return _attention_calls(fns, q, k, v, dout, train)
+    return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
+
+
+# issue 20's feature cases: (kind, B, H, S, D).
+FEATURE_CASES = (("window", 1, 8, 2048, 64), ("documents", 1, 8, 2048, 64),
+                 ("dropout", 8, 8, 512, 64), ("mask", 2, 8, 1024, 64))
+
+
 def cases(device: str = "cpu") -> List[BenchCase]:
     """Every case for a device type, in the order `gencore bench --record` runs them."""
     out: List[BenchCase] = []
@@ -133,6 +215,8 @@ def cases(device: str = "cpu") -> List[BenchCase]:
         for B, H, Sk, D in ((1, 12, 1024, 64), (1, 4, 64, 32), (8, 12, 1024, 64), (8, 12, 64, 64),
                             (1, 12, 4096, 64)):
             out.append(_attention_case(device, dtype, B, H, 1, Sk, D, True, False))
+    for kind, B, H, S, D in FEATURE_CASES:
+        out.append(_feature_case(device, torch.float32, kind, B, H, S, D))
     for n in (64, 4096, 1 << 20):
         out.append(_gan_case(device, n))
     for rows, cols in ((64, 100), (256, 32000), (1280, 5000)):

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from gencore.ops import attention
+from gencore.ops.attention import cuda_kernel_covers
 from gencore.ops.reference import attention_reference
+from gencore.ops.rng import philox_seed_offset
 from gencore.tolerance import attention_l1, within_2x
 
 from _helpers import ALL_DEVICES, need_fused
@@ -36,18 +38,34 @@ def run(fn, q, k, v, dout, **kw):
     return out.detach(), dq, dk, dv
 
 
-def fused(q, k, v, **kw):
+def need_case(device, dtype, D):
+    """need_fused, and on CUDA only what the tensor-core kernel runs (bf16/fp16, head dim 64, 96,
+    128): impl="fused" refuses the rest there (test_cuda_refuses_other_cases)."""
+    need_fused("attention", device)
+    if torch.device(device).type == "cuda" and not cuda_kernel_covers(dtype, D):
+        pytest.skip(f"the CUDA kernel does not run {dtype} at head dim {D}")
+
+
+def fused(q, k, v, seed=None, **kw):
+    """The fused op; `seed` seeds dropout through a fresh generator (the same mask as ref's)."""
+    if seed is not None:
+        kw["generator"] = torch.Generator().manual_seed(seed)
+    need_case(q.device, q.dtype, q.shape[-1])
     return attention(q, k, v, impl="fused", **kw)
 
 
-def ref(q, k, v, causal=False, key_padding_mask=None, scale=None):
-    return attention_reference(q, k, v, causal, key_padding_mask, scale)[0]
+def ref(q, k, v, causal=False, key_padding_mask=None, scale=None, seed=None, **kw):
+    """The reference; keyword features as attention's, dropout's keep-mask from `seed`."""
+    if seed is not None:
+        kw["seed_offset"] = philox_seed_offset(torch.Generator().manual_seed(seed))
+    return attention_reference(q, k, v, causal, key_padding_mask, scale, **kw)[0]
 
 
-def probs(q, k, causal=False, key_padding_mask=None, scale=None):
-    """The reference's attention probabilities (B, H, S_q, S_k): its output for v = identity."""
+def probs(q, k, causal=False, key_padding_mask=None, scale=None, **kw):
+    """The reference's attention probabilities (B, H, S_q, S_k): its output for v = identity
+    (with dropout: P times the keep-mask / (1 - p))."""
     eye = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(k.shape[0], k.shape[1], -1, -1)
-    return ref(q, k, eye, causal, key_padding_mask, scale)
+    return ref(q, k, eye, causal, key_padding_mask, scale, **kw)
 
 
 def assert_within_2x(exact, base, got, inputs, base_name, **kw):
@@ -176,7 +194,7 @@ def test_fully_masked_rows(device, dtype):
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 def test_lse(device):
-    need_fused("attention", device)
+    need_case(device, torch.float32, 40)
     q, k, v, _ = make(2, 4, 2, 33, 47, 40, torch.float32, device)
     mask = (torch.arange(47) >= 40).expand(2, 47).to(device)
     out, lse = torch.ops.gencore.attention(q, k, v, mask, True, 0.3)
@@ -216,8 +234,9 @@ def test_scale_and_sdpa(device):
 @pytest.mark.parametrize("device", ALL_DEVICES)
 @pytest.mark.parametrize("Sq", [1, 9])  # 1: the CPU kernel's few-rows (decoding) path
 def test_opcheck(device, Sq):
-    need_fused("attention", device)
-    q, k, v, _ = make(2, 4, 2, Sq, 13, 32, torch.float32, device)
+    dtype, D = (torch.bfloat16, 64) if device == "cuda" else (torch.float32, 32)
+    need_case(device, dtype, D)
+    q, k, v, _ = make(2, 4, 2, Sq, 13, D, dtype, device)
     mask = torch.zeros(2, 13, dtype=torch.bool, device=device)
     mask[1, 3] = True
     for t in (q, k, v):
@@ -231,7 +250,7 @@ def test_opcheck(device, Sq):
 
 @pytest.mark.parametrize("device", ALL_DEVICES)
 def test_compile_fullgraph(device):
-    need_fused("attention", device)
+    need_case(device, torch.float32, 32)
     q, k, v, dout = make(2, 4, 2, 24, 24, 32, torch.float32, device)
     mask = torch.zeros(2, 24, dtype=torch.bool, device=device)
     mask[0, -5:] = True
@@ -311,20 +330,12 @@ def test_backward_few_kv_heads_any_threads(device, threads):
         torch.set_num_threads(old)
 
 
-# -- CUDA: the tensor-core kernels (bf16/fp16, D 64/96/128) and the legacy ones ---------------------
-# GENCORE_ATTENTION_KERNEL picks them ("mma", the default where they apply, or "legacy"); each
-# case runs both. The baseline is PyTorch's own SDPA in the same dtype: the fused error vs the
-# float64 gold must stay within 2x SDPA's error on the same inputs.
+# -- CUDA: the tensor-core kernels (bf16/fp16, D 64/96/128), the one CUDA family -------------------
+# The baseline is PyTorch's own SDPA in the same dtype: the fused error vs the float64 gold must
+# stay within 2x SDPA's error on the same inputs (gencore.tolerance).
 
 CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 HALF = [torch.bfloat16, torch.float16]
-KERNELS = ["mma", "legacy"]
-
-
-@pytest.fixture
-def kernel(request, monkeypatch):
-    monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", request.param)
-    return request.param
 
 
 def visible(Sq, Sk, causal, key_padding_mask):
@@ -359,22 +370,20 @@ def check_vs_sdpa(q, k, v, dout, **kw):
 
 
 @CUDA_ONLY
-@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("D", [64, 96, 128])
 @pytest.mark.parametrize("causal", [False, True])
-def test_cuda_head_dims(kernel, dtype, D, causal):
+def test_cuda_head_dims(dtype, D, causal):
     need_fused("attention", "cuda")
     q, k, v, dout = make(2, 4, 4, 256, 256, D, dtype, "cuda", seed=D)
     check_vs_sdpa(q, k, v, dout, causal=causal)
 
 
 @CUDA_ONLY
-@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("Sq,Sk", [(1, 5003), (3, 3), (3, 127), (127, 3), (127, 1023), (1023, 1023), (5000, 64),
                                    (129, 129)])
-def test_cuda_lengths(kernel, D, Sq, Sk):
+def test_cuda_lengths(D, Sq, Sk):
     """Odd lengths and S_q != S_k both ways, causal (bottom-right; S_q > S_k leaves rows without
     keys) and not, GQA."""
     need_fused("attention", "cuda")
@@ -384,10 +393,9 @@ def test_cuda_lengths(kernel, D, Sq, Sk):
 
 
 @CUDA_ONLY
-@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("causal", [False, True])
-def test_cuda_gqa_padding(kernel, dtype, causal):
+def test_cuda_gqa_padding(dtype, causal):
     need_fused("attention", "cuda")
     q, k, v, dout = make(3, 8, 2, 300, 333, 128, dtype, "cuda", seed=11)
     mask = torch.rand(3, 333, generator=torch.Generator().manual_seed(12)) < 0.3
@@ -403,12 +411,11 @@ def test_cuda_gqa_padding(kernel, dtype, causal):
 
 
 @CUDA_ONLY
-@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("D", [64, 96])
-def test_cuda_non_contiguous(kernel, D):
+def test_cuda_non_contiguous(D):
     """q, k, v as views of one fused projection (B, S, 3, H, D); dout transposed; and a q whose
-    data starts 1 element off 16-byte alignment (the tensor-core kernels hand it to the legacy
-    ones)."""
+    data starts 1 element off 16-byte alignment (the wrapper copies it to aligned memory: the
+    kernels move rows 16 bytes at a time)."""
     need_fused("attention", "cuda")
     B, S, H = 2, 333, 4
     qkv = torch.randn(B, S, 3, H, D, generator=torch.Generator().manual_seed(3)).to("cuda", torch.bfloat16)
@@ -426,10 +433,9 @@ def test_cuda_non_contiguous(kernel, D):
 
 @CUDA_ONLY
 @pytest.mark.parametrize("D", [64, 128])
-def test_cuda_mma_backward_deterministic(monkeypatch, D):
+def test_cuda_mma_backward_deterministic(D):
     """The tensor-core backward has no atomics: dQ, dK, dV are bit-identical across runs."""
     need_fused("attention", "cuda")
-    monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", "mma")
     q, k, v, dout = make(2, 8, 2, 1000, 1000, D, torch.bfloat16, "cuda", seed=21)
     mask = (torch.rand(2, 1000, generator=torch.Generator().manual_seed(22)) < 0.2).cuda()
     first = run(fused, q, k, v, dout, causal=True, key_padding_mask=mask)
@@ -440,20 +446,22 @@ def test_cuda_mma_backward_deterministic(monkeypatch, D):
 
 
 @CUDA_ONLY
-def test_cuda_kernels_agree_and_bad_choice(monkeypatch):
-    """Both kernel families compute the same function (to bf16 rounding), and an unknown
-    GENCORE_ATTENTION_KERNEL is a clear error."""
+@pytest.mark.parametrize("dtype,D", [(torch.float32, 64), (torch.float64, 64), (torch.bfloat16, 32),
+                                     (torch.float16, 256), (torch.bfloat16, 80)])
+def test_cuda_refuses_other_cases(dtype, D):
+    """impl="fused" on CUDA names what the kernel cannot run and what to use; impl="auto" runs the
+    same call on SDPA with gencore's semantics (bottom-right causal, key padding, GQA)."""
     need_fused("attention", "cuda")
-    q, k, v, dout = make(2, 4, 4, 200, 200, 64, torch.bfloat16, "cuda", seed=31)
-    results = {}
-    for choice in KERNELS:
-        monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", choice)
-        results[choice] = run(fused, q, k, v, dout, causal=True)
-    for a, b in zip(results["mma"], results["legacy"]):
-        torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
-    monkeypatch.setenv("GENCORE_ATTENTION_KERNEL", "fastest")
-    with pytest.raises(RuntimeError, match="GENCORE_ATTENTION_KERNEL"):
-        fused(q, k, v)
+    assert not cuda_kernel_covers(dtype, D)
+    q, k, v, dout = make(2, 4, 2, 33, 47, D, dtype, "cuda", seed=51)
+    mask = (torch.rand(2, 47, generator=torch.Generator().manual_seed(52)) < 0.3).cuda()
+    mask[:, -1] = False
+    with pytest.raises(RuntimeError, match=r"the CUDA kernel runs bfloat16 and float16 with head dim 64, 96 or "
+                                           r"128 .*impl=\"auto\" or impl=\"sdpa\""):
+        attention(q, k, v, causal=True, key_padding_mask=mask, impl="fused")
+    got = attention(q, k, v, causal=True, key_padding_mask=mask, impl="auto")
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
+    torch.testing.assert_close(got, sdpa(q, k, v, causal=True, key_padding_mask=mask), atol=tol, rtol=tol)
 
 
 @CUDA_ONLY

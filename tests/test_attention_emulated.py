@@ -2,16 +2,19 @@
 
 tests/cuda_emulator/ compiles the unchanged kernel source with g++ against a CPU emulation of the
 sm_80 primitives (mma.sync m16n8k16, ldmatrix, cp.async, warp shuffles, barriers) that follows the
-PTX fragment layouts, delays every cp.async copy to its wait_group, starts shared memory and the
-outputs as NaN, runs the threads of a block in a random order, and checks addresses, alignment,
-divergence and ldmatrix bank conflicts. Forward and backward are then held to the same rule as
-the GPU tests: error vs the float64 reference <= 2x the error of the reference run in the inputs'
-own precision. This is what checks the kernels' index math and masking where there is no GPU; the
-GPU tests (test_attention.py, device "cuda") check the hardware.
+PTX fragment layouts, starts shared memory and the outputs as NaN, and checks addresses, alignment,
+divergence and ldmatrix bank conflicts. Every case runs in both schedules ("wait": cp.async copies
+land at their wait_group, threads in random order; "ahead": copies land at issue, one warp runs
+ahead to each barrier); small cases that reach every path run under AddressSanitizer +
+UndefinedBehaviorSanitizer too. Forward and
+backward are held to the rule of the GPU tests: error vs the float64 reference <= 2x the error of
+the reference run in the inputs' own precision (gencore.tolerance). The planted-bug tests show that
+each of the three catches a bug of its class. This is what checks the kernels' index math, masking
+and synchronisation where there is no GPU; the GPU tests (test_attention.py, device "cuda") check
+the hardware.
 """
 import json
-import os
-import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,23 +22,48 @@ import torch
 
 from gencore.ops.reference import attention_reference
 
+import _emulator
+from _emulator import ATTENTION as PLAIN, ATTENTION_ASAN as ASAN, PLANT_OOB, PLANT_RACE
 from test_attention import assert_within_2x, make, run, ref
-from test_cuda_build import NVCC, cuda_include
 
-ROOT = Path(__file__).resolve().parent.parent
-EMU = Path(__file__).resolve().parent / "cuda_emulator"
-
-pytestmark = pytest.mark.skipif(NVCC is None, reason="needs the CUDA toolkit headers (nvcc on PATH)")
+pytestmark = _emulator.needs_toolkit
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("emu") / "attention_driver"
-    cmd = ["g++", "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-Wno-unknown-pragmas", f"-I{cuda_include()}",
-           str(EMU / "attention_driver.cpp"), "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return exe
+def builds(tmp_path_factory):
+    """The emulator builds (_emulator.ALL_BUILDS), compiled once per session, in parallel."""
+    return _emulator.build_all(tmp_path_factory.mktemp("emu"))
+
+
+@dataclass(frozen=True)
+class Driver:
+    exe: Path
+    schedule: str
+    sanitized: bool
+
+    def run(self, workdir, seed=1, check=True):
+        return _emulator.run(self.exe, workdir, self.schedule, seed, self.sanitized, check)
+
+
+# Every case runs in both schedules on the plain build; the sanitized build (several times slower)
+# runs test_sanitized's small cases, which still reach every code path.
+FAST = [("plain", "wait"), ("plain", "ahead")]
+
+
+def variants(cases):
+    """pytest params: every case in both schedules on the plain build."""
+    out = []
+    for case in cases:
+        case = case if isinstance(case, tuple) else (case,)
+        for v in FAST:
+            out.append(pytest.param(v, *case, id="-".join([*v, *(str(x).replace("torch.", "") for x in case)])))
+    return out
+
+
+@pytest.fixture
+def driver(request, builds):
+    build, schedule = request.param
+    return Driver(builds[ASAN if build == "asan" else PLAIN], schedule, build == "asan")
 
 
 def _raw(t):
@@ -66,9 +94,7 @@ def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None
     dtype = {torch.bfloat16: "bf16", torch.float16: "fp16"}[q.dtype]
     fields = [B, H, Hkv, Sq, Sk, D, dtype, int(causal), int(key_padding_mask is not None), repr(float(scale))]
     (tmp_path / "params.txt").write_text(" ".join(map(str, fields + strides + counts)))
-    env = dict(os.environ, GENCORE_EMU_SEED=str(seed))
-    res = subprocess.run([str(driver), str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
+    res = driver.run(tmp_path, seed)
     stats = json.loads(res.stdout.strip().splitlines()[-1])
 
     def read(name, shape, dt):
@@ -101,24 +127,24 @@ def check(driver, tmp_path, q, k, v, dout, **kw):
 DTYPES = [torch.bfloat16, torch.float16]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("D", [64, 96, 128])
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("driver,dtype,D,causal", variants(
+    [(dt, D, c) for dt in DTYPES for D in (64, 96, 128) for c in (False, True)]), indirect=["driver"])
 def test_head_dims(driver, tmp_path, dtype, D, causal):
     # 130 queries: two query tiles, the second nearly empty; 150 keys: a partial third key tile.
     q, k, v, dout = make(1, 2, 2, 130, 150, D, dtype, "cpu", seed=D)
     check(driver, tmp_path, q, k, v, dout, causal=causal)
 
 
-@pytest.mark.parametrize("Sq,Sk", [(1, 1), (3, 77), (127, 3), (200, 64), (64, 200), (129, 129)])
+@pytest.mark.parametrize("driver,Sq,Sk", variants([(1, 1), (3, 77), (127, 3), (200, 64), (64, 200), (129, 129)]),
+                         indirect=["driver"])
 def test_lengths_causal_bottom_right(driver, tmp_path, Sq, Sk):
     """Odd lengths, S_q != S_k both ways: causal aligned bottom-right, rows that see no key."""
     q, k, v, dout = make(1, 2, 1, Sq, Sk, 64, torch.bfloat16, "cpu", seed=Sq + Sk)
     check(driver, tmp_path, q, k, v, dout, causal=True)
 
 
-@pytest.mark.parametrize("causal,D,dtype", [(False, 64, torch.bfloat16), (True, 64, torch.bfloat16),
-                                             (True, 128, torch.float16)])
+@pytest.mark.parametrize("driver,causal,D,dtype", variants([(False, 64, torch.bfloat16), (True, 64, torch.bfloat16),
+                                                            (True, 128, torch.float16)]), indirect=["driver"])
 def test_gqa_and_padding(driver, tmp_path, causal, D, dtype):
     q, k, v, dout = make(2, 6, 2, 70, 140, D, dtype, "cpu", seed=7)
     mask = torch.rand(2, 140, generator=torch.Generator().manual_seed(8)) < 0.3
@@ -128,6 +154,7 @@ def test_gqa_and_padding(driver, tmp_path, causal, D, dtype):
     assert (dk[0][:, mask[0]] == 0).all() and (dv[0][:, mask[0]] == 0).all()
 
 
+@pytest.mark.parametrize("driver", [pytest.param(v, id="-".join(v)) for v in FAST], indirect=True)
 def test_non_contiguous_and_scale(driver, tmp_path):
     """q, k, v as views of one fused projection (B, S, 3, H, D); dout transposed; a custom scale."""
     B, S, H, D = 2, 100, 2, 96
@@ -138,19 +165,63 @@ def test_non_contiguous_and_scale(driver, tmp_path):
     check(driver, tmp_path, q, k, v, dout, causal=True, scale=0.05)
 
 
-def test_deterministic(driver, tmp_path):
-    """Two runs (different block and thread orders in the emulator) give identical bits."""
+def test_deterministic(builds, tmp_path):
+    """Two runs (both schedules, different block and thread orders) give identical bits."""
     q, k, v, dout = make(1, 4, 2, 90, 90, 64, torch.bfloat16, "cpu", seed=5)
-    a, _ = emulate(driver, tmp_path, q, k, v, dout, causal=True, seed=1)
-    b, _ = emulate(driver, tmp_path, q, k, v, dout, causal=True, seed=2)
+    a, _ = emulate(Driver(builds[PLAIN], "wait", False), tmp_path, q, k, v, dout, causal=True, seed=1)
+    b, _ = emulate(Driver(builds[PLAIN], "ahead", False), tmp_path, q, k, v, dout, causal=True, seed=2)
     for x, y in zip(a, b):
         assert torch.equal(x.view(torch.int16) if x.dtype != torch.float32 else x,
                            y.view(torch.int16) if y.dtype != torch.float32 else y)
 
 
-@pytest.mark.parametrize("scale", [-0.3, 0.0])
+@pytest.mark.parametrize("driver,scale", variants([-0.3, 0.0]), indirect=["driver"])
 def test_negative_and_zero_scale(driver, tmp_path, scale):
     """Masking happens after scaling, so a negative scale cannot turn a masked -inf into +inf."""
     q, k, v, dout = make(1, 2, 1, 40, 70, 64, torch.float16, "cpu", seed=9)
     mask = torch.rand(1, 70, generator=torch.Generator().manual_seed(10)) < 0.3
     check(driver, tmp_path, q, k, v, dout, causal=True, key_padding_mask=mask, scale=scale)
+
+
+@pytest.mark.parametrize("D,dtype,Sq,Sk,causal,masked,strided", [
+    (64, torch.bfloat16, 70, 150, True, True, False),    # partial key tiles, padding, rows without keys
+    (64, torch.float16, 150, 40, False, False, False),    # a partial query tile, S_q > S_k
+    (96, torch.float16, 50, 50, True, False, True),       # views of a fused QKV projection
+    (128, torch.bfloat16, 20, 130, True, True, False),    # D = 128's V from shared memory
+])
+def test_sanitized(builds, tmp_path, D, dtype, Sq, Sk, causal, masked, strided):
+    """Under AddressSanitizer + UndefinedBehaviorSanitizer ("ahead" schedule): no read or write out
+    of bounds, no undefined behaviour, and the flash rule still holds."""
+    driver = Driver(builds[ASAN], "ahead", True)
+    if strided:
+        qkv = torch.randn(1, Sq, 3, 2, D, generator=torch.Generator().manual_seed(D)).to(dtype)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        dout = torch.randn(1, 2, Sq, D, generator=torch.Generator().manual_seed(D + 1)).to(dtype)
+    else:
+        q, k, v, dout = make(1, 2, 1, Sq, Sk, D, dtype, "cpu", seed=D + Sq)
+    mask = None
+    if masked:
+        mask = torch.rand(1, k.shape[2], generator=torch.Generator().manual_seed(Sk)) < 0.3
+    check(driver, tmp_path, q, k, v, dout, causal=causal, key_padding_mask=mask)
+
+
+# -- the emulator catches bugs: one planted per class (GENCORE_PLANT_BUG in attention_mma_kernels.cu)
+
+def test_asan_catches_out_of_bounds_read(builds, tmp_path):
+    """Reading delta at i <= S_q (one element past each row) changes no output: P is 0 there, so
+    the plain emulator passes; the sanitized build reports the read past the buffer's end."""
+    q, k, v, dout = make(1, 2, 1, 70, 90, 64, torch.bfloat16, "cpu", seed=61)
+    with pytest.raises(AssertionError, match="heap-buffer-overflow"):
+        emulate(Driver(builds[PLANT_OOB], "wait", True), tmp_path, q, k, v, dout, causal=True)
+
+
+def test_ahead_schedule_catches_missing_barrier(builds, tmp_path):
+    """The forward's prefetch of key tile t + 1 moved above the barrier that frees its stage: with
+    copies landing at wait_group the overwritten stage is never read early and the "wait" schedule
+    passes; with copies landing at issue and a warp running ahead, the others read the next tile's
+    keys in place of the current one's."""
+    q, k, v, dout = make(1, 2, 2, 130, 200, 64, torch.bfloat16, "cpu", seed=62)  # 4 key tiles
+    buggy = builds[PLANT_RACE]
+    check(Driver(buggy, "wait", False), tmp_path, q, k, v, dout)
+    with pytest.raises(AssertionError, match="fused err"):
+        check(Driver(buggy, "ahead", False), tmp_path, q, k, v, dout)

@@ -136,7 +136,7 @@ def test_attention_auto_follows_the_table(device, dtype, causal, masked, Sq, mon
         need_fused("attention", device)
     calls = []
     real_sdpa = attention_mod.attention_sdpa
-    monkeypatch.setattr(attention_mod, "attention_sdpa", lambda *a: calls.append(1) or real_sdpa(*a))
+    monkeypatch.setattr(attention_mod, "attention_sdpa", lambda *a, **kw: calls.append(1) or real_sdpa(*a, **kw))
     out = attention(q, k, v, causal=causal, key_padding_mask=mask)
     assert bool(calls) == (want == auto.BUILTIN), (case, want)
     gold = attention_reference(q.double(), k.double(), v.double(), causal, mask,

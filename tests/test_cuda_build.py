@@ -1,6 +1,7 @@
 """The CUDA sources compile on a machine without a GPU or a CUDA build of torch.
 
-Kernel files (csrc/cuda/*_kernels.cu) include no torch header, so `nvcc -c` checks them for sm_80
+Every .cu file (csrc/cuda/*.cu: the kernels and their launchers) and every header they include
+(csrc/cuda/*.cuh, *_kernels.h, csrc/common/) is torch-free, so `nvcc -c` checks each .cu for sm_80
 and sm_90. The thin torch wrappers (csrc/cuda/<op>.cpp) get a syntax check against torch's headers
 and the CUDA toolkit's, with a stand-in for the one generated header a CPU build of torch lacks.
 """
@@ -17,7 +18,10 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = sorted(glob.glob(str(ROOT / "csrc" / "cuda" / "*_kernels.cu")))
+KERNELS = sorted(glob.glob(str(ROOT / "csrc" / "cuda" / "*.cu")))
+TORCH_FREE = KERNELS + sorted(glob.glob(str(ROOT / "csrc" / "cuda" / "*.cuh")) +
+                              glob.glob(str(ROOT / "csrc" / "cuda" / "*_kernels.h")) +
+                              glob.glob(str(ROOT / "csrc" / "common" / "*")))
 WRAPPERS = sorted(glob.glob(str(ROOT / "csrc" / "cuda" / "*.cpp")))
 NVCC = shutil.which("nvcc")
 
@@ -35,11 +39,16 @@ def cuda_include() -> str:
 
 
 def test_kernel_files_exist_and_are_torch_free():
-    assert KERNELS, "no csrc/cuda/*_kernels.cu found"
-    for path in KERNELS + [p.replace(".cu", ".h") for p in KERNELS]:
+    assert KERNELS, "no csrc/cuda/*.cu found"
+    for path in TORCH_FREE:
         text = Path(path).read_text()
         for banned in ("#include <torch/", "#include <ATen/", "#include <c10/"):
             assert banned not in text, f"{path} includes a torch header ({banned})"
+        # The CPU emulator (tests/cuda_emulator/) runs the kernel files: launches go through
+        # launch.cuh's launch_kernel, dynamic shared memory through its dynamic_smem().
+        if path.endswith(".cu"):
+            assert "<<<" not in text and "extern __shared__" not in text, \
+                f"{path}: launch with launch_kernel() and take shared memory from dynamic_smem() (launch.cuh)"
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -44,18 +44,6 @@ def _mask(dev, shape=(1, 4), dtype=torch.bool):
     return torch.zeros(shape, device=dev, dtype=dtype)
 
 
-def _with_env(name, value, call):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        return call()
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
-
-
 # (name, devices it applies to, call, what the message must say). Each call passes bad arguments
 # straight to the C++ op; the message must name the problem and, where there is one, the shape,
 # dtype or device that was wrong.
@@ -129,20 +117,53 @@ CASES = [
      r"key_padding_mask is on cpu but q is on cuda:0"),
     ("at_devices", "cuda", lambda d: ops.attention(_qkv(d)[0], *_qkv("cpu")[1:], None, False, 1.0),
      r"q, k, v must be on one CUDA device, got cuda:0, cpu, cpu"),
-    ("at_cuda_head_dim", "cuda", lambda d: ops.attention(*_qkv(d, D=264), None, False, 1.0),
-     r"head dim must be in \[1, 256\] on CUDA, got 264"),
-    ("at_kernel_env", "cuda", lambda d: _with_env("GENCORE_ATTENTION_KERNEL", "flash", lambda: ops.attention(
-        *_qkv(d, dtype=torch.bfloat16, D=64), None, False, 1.0)),
-     r"GENCORE_ATTENTION_KERNEL must be unset, 'mma' or 'legacy', got 'flash'"),
+    ("at_cuda_case", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0),
+     r"the CUDA kernel runs bfloat16 and float16 with head dim 64, 96 or 128 \(tensor cores\), got Float "
+     r"with head dim 8; impl=\"auto\" or impl=\"sdpa\" runs this case on PyTorch's scaled_dot_product_attention"),
+    ("at_cuda_head_dim", "cuda", lambda d: ops.attention(*_qkv(d, dtype=torch.bfloat16, D=80), None, False, 1.0),
+     r"got BFloat16 with head dim 80"),
     ("at_bwd_shapes", "*", lambda d: ops.attention_backward(
         *_bwd_args(d, grad_out=torch.ones(1, 2, 3, 8, device=d))),
      r"grad_out \[1, 2, 3, 8\] and out \[1, 2, 4, 8\] must have the shape of q \[1, 2, 4, 8\]"),
     ("at_bwd_lse", "*", lambda d: ops.attention_backward(*_bwd_args(d, lse=torch.zeros(1, 2, 5, device=d))),
      r"lse must be Float of shape \(1, 2, 4\), got Float \[1, 2, 5\]"),
+    # The keyword features (window, softcap, document_ids, attn_mask, dropout); CUDA refuses them.
+    ("at_window", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, -2, 0),
+     r"window sides must be >= 0, or -1 for unbounded, got \(-2, 0\)"),
+    ("at_softcap", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, softcap=-1.0),
+     r"softcap must be a finite number > 0 \(0 = none\), got -1"),
+    ("at_dropout_p", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, dropout_p=1.0, seed_offset=_so()),
+     r"dropout_p must be in \[0, 1\), got 1"),
+    ("at_dropout_seed", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, dropout_p=0.5),
+     r"dropout_p > 0 needs seed_offset"),
+    ("at_docs_dtype", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, document_ids=torch.zeros(1, 4, device=d)),
+     r"document_ids must be an integer tensor, got Float"),
+    ("at_docs_square", "cpu", lambda d: ops.attention(*_qkv(d, Sk=5), None, False, 1.0,
+                                                      document_ids=torch.zeros(1, 5, dtype=torch.long, device=d)),
+     r"document_ids needs S_q == S_k, got 4 and 5"),
+    ("at_docs_shape", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0,
+                                                     document_ids=torch.zeros(1, 3, dtype=torch.long, device=d)),
+     r"document_ids must have shape \(batch, S\) = \(1, 4\), got \[1, 3\]"),
+    ("at_docs_device", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0,
+                                                       document_ids=torch.zeros(1, 4, dtype=torch.long)),
+     r"document_ids is on cpu but q is on cuda:0"),
+    ("at_amask_dtype", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, attn_mask=torch.ones(1, 1, 4, 4, device=d)),
+     r"attn_mask must be bool, got Float"),
+    ("at_amask_shape", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0,
+                                                      attn_mask=torch.ones(1, 3, 4, 4, dtype=torch.bool, device=d)),
+     r"attn_mask must have shape \(batch or 1, heads or 1, S_q, S_k\) = \(1 or 1, 2 or 1, 4, 4\), got \[1, 3, 4, 4\]"),
+    ("at_amask_device", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0,
+                                                        attn_mask=torch.ones(1, 1, 4, 4, dtype=torch.bool)),
+     r"attn_mask is on cpu but q is on cuda:0"),
+    ("at_cuda_features", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0, 3, 0),
+     r"window, softcap, document_ids, attn_mask and dropout_p are not yet supported on CUDA"),
 ]
 
 # Checks no argument can reach: internal invariants, CUDA launch failures, int32 overflow guards.
-UNREACHABLE = ("internal error", "CUDA launch failed", "sequence too long", "unsupported dtype")
+# (compute capability: every GPU the tests run on is sm_80+.)
+UNREACHABLE = ("internal error", "CUDA launch failed", "sequence too long",
+               "expected float32, float64, bfloat16 or float16",
+               "compute capability 8.0", "CUDA device index")
 
 
 def run_cases(device: str) -> None:

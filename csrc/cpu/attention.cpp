@@ -27,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <array>
 #include <utility>
 #include <cmath>
@@ -35,6 +36,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "philox_simd.h"
 
 namespace gencore {
 namespace {
@@ -234,6 +236,171 @@ std::pair<const T*, int64_t> rows_operand(const S* x, const Strides4& st, int64_
   return {buf.data(), Dp};
 }
 
+// Which keys each query sees beyond the key padding bias: causal, window, documents, attn_mask
+// (the reference's visible_keys), plus softcap and dropout. Per (batch, query row) an interval
+// [lo, hi) of keys from causal, window and documents whose ids form contiguous runs; what no
+// interval expresses (attn_mask, documents whose ids recur after another document) is applied
+// element by element. Tiles outside every row's interval, and tiles in which attn_mask has no
+// True entry (a map at 64 x 64 granularity), are skipped, forward and backward.
+struct Visibility {
+  int64_t B = 0, H = 0, Sq = 0, Sk = 0;
+  std::vector<int64_t> lo, hi;  // (B, Sq): row i of batch b may see keys [lo, hi) only
+  bool elementwise_docs = false;
+  std::vector<uint8_t> doc_runs;  // per batch: 1 when its document ids form contiguous runs
+  const int64_t* doc = nullptr;   // (B, S) contiguous
+  const bool* am = nullptr;       // attn_mask, read through strides (0 on broadcast dims)
+  int64_t am_sb = 0, am_sh = 0, am_si = 0, am_sj = 0, am_B = 1, am_H = 1;
+  static constexpr int64_t MB = 64;  // attn_mask map block
+  int64_t am_nqb = 0, am_nkb = 0;
+  std::vector<uint8_t> am_any;  // (am_B, am_H, am_nqb, am_nkb): any True in that block
+
+  bool elementwise(int64_t b) const { return am != nullptr || (doc != nullptr && !doc_runs[b]); }
+
+  // Union [klo, khi) of the intervals of rows [i0, i1) of batch b (klo >= khi: no key).
+  std::pair<int64_t, int64_t> rows_range(int64_t b, int64_t i0, int64_t i1) const {
+    int64_t klo = Sk, khi = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t l = lo[b * Sq + i], h = hi[b * Sq + i];
+      if (l < h) {
+        klo = std::min(klo, l);
+        khi = std::max(khi, h);
+      }
+    }
+    return {klo, khi};
+  }
+
+  // Whether attn_mask has any True entry for query rows [i0, i1) x keys [j0, j1) of (b, h).
+  bool mask_tile_any(int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
+    if (am == nullptr) return true;
+    const int64_t bm = am_B == 1 ? 0 : b, hm = am_H == 1 ? 0 : h;
+    const uint8_t* m = am_any.data() + (bm * am_H + hm) * am_nqb * am_nkb;
+    for (int64_t qb = i0 / MB; qb <= (i1 - 1) / MB; ++qb)
+      for (int64_t kb = j0 / MB; kb <= (j1 - 1) / MB; ++kb)
+        if (m[qb * am_nkb + kb]) return true;
+    return false;
+  }
+
+  // Marks the keys [j0, j0 + n) that row i of (b, h) does not see (element-wise conditions
+  // only): s[j] = fill for them.
+  template <typename T>
+  void apply_elementwise(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, T* s, T fill) const {
+    if (doc != nullptr && !doc_runs[b]) {
+      const int64_t* d = doc + b * Sk;
+      const int64_t di = d[i];
+      for (int64_t j = 0; j < n; ++j)
+        if (d[j0 + j] != di) s[j] = fill;
+    }
+    if (am != nullptr) {
+      const bool* m = am + (am_B == 1 ? 0 : b * am_sb) + (am_H == 1 ? 0 : h * am_sh) + i * am_si +
+                      j0 * am_sj;
+      for (int64_t j = 0; j < n; ++j)
+        if (!m[j * am_sj]) s[j] = fill;
+    }
+  }
+};
+
+Visibility make_visibility(const AttentionGeometry& g, bool causal, int64_t left, int64_t right,
+                           const c10::optional<at::Tensor>& document_ids,
+                           const c10::optional<at::Tensor>& attn_mask) {
+  Visibility vis;
+  vis.B = g.B, vis.H = g.H, vis.Sq = g.Sq, vis.Sk = g.Sk;
+  vis.lo.resize(g.B * g.Sq);
+  vis.hi.resize(g.B * g.Sq);
+  if (document_ids.has_value()) {
+    vis.doc = document_ids->const_data_ptr<int64_t>();
+    vis.doc_runs.assign(g.B, 1);
+  }
+  const int64_t off = g.offset();
+  std::vector<int64_t> run_start, run_end;
+  for (int64_t b = 0; b < g.B; ++b) {
+    if (vis.doc != nullptr) {  // contiguous runs of one id, and whether each id has only one
+      const int64_t* d = vis.doc + b * g.Sk;
+      run_start.assign(g.Sk, 0);
+      run_end.assign(g.Sk, g.Sk);
+      std::vector<int64_t> starts;
+      for (int64_t j = 0; j < g.Sk; ++j) {
+        if (j > 0 && d[j] == d[j - 1]) {
+          run_start[j] = run_start[j - 1];
+        } else {
+          run_start[j] = j;
+          starts.push_back(d[j]);
+        }
+      }
+      for (int64_t j = g.Sk - 1; j >= 0; --j)
+        run_end[j] = (j + 1 < g.Sk && d[j + 1] == d[j]) ? run_end[j + 1] : j + 1;
+      std::sort(starts.begin(), starts.end());
+      if (std::adjacent_find(starts.begin(), starts.end()) != starts.end()) vis.doc_runs[b] = 0;
+    }
+    for (int64_t i = 0; i < g.Sq; ++i) {
+      const int64_t pos = i + off;  // query i in the causal frame
+      int64_t l = 0, h = g.Sk;
+      if (causal) h = std::min(h, pos + 1);
+      if (right >= 0) h = std::min(h, pos + right + 1);
+      if (left >= 0) l = std::max(l, pos - left);
+      if (vis.doc != nullptr && vis.doc_runs[b]) {
+        l = std::max(l, run_start[i]);
+        h = std::min(h, run_end[i]);
+      }
+      l = std::clamp<int64_t>(l, 0, g.Sk);
+      h = std::clamp<int64_t>(h, l, g.Sk);
+      vis.lo[b * g.Sq + i] = l;
+      vis.hi[b * g.Sq + i] = h;
+    }
+  }
+  if (attn_mask.has_value()) {
+    const at::Tensor& m = *attn_mask;
+    vis.am = m.const_data_ptr<bool>();
+    vis.am_B = m.size(0), vis.am_H = m.size(1);
+    vis.am_sb = m.stride(0), vis.am_sh = m.stride(1), vis.am_si = m.stride(2), vis.am_sj = m.stride(3);
+    vis.am_nqb = (g.Sq + Visibility::MB - 1) / Visibility::MB;
+    vis.am_nkb = (g.Sk + Visibility::MB - 1) / Visibility::MB;
+    vis.am_any.assign(vis.am_B * vis.am_H * vis.am_nqb * vis.am_nkb, 0);
+    // One task per (mask batch, mask head, block of MB rows): each owns its map entries.
+    at::parallel_for(0, vis.am_B * vis.am_H * vis.am_nqb, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t bh = t / vis.am_nqb, qb = t % vis.am_nqb, bm = bh / vis.am_H, hm = bh % vis.am_H;
+        uint8_t* any = vis.am_any.data() + t * vis.am_nkb;
+        for (int64_t i = qb * Visibility::MB; i < std::min(g.Sq, (qb + 1) * Visibility::MB); ++i) {
+          const bool* row = vis.am + bm * vis.am_sb + hm * vis.am_sh + i * vis.am_si;
+          for (int64_t j = 0; j < g.Sk; ++j)
+            if (row[j * vis.am_sj]) any[j / Visibility::MB] = 1;
+        }
+      }
+    });
+  }
+  return vis;
+}
+
+// softcap, dropout: what the score and probability tiles need besides visibility.
+struct ScoreMods {
+  double softcap = 0.0;    // 0: none
+  double dropout_p = 0.0;  // 0: none
+  PhiloxKey key{};
+};
+
+// s[0..n) = c tanh(s / c); with dt, dt[j] = 1 - tanh^2 (the derivative), for the backward.
+template <typename T>
+inline void cap_row(T* s, int64_t n, T c, T* dt) {
+  using Vec = Vectorized<T>;
+  const Vec vc(c), vinv(T(1) / c), one(T(1));
+  for (int64_t j = 0; j < n; j += Vec::size()) {
+    const Vec t = (Vec::loadu(s + j) * vinv).tanh();
+    (t * vc).store(s + j);
+    if (dt != nullptr) (one - t * t).store(dt + j);
+  }
+}
+
+// keep[j] = r or 0 for the n keys from element index `first` (r = 1 / (1 - p); zeros to n_pad):
+// the reference's dropout_keep, uniform >= p in float32.
+template <typename T>
+inline void keep_row(const ScoreMods& mods, int64_t first, int64_t n, int64_t n_pad, float* u, T* keep) {
+  philox_map(mods.key, first, 1, n, u, UniformMap{});
+  const float p = static_cast<float>(mods.dropout_p);
+  const T r = static_cast<T>(1.0 / (1.0 - mods.dropout_p));
+  for (int64_t j = 0; j < n; ++j) keep[j] = u[j] >= p ? r : T(0);
+  for (int64_t j = n; j < n_pad; ++j) keep[j] = T(0);
+}
+
 // What both forward paths read: strides, data pointers, and the additive key bias (rows of Skp).
 template <typename scalar_t, typename T>
 struct ForwardOperands {
@@ -258,14 +425,17 @@ ForwardOperands<scalar_t, T> forward_operands(const at::Tensor& q, const at::Ten
 
 template <typename scalar_t, typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const c10::optional<at::Tensor>& mask, bool causal, double scale,
-                  const AttentionGeometry& g, at::Tensor& out, at::Tensor& lse) {
+                  const c10::optional<at::Tensor>& mask, const Visibility& vis,
+                  const ScoreMods& mods, double scale, const AttentionGeometry& g, at::Tensor& out,
+                  at::Tensor& lse) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
+  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W);
   const auto [sq, sk, sv, so, qp, kp, vp, op, lp, bias] =
       forward_operands<scalar_t, T>(q, k, v, mask, g, Skp, out, lse);
   const T ninf = -std::numeric_limits<T>::infinity();
+  const T softcap = static_cast<T>(mods.softcap);
+  const bool dropout = mods.dropout_p > 0;
 
   // Query chunks: enough tasks to keep every thread busy, few enough to pack K once per chunk.
   const int64_t nqb = (g.Sq + BQ - 1) / BQ;
@@ -276,7 +446,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
   at::parallel_for(0, heads * nchunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> kt, vbuf, qbuf(BQ * Dp), obuf(BQ * Dp), tbuf(BQ * Dp), sbuf(BQ * BKF), m(BQ),
-        l(BQ), alpha(BQ);
+        l(BQ), alpha(BQ), keep(dropout ? BKF : 0);
+    std::vector<float> ubuf(dropout ? BKF : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / nchunks;
       // Zig-zag the chunks so that a contiguous range of tasks mixes short and long causal rows.
@@ -285,14 +456,19 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const int64_t b = bh / g.H, h = bh % g.H, hk = h / g.group();
       const int64_t qb_begin = c * blocks_per_chunk, qb_end = std::min(nqb, qb_begin + blocks_per_chunk);
       if (qb_begin >= qb_end) continue;
-      const int64_t q_last = std::min(g.Sq, qb_end * BQ) - 1;
-      const int64_t kend_chunk = causal ? std::clamp<int64_t>(q_last + off + 1, 0, g.Sk) : g.Sk;
-      const scalar_t* kh = kp + b * sk.b + hk * sk.h;
-      const scalar_t* vh = vp + b * sv.b + hk * sv.h;
-      kt.resize(panels_size(kend_chunk, D));
-      pack_panels(kh, sk, kend_chunk, D, kt.data());
-      auto [vop, ldv] = rows_operand<scalar_t, T>(vh, sv, kend_chunk, D, Dp, vbuf);
+      // The keys this chunk's rows may see: [kbase, kend_chunk), kbase on a panel boundary.
+      auto [klo_chunk, kend_chunk] = vis.rows_range(b, qb_begin * BQ, std::min(g.Sq, qb_end * BQ));
+      const int64_t kbase = klo_chunk < kend_chunk ? klo_chunk / KP * KP : 0;
+      kend_chunk = std::max(kend_chunk, kbase);
+      const scalar_t* kh = kp + b * sk.b + hk * sk.h + kbase * sk.s;
+      const scalar_t* vh = vp + b * sv.b + hk * sv.h + kbase * sv.s;
+      kt.resize(panels_size(kend_chunk - kbase, D));
+      pack_panels(kh, sk, kend_chunk - kbase, D, kt.data());
+      auto [vop, ldv] = rows_operand<scalar_t, T>(vh, sv, kend_chunk - kbase, D, Dp, vbuf);
       const T* bias_b = bias.data() + b * Skp;
+      const bool elementwise = vis.elementwise(b);
+      const int64_t* lo_b = vis.lo.data() + b * g.Sq;
+      const int64_t* hi_b = vis.hi.data() + b * g.Sq;
 
       for (int64_t qb = qb_begin; qb < qb_end; ++qb) {
         const int64_t q0 = qb * BQ, qn = std::min(BQ, g.Sq - q0);
@@ -302,19 +478,24 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         std::fill(m.begin(), m.end(), ninf);
         std::fill(l.begin(), l.end(), T(0));
         std::fill(obuf.begin(), obuf.end(), T(0));
-        const int64_t kend = causal ? std::clamp<int64_t>(q0 + qn - 1 + off + 1, 0, g.Sk) : g.Sk;
-        for (int64_t k0 = 0; k0 < kend; k0 += BKF) {
-          const int64_t kn = std::min(BKF, kend - k0), knp = round_up(kn, W);
-          scores<T>(qn, knp, D, qbuf.data(), Dp, kt.data(), k0, sbuf.data(), BKF);
+        const auto [klo, khi] = vis.rows_range(b, q0, q0 + qn);
+        for (int64_t k0 = klo < khi ? klo / KP * KP : khi; k0 < khi; k0 += BKF) {
+          const int64_t kn = std::min(BKF, khi - k0), knp = round_up(kn, W);
+          if (!vis.mask_tile_any(b, h, q0, q0 + qn, k0, k0 + kn)) continue;  // attn_mask empties it
+          scores<T>(qn, knp, D, qbuf.data(), Dp, kt.data(), k0 - kbase, sbuf.data(), BKF);
           for (int64_t i = 0; i < qn; ++i) {
             T* s = sbuf.data() + i * BKF;
-            const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - k0 + 1, 0, kn) : kn;
+            if (softcap > T(0)) cap_row(s, knp, softcap, static_cast<T*>(nullptr));
+            const int64_t a = std::clamp<int64_t>(lo_b[q0 + i] - k0, 0, kn);
+            const int64_t e = std::clamp<int64_t>(hi_b[q0 + i] - k0, a, kn);
             Vec vmax(ninf);
             for (int64_t j = 0; j < knp; j += W) {
               Vec x = Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j);
               x.store(s + j);
             }
-            for (int64_t j = lim; j < knp; ++j) s[j] = ninf;
+            std::fill(s, s + a, ninf);
+            std::fill(s + e, s + knp, ninf);
+            if (elementwise) vis.apply_elementwise(b, h, q0 + i, k0 + a, e - a, s + a, ninf);
             for (int64_t j = 0; j < knp; j += W) vmax = at::vec::maximum(vmax, Vec::loadu(s + j));
             const T mx = at::vec::vec_reduce_all<T>(
                 [](Vec& a, Vec& bb) { return at::vec::maximum(a, bb); }, vmax);
@@ -335,9 +516,14 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             const T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, vsum);
             l[i] = l[i] * alpha[i] + sum;
             m[i] = m_new;
+            if (dropout) {  // the softmax's sum counts every key; P V only the kept ones, x 1/(1-p)
+              keep_row(mods, ((b * g.H + h) * g.Sq + q0 + i) * g.Sk + k0, kn, knp, ubuf.data(), keep.data());
+              for (int64_t j = 0; j < knp; j += W)
+                (Vec::loadu(s + j) * Vec::loadu(keep.data() + j)).store(s + j);
+            }
           }
           // O = O * alpha + P V
-          gemm<T>(qn, Dp, kn, sbuf.data(), BKF, 1, vop + k0 * ldv, ldv, tbuf.data(), Dp, false);
+          gemm<T>(qn, Dp, kn, sbuf.data(), BKF, 1, vop + (k0 - kbase) * ldv, ldv, tbuf.data(), Dp, false);
           add_tile(obuf.data(), tbuf.data(), qn, Dp, alpha.data());
         }
         scalar_t* oh = op + b * so.b + h * so.h + q0 * so.s;
@@ -359,11 +545,12 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 template <typename scalar_t, typename T>
 void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                   const c10::optional<at::Tensor>& mask, bool causal, double scale,
-                   const AttentionGeometry& g, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                   const c10::optional<at::Tensor>& mask, const Visibility& vis,
+                   const ScoreMods& mods, double scale, const AttentionGeometry& g, at::Tensor& dq,
+                   at::Tensor& dk, at::Tensor& dv) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W), off = g.offset();
+  const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W);
   const Strides4 sgo(go), sq(q), sk(k), sv(v), so(out), sdq(dq), sdk(dk), sdv(dv);
   const scalar_t* gop = go.const_data_ptr<scalar_t>();
   const scalar_t* qp = q.const_data_ptr<scalar_t>();
@@ -376,6 +563,9 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   scalar_t* dvp = dv.mutable_data_ptr<scalar_t>();
   const std::vector<T> bias = key_bias<T>(mask, g.B, g.Sk, Skp);
   const T ninf = -std::numeric_limits<T>::infinity(), tscale = static_cast<T>(scale);
+  const T softcap = static_cast<T>(mods.softcap);
+  const bool dropout = mods.dropout_p > 0;
+  const int64_t nqbb = (g.Sq + BQB - 1) / BQB;
 
   // Tasks: (batch, kv head, key chunk). One chunk per (b, kv head) when those keep every thread
   // busy; otherwise the keys are split and each chunk leaves its dQ partial sum in a workspace
@@ -390,7 +580,10 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
     const int64_t kmax = std::min(g.Sk, kb_per_chunk * BK);
     std::vector<T> kt(panels_size(kmax, D)), vt(panels_size(kmax, D)), kbuf, qs(g.Sq * Dp),
         dob(g.Sq * Dp), dqa(g.Sq * Dp), dka(kmax * Dp), dva(kmax * Dp), delta(g.Sq), lrow(g.Sq),
-        pbuf(BQB * BK), dsbuf(BQB * BK), orow(Dp), tile(std::max(BQB, BK) * Dp);
+        pbuf(BQB * BK), dsbuf(BQB * BK), orow(Dp), tile(std::max(BQB, BK) * Dp),
+        dtbuf(softcap > T(0) ? BQB * BK : 0), keep(dropout ? BQB * BK : 0), pdbuf(dropout ? BQB * BK : 0);
+    std::vector<float> ubuf(dropout ? BK : 0);
+    std::vector<std::pair<int64_t, int64_t>> qblk(nqbb);  // keys each query block may see
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bhk = task / nkc, t = task % nkc;
       const int64_t c = (t % 2 == 0) ? t / 2 : nkc - 1 - t / 2;  // zig-zag: mix long and short
@@ -398,22 +591,37 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
       const int64_t kbeg = c * kb_per_chunk * BK, kend = std::min(g.Sk, kbeg + kb_per_chunk * BK);
       if (kbeg >= kend) continue;
       const int64_t klen = kend - kbeg;
+      // The query blocks that may see this key chunk: [qb_first, qb_last].
+      int64_t qb_first = nqbb, qb_last = -1;
+      for (int64_t qb = 0; qb < nqbb; ++qb) {
+        qblk[qb] = vis.rows_range(b, qb * BQB, std::min(g.Sq, (qb + 1) * BQB));
+        if (qblk[qb].first < std::min(qblk[qb].second, kend) && qblk[qb].second > kbeg) {
+          qb_first = std::min(qb_first, qb);
+          qb_last = qb;
+        }
+      }
       const scalar_t* kh = kp + b * sk.b + hk * sk.h + kbeg * sk.s;
       const scalar_t* vh = vp + b * sv.b + hk * sv.h + kbeg * sv.s;
-      pack_panels(kh, sk, klen, D, kt.data());
-      pack_panels(vh, sv, klen, D, vt.data());
-      auto [kop, ldk] = rows_operand<scalar_t, T>(kh, sk, klen, D, Dp, kbuf);
       std::fill(dka.begin(), dka.end(), T(0));
       std::fill(dva.begin(), dva.end(), T(0));
+      const T* kop = nullptr;
+      int64_t ldk = 0;
+      if (qb_first <= qb_last) {
+        pack_panels(kh, sk, klen, D, kt.data());
+        pack_panels(vh, sv, klen, D, vt.data());
+        std::tie(kop, ldk) = rows_operand<scalar_t, T>(kh, sk, klen, D, Dp, kbuf);
+      }
       const T* bias_b = bias.data() + b * Skp + kbeg;
-      // First query that sees key kbeg: i + off >= kbeg.
-      const int64_t qchunk = causal ? std::clamp<int64_t>(kbeg - off, 0, g.Sq) : 0;
+      const bool elementwise = vis.elementwise(b);
+      const int64_t* lo_b = vis.lo.data() + b * g.Sq;
+      const int64_t* hi_b = vis.hi.data() + b * g.Sq;
+      const int64_t row_begin = qb_first * BQB, row_end = std::min(g.Sq, (qb_last + 1) * BQB);
       for (int64_t h = hk * g.group(); h < (hk + 1) * g.group(); ++h) {
         const scalar_t* qh = qp + b * sq.b + h * sq.h;
         const scalar_t* goh = gop + b * sgo.b + h * sgo.h;
         const scalar_t* oh = op + b * so.b + h * so.h;
         const T* lh = lp + (b * g.H + h) * g.Sq;
-        for (int64_t i = qchunk / BQB * BQB; i < g.Sq; ++i) {
+        for (int64_t i = row_begin; i < row_end; ++i) {
           load_row(qh + i * sq.s, sq.d, D, Dp, tscale, qs.data() + i * Dp);
           T* d_o = dob.data() + i * Dp;
           load_row(goh + i * sgo.s, sgo.d, D, Dp, T(1), d_o);
@@ -427,32 +635,52 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
         std::fill(dqa.begin(), dqa.end(), T(0));
         for (int64_t k0 = 0; k0 < klen; k0 += BK) {  // k0: offset in the chunk
           const int64_t kn = std::min(BK, klen - k0), knp = round_up(kn, W), kg = kbeg + k0;
-          // First query that sees key kg: i + off >= kg.
-          const int64_t qfirst = causal ? std::max<int64_t>(0, kg - off) : 0;
-          for (int64_t q0 = qfirst / BQB * BQB; q0 < g.Sq; q0 += BQB) {
-            const int64_t qn = std::min(BQB, g.Sq - q0);
+          for (int64_t qb = qb_first; qb <= qb_last; ++qb) {
+            const int64_t q0 = qb * BQB, qn = std::min(BQB, g.Sq - q0);
+            if (!(qblk[qb].first < std::min(qblk[qb].second, kg + kn) && qblk[qb].second > kg)) continue;
+            if (!vis.mask_tile_any(b, h, q0, q0 + qn, kg, kg + kn)) continue;
             T* p = pbuf.data();
             T* ds = dsbuf.data();
             scores<T>(qn, knp, D, qs.data() + q0 * Dp, Dp, kt.data(), k0, p, BK);
             for (int64_t i = 0; i < qn; ++i) {
               T* s = p + i * BK;
-              const int64_t lim = causal ? std::clamp<int64_t>(q0 + i + off - kg + 1, 0, kn) : kn;
+              if (softcap > T(0)) cap_row(s, knp, softcap, dtbuf.data() + i * BK);
+              const int64_t a = std::clamp<int64_t>(lo_b[q0 + i] - kg, 0, kn);
+              const int64_t e = std::clamp<int64_t>(hi_b[q0 + i] - kg, a, kn);
               const Vec vl(lrow[q0 + i]);
               for (int64_t j = 0; j < knp; j += W)
                 vexp<scalar_t, T>(Vec::loadu(s + j) + Vec::loadu(bias_b + k0 + j) - vl).store(s + j);
-              for (int64_t j = lim; j < knp; ++j) s[j] = T(0);
+              std::fill(s, s + a, T(0));
+              std::fill(s + e, s + knp, T(0));
+              if (elementwise) vis.apply_elementwise(b, h, q0 + i, kg + a, e - a, s + a, T(0));
+              if (dropout) {
+                T* kr = keep.data() + i * BK;
+                keep_row(mods, ((b * g.H + h) * g.Sq + q0 + i) * g.Sk + kg, kn, knp, ubuf.data(), kr);
+                T* pd = pdbuf.data() + i * BK;
+                for (int64_t j = 0; j < knp; j += W) (Vec::loadu(s + j) * Vec::loadu(kr + j)).store(pd + j);
+              }
             }
-            // dV += P^T dO
-            gemm<T>(kn, Dp, qn, p, 1, BK, dob.data() + q0 * Dp, Dp, tile.data(), Dp, false);
+            // dV += P^T dO (P with dropout applied)
+            gemm<T>(kn, Dp, qn, dropout ? pdbuf.data() : p, 1, BK, dob.data() + q0 * Dp, Dp, tile.data(), Dp, false);
             add_tile(dva.data() + k0 * Dp, tile.data(), kn, Dp, static_cast<const T*>(nullptr));
-            // dP = dO V^T, then dS = P (dP - delta)
+            // dP = dO V^T (times the keep-mask), then dS = P (dP - delta) (times 1 - tanh^2)
             scores<T>(qn, knp, D, dob.data() + q0 * Dp, Dp, vt.data(), k0, ds, BK);
             for (int64_t i = 0; i < qn; ++i) {
               const Vec vd(delta[q0 + i]);
               T* dsr = ds + i * BK;
               const T* pr = p + i * BK;
-              for (int64_t j = 0; j < knp; j += W)
-                (Vec::loadu(pr + j) * (Vec::loadu(dsr + j) - vd)).store(dsr + j);
+              if (dropout) {
+                const T* kr = keep.data() + i * BK;
+                for (int64_t j = 0; j < knp; j += W)
+                  (Vec::loadu(pr + j) * (Vec::loadu(dsr + j) * Vec::loadu(kr + j) - vd)).store(dsr + j);
+              } else {
+                for (int64_t j = 0; j < knp; j += W)
+                  (Vec::loadu(pr + j) * (Vec::loadu(dsr + j) - vd)).store(dsr + j);
+              }
+              if (softcap > T(0)) {
+                const T* dt = dtbuf.data() + i * BK;
+                for (int64_t j = 0; j < knp; j += W) (Vec::loadu(dsr + j) * Vec::loadu(dt + j)).store(dsr + j);
+              }
             }
             // dQ += dS K ; dK += dS^T (scale Q)
             gemm<T>(qn, Dp, kn, ds, BK, 1, kop + k0 * ldk, ldk, tile.data(), Dp, false);
@@ -476,6 +704,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
       }
     }
   });
+
   if (nkc == 1) return;
   const int64_t rows = g.B * g.H * g.Sq, chunk_stride = rows * Dp;
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
@@ -626,22 +855,16 @@ void forward_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
-template <typename scalar_t, typename T>
-void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-             const c10::optional<at::Tensor>& mask, bool causal, double scale,
-             const AttentionGeometry& g, at::Tensor& out, at::Tensor& lse) {
-  if (g.Sq <= kRowsMaxSq) {
-    forward_rows<scalar_t, T>(q, k, v, mask, causal, scale, g, out, lse);
-  } else {
-    forward_impl<scalar_t, T>(q, k, v, mask, causal, scale, g, out, lse);
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                 const at::Tensor& v,
-                                                 const c10::optional<at::Tensor>& key_padding_mask,
-                                                 bool causal, double scale) {
+std::tuple<at::Tensor, at::Tensor> attention_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
+    int64_t window_left, int64_t window_right, double softcap,
+    const c10::optional<at::Tensor>& document_ids, const c10::optional<at::Tensor>& attn_mask,
+    double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention");
+  const AttentionFeatures f = check_attention_features(q, g, window_left, window_right, softcap,
+                                                       document_ids, attn_mask, dropout_p,
+                                                       seed_offset, "attention");
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty({g.B, g.H, g.Sq, g.D}, q.options());
   at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
@@ -651,21 +874,39 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
     lse.fill_(-std::numeric_limits<double>::infinity());
     return {out, lse};
   }
-  c10::optional<at::Tensor> mask;
+  c10::optional<at::Tensor> mask, docs;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  if (document_ids.has_value()) docs = document_ids->to(at::kLong).contiguous();
+  // The few-rows path knows causal and key padding only.
+  const bool rows = g.Sq <= kRowsMaxSq && !f.any();
+  const Visibility vis = rows ? Visibility{} : make_visibility(g, causal, f.left, f.right, docs, attn_mask);
+  const ScoreMods mods{f.softcap, f.dropout_p, f.key};
   AT_DISPATCH_SWITCH(q.scalar_type(), "attention_cpu",
-      AT_DISPATCH_CASE(at::kFloat, [&] { forward<float, float>(q, k, v, mask, causal, scale, g, out, lse); })
-      AT_DISPATCH_CASE(at::kDouble, [&] { forward<double, double>(q, k, v, mask, causal, scale, g, out, lse); })
-      AT_DISPATCH_CASE(at::kBFloat16, [&] { forward<at::BFloat16, float>(q, k, v, mask, causal, scale, g, out, lse); })
-      AT_DISPATCH_CASE(at::kHalf, [&] { forward<at::Half, float>(q, k, v, mask, causal, scale, g, out, lse); }));
+      AT_DISPATCH_CASE(at::kFloat, [&] {
+        if (rows) forward_rows<float, float>(q, k, v, mask, causal, scale, g, out, lse);
+        else forward_impl<float, float>(q, k, v, mask, vis, mods, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kDouble, [&] {
+        if (rows) forward_rows<double, double>(q, k, v, mask, causal, scale, g, out, lse);
+        else forward_impl<double, double>(q, k, v, mask, vis, mods, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] {
+        if (rows) forward_rows<at::BFloat16, float>(q, k, v, mask, causal, scale, g, out, lse);
+        else forward_impl<at::BFloat16, float>(q, k, v, mask, vis, mods, scale, g, out, lse); })
+      AT_DISPATCH_CASE(at::kHalf, [&] {
+        if (rows) forward_rows<at::Half, float>(q, k, v, mask, causal, scale, g, out, lse);
+        else forward_impl<at::Half, float>(q, k, v, mask, vis, mods, scale, g, out, lse); }));
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& key_padding_mask,
-    bool causal, double scale) {
+    bool causal, double scale, int64_t window_left, int64_t window_right, double softcap,
+    const c10::optional<at::Tensor>& document_ids, const c10::optional<at::Tensor>& attn_mask,
+    double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention_backward");
+  const AttentionFeatures f = check_attention_features(q, g, window_left, window_right, softcap,
+                                                       document_ids, attn_mask, dropout_p,
+                                                       seed_offset, "attention_backward");
   TORCH_CHECK(grad_out.sizes() == out.sizes() && out.sizes() == q.sizes(),
               "attention_backward: grad_out ", grad_out.sizes(), " and out ", out.sizes(),
               " must have the shape of q ", q.sizes());
@@ -683,13 +924,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   }
   const at::Tensor go = grad_out.to(q.scalar_type());
   const at::Tensor l = lse.contiguous();
-  c10::optional<at::Tensor> mask;
+  c10::optional<at::Tensor> mask, docs;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
+  if (document_ids.has_value()) docs = document_ids->to(at::kLong).contiguous();
+  const Visibility vis = make_visibility(g, causal, f.left, f.right, docs, attn_mask);
+  const ScoreMods mods{f.softcap, f.dropout_p, f.key};
   AT_DISPATCH_SWITCH(q.scalar_type(), "attention_backward_cpu",
-      AT_DISPATCH_CASE(at::kFloat, [&] { backward_impl<float, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
-      AT_DISPATCH_CASE(at::kDouble, [&] { backward_impl<double, double>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
-      AT_DISPATCH_CASE(at::kBFloat16, [&] { backward_impl<at::BFloat16, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); })
-      AT_DISPATCH_CASE(at::kHalf, [&] { backward_impl<at::Half, float>(go, q, k, v, out, l, mask, causal, scale, g, dq, dk, dv); }));
+      AT_DISPATCH_CASE(at::kFloat, [&] { backward_impl<float, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { backward_impl<double, double>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { backward_impl<at::BFloat16, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { backward_impl<at::Half, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); }));
   return {dq, dk, dv};
 }
 

@@ -15,7 +15,7 @@
 #include <optional>
 #include <type_traits>
 
-#include "../gan_loss_checks.h"
+#include "../checks.h"
 
 namespace gencore {
 namespace {

@@ -232,8 +232,7 @@ void backward_impl(const at::Tensor& g, const at::Tensor& y, double tau, const R
 std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(const at::Tensor& logits,
                                                        const at::Tensor& seed_offset, double tau,
                                                        bool hard, int64_t dim) {
-  check_floating(logits, "gumbel_softmax", "logits");
-  TORCH_CHECK(tau > 0 && std::isfinite(tau), "gumbel_softmax: tau must be a finite number > 0, got ", tau);
+  check_gumbel_softmax(logits, tau);
   const PhiloxKey key = read_philox_key(seed_offset);
   const at::Tensor x = logits.contiguous();
   const RowLayout L = checked_row_layout(x, dim, "gumbel_softmax");
@@ -250,9 +249,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(const at::Tensor& logits,
 
 at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor& soft, double tau,
                                        int64_t dim) {
-  check_floating(soft, "gumbel_softmax_backward", "soft");
-  TORCH_CHECK(grad.sizes() == soft.sizes(), "gumbel_softmax_backward: grad has shape ",
-              grad.sizes(), " but the saved sample has shape ", soft.sizes());
+  check_gumbel_softmax_backward(grad, soft);
   const at::Tensor g = grad.to(soft.scalar_type()).contiguous();
   const at::Tensor y = soft.contiguous();
   const RowLayout L = checked_row_layout(y, dim, "gumbel_softmax_backward");

@@ -1,51 +1,37 @@
 // Flash-style attention, CUDA wrapper: checks, device guard, current stream, workspaces, launch.
-// The kernels are torch-free: attention_mma_kernels.cu (tensor cores, bf16/fp16, head dims 64, 96,
-// 128, sm_80+) where it applies, attention_kernels.cu (legacy) for everything else.
-// GENCORE_ATTENTION_KERNEL=legacy sends every call to the legacy kernels (to compare them, or as a
-// fallback); unset or "mma" is the default. It is read on every call, so one process can switch.
+// One kernel family, torch-free: attention_mma_kernels.cu (tensor cores, bfloat16/float16, head dims
+// 64, 96, 128, sm_80+). Every other case is a clear error here; impl="auto" (gencore/ops/auto.py)
+// sends those to PyTorch's SDPA with gencore's semantics.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <limits>
-#include <string>
 
 #include "../checks.h"
-#include "attention_kernels.h"
 #include "attention_mma_kernels.h"
 
 namespace gencore {
 namespace {
 
-cuda::AttnDtype attn_dtype(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return cuda::AttnDtype::kFloat32;
-    case at::kDouble: return cuda::AttnDtype::kFloat64;
-    case at::kHalf: return cuda::AttnDtype::kFloat16;
-    case at::kBFloat16: return cuda::AttnDtype::kBFloat16;
-    default: TORCH_CHECK(false, "attention: unsupported dtype ", st);
-  }
+// The kernels copy rows 16 bytes at a time (cp.async): the head dim contiguous, every row 16-byte
+// aligned. A view that breaks that (an odd storage offset, a row stride that is not a multiple of 8
+// elements) is copied to fresh memory; views of a fused QKV projection, say, are not.
+at::Tensor mma_rows(const at::Tensor& t) {
+  bool ok = t.stride(3) == 1 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  for (int d = 0; d < 3; ++d) ok = ok && (t.size(d) == 1 || t.stride(d) % 8 == 0);
+  return ok ? t : t.clone(at::MemoryFormat::Contiguous);
 }
 
-// The kernels read the head dim with unit stride; other strides are passed through.
-at::Tensor unit_last_stride(const at::Tensor& t) {
-  return t.stride(-1) == 1 ? t : t.contiguous();
-}
-
-// Whether the tensor-core kernels may run on q's device (the per-call shape checks are the
-// launchers' attention_*mma_supported).
-bool mma_kernels_allowed(const at::Tensor& q) {
-  const char* env = std::getenv("GENCORE_ATTENTION_KERNEL");
-  const std::string choice = env ? env : "";
-  TORCH_CHECK(choice.empty() || choice == "mma" || choice == "legacy",
-              "GENCORE_ATTENTION_KERNEL must be unset, 'mma' or 'legacy', got '", choice, "'");
-  if (choice == "legacy") return false;
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.get_device()));
-  return major >= 8;
+// The device's compute capability major, read once per device.
+int capability_major(int device) {
+  static int cache[64] = {};
+  TORCH_CHECK(device >= 0 && device < 64, "attention: CUDA device index ", device, " out of range");
+  if (cache[device] == 0)
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&cache[device], cudaDevAttrComputeCapabilityMajor, device));
+  return cache[device];
 }
 
 void set_strides(int64_t* dst, const at::Tensor& t) {
@@ -59,10 +45,30 @@ void check_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device(), op,
               ": q, k, v must be on one CUDA device, got ", q.device(), ", ", k.device(), ", ",
               v.device());
-  TORCH_CHECK(g.D >= 1 && g.D <= 256, op, ": head dim must be in [1, 256] on CUDA, got ", g.D);
+  TORCH_CHECK(cuda::attention_mma_covers(float_type_of(q), static_cast<int>(g.D)), op,
+              ": the CUDA kernel runs bfloat16 and float16 with head dim 64, 96 or 128 (tensor cores), got ",
+              q.scalar_type(), " with head dim ", g.D, "; impl=\"auto\" or impl=\"sdpa\" runs this case on "
+              "PyTorch's scaled_dot_product_attention with gencore's semantics");
+  const int major = capability_major(q.get_device());
+  TORCH_CHECK(major >= 8, op, ": the CUDA kernel needs compute capability 8.0 or newer (mma.sync on tensor cores), "
+              "this GPU is ", major, ".x: use impl=\"auto\" or impl=\"sdpa\"");
   TORCH_CHECK(g.Sq < std::numeric_limits<int>::max() && g.Sk < std::numeric_limits<int>::max(), op,
               ": sequence too long");
   (void)mask;
+}
+
+// window, softcap, document_ids, attn_mask and dropout (the schema's keyword features) are not in
+// the CUDA kernels yet: each must be at its default.
+void check_no_features(const at::Tensor& q, const AttentionGeometry& g, int64_t window_left,
+                       int64_t window_right, double softcap,
+                       const c10::optional<at::Tensor>& document_ids,
+                       const c10::optional<at::Tensor>& attn_mask, double dropout_p,
+                       const c10::optional<at::Tensor>& seed_offset, const char* op) {
+  const AttentionFeatures f = check_attention_features(q, g, window_left, window_right, softcap,
+                                                       document_ids, attn_mask, dropout_p,
+                                                       seed_offset, op);
+  TORCH_CHECK(!f.any(), op, ": window, softcap, document_ids, attn_mask and dropout_p are not yet "
+              "supported on CUDA (use impl='auto' or 'sdpa')");
 }
 
 cuda::AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -90,16 +96,22 @@ cuda::AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, cons
 std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                   const at::Tensor& v_in,
                                                   const c10::optional<at::Tensor>& key_padding_mask,
-                                                  bool causal, double scale) {
+                                                  bool causal, double scale, int64_t window_left,
+                                                  int64_t window_right, double softcap,
+                                                  const c10::optional<at::Tensor>& document_ids,
+                                                  const c10::optional<at::Tensor>& attn_mask,
+                                                  double dropout_p,
+                                                  const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g = check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention");
+  check_no_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+                    seed_offset, "attention");
   check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention");
   c10::cuda::OptionalCUDAGuard guard(q_in.device());
-  const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
+  const at::Tensor q = mma_rows(q_in), k = mma_rows(k_in), v = mma_rows(v_in);
   c10::optional<at::Tensor> mask;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
-  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty({g.B, g.H, g.Sq, g.D}, q.options());
-  at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
+  at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
   if (g.Sk == 0) {
     out.zero_();
@@ -109,11 +121,9 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   cuda::AttentionParams p = make_params(q, k, v, mask, causal, scale, g);
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr();
-  const cuda::AttnDtype dtype = attn_dtype(q.scalar_type());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const cudaError_t err = mma_kernels_allowed(q) && cuda::attention_mma_supported(p, dtype)
-                              ? cuda::launch_attention_forward_mma(p, dtype, stream)
-                              : cuda::launch_attention_forward(p, dtype, stream);
+  const FloatType dtype = float_type_of(q);
+  TORCH_INTERNAL_ASSERT(cuda::attention_mma_supported(p, dtype));
+  const cudaError_t err = cuda::launch_attention_forward_mma(p, dtype, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "attention: CUDA launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, lse};
@@ -122,26 +132,31 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in,
-    const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale) {
+    const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
+    int64_t window_left, int64_t window_right, double softcap,
+    const c10::optional<at::Tensor>& document_ids, const c10::optional<at::Tensor>& attn_mask,
+    double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g =
       check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention_backward");
-  check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention_backward");
+  check_no_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+                    seed_offset, "attention_backward");
   TORCH_CHECK(grad_out.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
               "attention_backward: grad_out ", grad_out.sizes(), " and out ", out_in.sizes(),
               " must have the shape of q ", q_in.sizes());
-  const auto acc = q_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = at::kFloat;
   TORCH_CHECK(lse_in.scalar_type() == acc && lse_in.dim() == 3 && lse_in.size(0) == g.B &&
                   lse_in.size(1) == g.H && lse_in.size(2) == g.Sq,
               "attention_backward: lse must be ", acc, " of shape (", g.B, ", ", g.H, ", ", g.Sq,
               "), got ", lse_in.scalar_type(), " ", lse_in.sizes());
+  check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention_backward");
   c10::cuda::OptionalCUDAGuard guard(q_in.device());
-  const at::Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
-  const at::Tensor go = unit_last_stride(grad_out.to(q.scalar_type()));
+  const at::Tensor q = mma_rows(q_in), k = mma_rows(k_in), v = mma_rows(v_in);
+  const at::Tensor go = mma_rows(grad_out.to(q.scalar_type()));
   const at::Tensor out = out_in.contiguous(), lse = lse_in.contiguous();
   c10::optional<at::Tensor> mask;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
   at::Tensor dq = at::empty(q.sizes(), q.options());
-  at::Tensor dk = at::empty(k.sizes(), k.options());  // both kernels write every element
+  at::Tensor dk = at::empty(k.sizes(), k.options());  // the kernels write every element
   at::Tensor dv = at::empty(v.sizes(), v.options());
   if (q.numel() == 0 || k.numel() == 0) {
     dq.zero_();
@@ -160,18 +175,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   p.dk = dk.mutable_data_ptr();
   p.dv = dv.mutable_data_ptr();
   p.delta = delta.mutable_data_ptr();
-  const cuda::AttnDtype dtype = attn_dtype(q.scalar_type());
+  const FloatType dtype = float_type_of(q);
+  TORCH_INTERNAL_ASSERT(cuda::attention_backward_mma_supported(p, dtype));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  cudaError_t err;
-  at::Tensor dq_accum;
-  if (mma_kernels_allowed(q) && cuda::attention_backward_mma_supported(p, dtype)) {
-    err = cuda::launch_attention_delta(p, dtype, stream);
-    if (err == cudaSuccess) err = cuda::launch_attention_backward_mma(p, dtype, stream);
-  } else {
-    dq_accum = at::empty({g.B, g.H, g.Sq, g.D}, q.options().dtype(acc));
-    p.dq_accum = dq_accum.mutable_data_ptr();
-    err = cuda::launch_attention_backward(p, dtype, stream);
-  }
+  cudaError_t err = cuda::launch_attention_delta(p, dtype, stream);
+  if (err == cudaSuccess) err = cuda::launch_attention_backward_mma(p, dtype, stream);
   TORCH_CHECK(err == cudaSuccess, "attention_backward: CUDA launch failed: ", cudaGetErrorString(err));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dq, dk, dv};

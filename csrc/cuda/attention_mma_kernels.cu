@@ -17,7 +17,7 @@
 // key_padding_mask are masked element by element. Rows that see no key: out 0, lse -inf. Query
 // tiles run longest-first (causal rows near the end see the most keys).
 //
-// Backward: delta = rowsum(dO * O) first (launch_attention_delta), then two kernels:
+// Backward: delta = rowsum(dO * O) first (attention_delta, one warp per row), then two kernels:
 //   dK/dV: per (batch, kv head, key tile); for each query head of the GQA group and each query
 //     tile that can see these keys: S^T = K Q^T and dP^T = V dO^T, P^T = exp2(S^T scale log2 e -
 //     lse log2 e), dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q. Working in the
@@ -36,7 +36,16 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../common/cuda_math.cuh"
 #include "mma_tiles.cuh"
+
+// GENCORE_PLANT_BUG plants one bug of a class the CPU emulator must catch (only
+// tests/test_attention_emulated.py sets it; 0, every real build, compiles the kernels as written):
+// 1 reads delta one element past a row's end (AddressSanitizer finds it), 2 prefetches the
+// forward's next K/V tile before the barrier that frees its stage (the "ahead" schedule does).
+#ifndef GENCORE_PLANT_BUG
+#define GENCORE_PLANT_BUG 0
+#endif
 
 namespace gencore {
 namespace cuda {
@@ -79,7 +88,8 @@ __device__ __forceinline__ float lse_log2(const AttentionBackwardParams& p, int6
   return l == -INFINITY ? INFINITY : l * kLog2e;
 }
 __device__ __forceinline__ float delta_at(const AttentionBackwardParams& p, int64_t bh, int i) {
-  return i < p.Sq ? static_cast<const float*>(p.delta)[bh * p.Sq + i] : 0.f;
+  const bool in = GENCORE_PLANT_BUG == 1 ? i <= p.Sq : i < p.Sq;
+  return in ? static_cast<const float*>(p.delta)[bh * p.Sq + i] : 0.f;
 }
 
 // The key tiles [0, n) a block of query rows [q0, q0 + BM) needs, and whether tile `k0` needs the
@@ -150,7 +160,7 @@ struct HeadPtrs {
 template <typename T, class C>
 __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const AttentionParams p) {
   constexpr int D = C::D, BM = C::BM, BN = C::BN, LD = C::LD, kM = C::kM;
-  T* sQ = reinterpret_cast<T*>(mma::dynamic_smem());
+  T* sQ = reinterpret_cast<T*>(dynamic_smem());
   KvStages<T, C> kv(sQ + BM * LD);
   const LaneIds id;
   const int tid = id.tid, lane = id.lane, g = id.g, t = id.t;
@@ -178,9 +188,10 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
 
   for (int tile = 0; tile < keys.n_tiles; ++tile) {
     mma::cp_async_wait<0>();
-    __syncthreads();  // tile's K/V visible to all; every warp is done with the other stage
+    if (GENCORE_PLANT_BUG != 2) __syncthreads();  // tile's K/V visible to all; every warp is done with the other stage
     if (tile + 1 < keys.n_tiles) kv.load(tile + 1, ptr.k, ptr.v, ptr.pad, p, tid);
     mma::cp_async_commit();
+    if (GENCORE_PLANT_BUG == 2) __syncthreads();
     const int stage = tile & 1, k0 = tile * BN;
 
     float s[kM][BN / 8][4] = {};
@@ -264,7 +275,7 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
 template <typename T, class C>
 __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const AttentionBackwardParams p) {
   constexpr int D = C::D, BM = C::BM, BN = C::BN, LD = C::LD, kM = C::kM;
-  T* sQ = reinterpret_cast<T*>(mma::dynamic_smem());
+  T* sQ = reinterpret_cast<T*>(dynamic_smem());
   T* sdO = sQ + BM * LD;
   KvStages<T, C> kv(sdO + BM * LD);
   const LaneIds id;
@@ -359,7 +370,7 @@ struct QStages {
 template <typename T, class C>
 __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const AttentionBackwardParams p) {
   constexpr int D = C::D, BM = C::BM, BN = C::BN, LD = C::LD, kM = C::kM;
-  T* sK = reinterpret_cast<T*>(mma::dynamic_smem());
+  T* sK = reinterpret_cast<T*>(dynamic_smem());
   T* sV = sK + BM * LD;
   QStages<T, C> qs(sV + BM * LD);
   const LaneIds id;
@@ -467,6 +478,23 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
 }
 
 // ------------------------------------------------------------------------------------------------
+// Backward, delta[row] = sum_d dO * O in float32: one warp per (batch, head, query) row.
+constexpr int kDeltaRowsPerBlock = 8;
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kDeltaRowsPerBlock) attention_delta(const AttentionBackwardParams p) {
+  const int64_t row = (int64_t)blockIdx.x * kDeltaRowsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= (int64_t)p.B * p.H * p.Sq) return;  // the whole warp leaves
+  const int i = row % p.Sq, h = (row / p.Sq) % p.H, b = row / ((int64_t)p.Sq * p.H);
+  const T* go = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1] + i * p.dout_stride[2];
+  const T* o = static_cast<const T*>(p.out) + row * p.D;
+  float acc = 0.f;
+  for (int d = lane; d < p.D; d += 32) acc += to_acc(go[d]) * to_acc(o[d]);
+  acc = warp_sum(acc);
+  if (lane == 0) static_cast<float*>(p.delta)[row] = acc;
+}
+
 template <typename T, class C>
 cudaError_t forward_tiles(const AttentionParams& p, cudaStream_t stream) {
   const size_t smem = sizeof(T) * C::BM * C::LD + KvStages<T, C>::bytes();
@@ -514,27 +542,42 @@ bool rows_aligned(const void* ptr, const int64_t (&stride)[3], int n0, int n1, i
 
 }  // namespace
 
-bool attention_mma_supported(const AttentionParams& p, AttnDtype dtype) {
-  return (dtype == AttnDtype::kBFloat16 || dtype == AttnDtype::kFloat16) && (p.D == 64 || p.D == 96 || p.D == 128) &&
+bool attention_mma_covers(FloatType dtype, int head_dim) {
+  return (dtype == FloatType::kBFloat16 || dtype == FloatType::kFloat16) &&
+         (head_dim == 64 || head_dim == 96 || head_dim == 128);
+}
+
+bool attention_mma_supported(const AttentionParams& p, FloatType dtype) {
+  return attention_mma_covers(dtype, p.D) &&
          rows_aligned(p.q, p.q_stride, p.B, p.H, p.Sq) && rows_aligned(p.k, p.k_stride, p.B, p.Hkv, p.Sk) &&
          rows_aligned(p.v, p.v_stride, p.B, p.Hkv, p.Sk);
 }
 
-bool attention_backward_mma_supported(const AttentionBackwardParams& p, AttnDtype dtype) {
+bool attention_backward_mma_supported(const AttentionBackwardParams& p, FloatType dtype) {
   return attention_mma_supported(p, dtype) && rows_aligned(p.dout, p.dout_stride, p.B, p.H, p.Sq);
 }
 
-cudaError_t launch_attention_forward_mma(const AttentionParams& p, AttnDtype dtype, cudaStream_t stream) {
+cudaError_t launch_attention_forward_mma(const AttentionParams& p, FloatType dtype, cudaStream_t stream) {
   if ((int64_t)p.B * p.H * p.Sq == 0) return cudaSuccess;
-  if (dtype == AttnDtype::kBFloat16) return forward_typed<__nv_bfloat16>(p, stream);
-  if (dtype == AttnDtype::kFloat16) return forward_typed<__half>(p, stream);
+  if (dtype == FloatType::kBFloat16) return forward_typed<__nv_bfloat16>(p, stream);
+  if (dtype == FloatType::kFloat16) return forward_typed<__half>(p, stream);
   return cudaErrorInvalidValue;
 }
 
-cudaError_t launch_attention_backward_mma(const AttentionBackwardParams& p, AttnDtype dtype, cudaStream_t stream) {
+cudaError_t launch_attention_delta(const AttentionBackwardParams& p, FloatType dtype, cudaStream_t stream) {
+  const int64_t rows = (int64_t)p.B * p.H * p.Sq;
+  if (rows == 0) return cudaSuccess;
+  const dim3 grid((unsigned)((rows + kDeltaRowsPerBlock - 1) / kDeltaRowsPerBlock));
+  const dim3 block(32 * kDeltaRowsPerBlock);
+  if (dtype == FloatType::kBFloat16) return launch_kernel(attention_delta<__nv_bfloat16>, grid, block, 0, stream, p);
+  if (dtype == FloatType::kFloat16) return launch_kernel(attention_delta<__half>, grid, block, 0, stream, p);
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_attention_backward_mma(const AttentionBackwardParams& p, FloatType dtype, cudaStream_t stream) {
   if ((int64_t)p.B * p.H * p.Sq == 0 || p.Sk == 0) return cudaSuccess;
-  if (dtype == AttnDtype::kBFloat16) return backward_typed<__nv_bfloat16>(p, stream);
-  if (dtype == AttnDtype::kFloat16) return backward_typed<__half>(p, stream);
+  if (dtype == FloatType::kBFloat16) return backward_typed<__nv_bfloat16>(p, stream);
+  if (dtype == FloatType::kFloat16) return backward_typed<__half>(p, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -1,25 +1,58 @@
-// Tensor-core attention (FlashAttention-2 structure on mma.sync, sm_80+), bfloat16/float16, head
-// dims 64, 96, 128. Torch-free launchers; the wrapper (attention.cpp) picks these where
-// attention_mma_supported() says so and the device is sm_80+, else the kernels of
-// attention_kernels.h.
+// Flash attention on tensor cores (FlashAttention-2 structure on mma.sync, sm_80+): bfloat16 and
+// float16, head dims 64, 96, 128. The one CUDA attention family; the wrapper (attention.cpp) checks
+// the tensors, refuses every other case with a clear error (impl="auto" sends those to SDPA), makes
+// the rows meet attention_mma_supported(), allocates outputs and workspaces, and calls these
+// torch-free launchers on the current stream.
 #pragma once
 #include <cuda_runtime.h>
 
-#include "attention_kernels.h"
+#include <cstdint>
+
+#include "../common/float_type.h"
 
 namespace gencore {
 namespace cuda {
 
-// dtype bf16/fp16, D in {64, 96, 128}, q/k/v 16-byte aligned with strides that are multiples of 8
-// elements (cp.async moves 16 bytes); for the backward also grad_out.
-bool attention_mma_supported(const AttentionParams& p, AttnDtype dtype);
-bool attention_backward_mma_supported(const AttentionBackwardParams& p, AttnDtype dtype);
+struct AttentionParams {
+  // q (B, H, Sq, D), k/v (B, Hkv, Sk, D): strides in elements of (batch, head, seq); the head dim
+  // is contiguous (stride 1).
+  const void* q;
+  const void* k;
+  const void* v;
+  int64_t q_stride[3], k_stride[3], v_stride[3];
+  const bool* key_padding_mask;  // (B, Sk) contiguous, True = ignore; may be null
+  void* out;                     // (B, H, Sq, D) contiguous, q's dtype
+  void* lse;                     // (B, H, Sq) float32
+  int B, H, Hkv, Sq, Sk, D;
+  bool causal;                   // bottom-right: query i sees keys j <= i + Sk - Sq
+  double scale;
+};
 
-cudaError_t launch_attention_forward_mma(const AttentionParams& p, AttnDtype dtype, cudaStream_t stream);
+struct AttentionBackwardParams : AttentionParams {
+  const void* dout;              // (B, H, Sq, D), strides of (batch, head, seq); head dim contiguous
+  int64_t dout_stride[3];
+  void* dq;                      // contiguous, shapes of q, k, v, q's dtype
+  void* dk;
+  void* dv;
+  void* delta;                   // workspace: B*H*Sq float32
+};
 
-// Needs p.delta = rowsum(dO * O) (launch_attention_delta) and p.lse from the forward; writes every
-// element of p.dq, p.dk, p.dv (no workspace, no atomics: dQ comes from its own kernel).
-cudaError_t launch_attention_backward_mma(const AttentionBackwardParams& p, AttnDtype dtype,
+// The dtypes and head dims the kernels are built for (the wrapper's error names them).
+bool attention_mma_covers(FloatType dtype, int head_dim);
+
+// attention_mma_covers, and q/k/v 16-byte aligned with strides that are multiples of 8 elements
+// (cp.async moves 16 bytes); for the backward also grad_out.
+bool attention_mma_supported(const AttentionParams& p, FloatType dtype);
+bool attention_backward_mma_supported(const AttentionBackwardParams& p, FloatType dtype);
+
+cudaError_t launch_attention_forward_mma(const AttentionParams& p, FloatType dtype, cudaStream_t stream);
+
+// delta = rowsum(dO * O) into p.delta (float32), the first step of the backward.
+cudaError_t launch_attention_delta(const AttentionBackwardParams& p, FloatType dtype, cudaStream_t stream);
+
+// Needs p.delta (launch_attention_delta) and p.lse from the forward; writes every element of p.dq,
+// p.dk, p.dv (no workspace, no atomics: dQ comes from its own kernel).
+cudaError_t launch_attention_backward_mma(const AttentionBackwardParams& p, FloatType dtype,
                                           cudaStream_t stream);
 
 }  // namespace cuda

@@ -7,20 +7,11 @@
 
 #include <optional>
 
-#include "../gan_loss_checks.h"
+#include "../checks.h"
 #include "gan_loss_kernels.h"
 
 namespace gencore {
 namespace {
-
-cuda::GanDType gan_dtype(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return cuda::GanDType::kFloat;
-    case at::kDouble: return cuda::GanDType::kDouble;
-    case at::kHalf: return cuda::GanDType::kHalf;
-    default: return cuda::GanDType::kBFloat16;  // check_floating allowed nothing else
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const std::optional<at::Tensor>& real,
                                                              const at::Tensor& fake, int64_t kind,
@@ -49,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cuda(const std::optional
   const size_t ws_bytes = cuda::gan_loss_workspace_bytes(a);
   at::Tensor ws = ws_bytes ? at::empty({static_cast<int64_t>(ws_bytes)}, f.options().dtype(at::kByte))
                            : at::Tensor();
-  C10_CUDA_CHECK(cuda::launch_gan_loss(a, gan_dtype(f.scalar_type()),
+  C10_CUDA_CHECK(cuda::launch_gan_loss(a, float_type_of(f),
                                        ws_bytes ? ws.mutable_data_ptr() : nullptr,
                                        c10::cuda::getCurrentCUDAStream().stream()));
   return {loss, gr, gf};

@@ -10,14 +10,14 @@
 // block (barriers are __syncthreads, partial sums in shared memory, no workspace); larger ones run
 // one launch per phase (the launch boundary is the barrier) with a workspace from the caller. No
 // cooperative launch, no device query, no host sync: safe to capture in a CUDA graph.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "../common/cuda_math.cuh"
 #include "../common/gan_loss.h"
 #include "gan_loss_kernels.h"
+#include "launch.cuh"
 
 namespace gencore {
 namespace cuda {
@@ -31,34 +31,12 @@ constexpr int kItemsPerThread = 8;    // G = ceil(n / (kThreads * kItemsPerThrea
 constexpr int kMaxBlocks = 2048;
 constexpr int kSlots = 6;             // workspace doubles per block
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-// Loads to and stores from the math type A = Acc<T>::type.
-template <typename T> struct Conv;
-template <> struct Conv<float> {
-  static __device__ __forceinline__ float load(float x) { return x; }
-  static __device__ __forceinline__ float store(float x) { return x; }
-};
-template <> struct Conv<double> {
-  static __device__ __forceinline__ double load(double x) { return x; }
-  static __device__ __forceinline__ double store(double x) { return x; }
-};
-template <> struct Conv<__half> {
-  static __device__ __forceinline__ float load(__half x) { return __half2float(x); }
-  static __device__ __forceinline__ __half store(float x) { return __float2half_rn(x); }
-};
-template <> struct Conv<__nv_bfloat16> {
-  static __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
-};
-template <typename T>
-__device__ __forceinline__ typename Acc<T>::type to_acc(T x) { return Conv<T>::load(x); }
-template <typename T>
-__device__ __forceinline__ T from_acc(typename Acc<T>::type x) { return Conv<T>::store(x); }
+// Loads widen to and stores round from the math type A = AccOf<T>::type (common/cuda_math.cuh);
+// a double result (the loss) is rounded to A first.
+template <typename T> using Acc = AccOf<T>;
 template <typename T>
 __device__ __forceinline__ T from_acc_d(double x) {
-  return Conv<T>::store(static_cast<typename Acc<T>::type>(x));
+  return from_acc<T>(static_cast<typename AccOf<T>::type>(x));
 }
 
 __device__ __forceinline__ float ex(float x) { return expf(x); }
@@ -291,13 +269,11 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   const bool none = p.reduction == kNoReduction;
   const int last = ragan ? kRealSide : (none ? kTerms : kTotal);
   if (p.blocks == 1) {
-    gan_loss_kernel<T><<<1, kThreads, 0, stream>>>(p, 0, last);
-    return cudaGetLastError();
+    return launch_kernel(gan_loss_kernel<T>, 1, kThreads, 0, stream, p, 0, last);
   }
   for (int phase = 0; phase <= last; ++phase) {
     const int grid = !ragan && phase == kTotal ? 1 : p.blocks;
-    gan_loss_kernel<T><<<grid, kThreads, 0, stream>>>(p, phase, phase);
-    const cudaError_t err = cudaGetLastError();
+    const cudaError_t err = launch_kernel(gan_loss_kernel<T>, grid, kThreads, 0, stream, p, phase, phase);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
@@ -310,7 +286,7 @@ size_t gan_loss_workspace_bytes(const GanLossArgs& a) {
   return grid == 1 ? 0 : static_cast<size_t>(grid) * kSlots * sizeof(double);
 }
 
-cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspace,
+cudaError_t launch_gan_loss(const GanLossArgs& a, FloatType dtype, void* workspace,
                             cudaStream_t stream) {
   Params p;
   if (!make_plan(a.kind, a.role, &p.plan)) return cudaErrorInvalidValue;
@@ -325,11 +301,12 @@ cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspac
   p.ws = static_cast<double*>(workspace);
   p.blocks = grid_size(a);
   switch (dtype) {
-    case GanDType::kFloat: return launch<float>(p, stream);
-    case GanDType::kDouble: return launch<double>(p, stream);
-    case GanDType::kHalf: return launch<__half>(p, stream);
-    default: return launch<__nv_bfloat16>(p, stream);
+    case FloatType::kFloat32: return launch<float>(p, stream);
+    case FloatType::kFloat64: return launch<double>(p, stream);
+    case FloatType::kFloat16: return launch<__half>(p, stream);
+    case FloatType::kBFloat16: return launch<__nv_bfloat16>(p, stream);
   }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace cuda

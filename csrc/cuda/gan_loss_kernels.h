@@ -5,10 +5,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../common/float_type.h"
+
 namespace gencore {
 namespace cuda {
-
-enum class GanDType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
 
 struct GanLossArgs {
   const void* real;  // n_real elements (nullptr when the plan does not read it)
@@ -26,8 +26,9 @@ size_t gan_loss_workspace_bytes(const GanLossArgs& a);
 
 // Loss and both gradients on `stream`: one launch up to 16384 elements per side, else one per phase
 // (2; ragan 4). Deterministic: fixed-order reductions through `workspace` (no float atomics); no
-// host sync, capturable in a CUDA graph. Returns the launch error, if any.
-cudaError_t launch_gan_loss(const GanLossArgs& a, GanDType dtype, void* workspace,
+// host sync, capturable in a CUDA graph. Returns the launch error, if any (cudaErrorInvalidValue
+// for an unknown kind/role or dtype).
+cudaError_t launch_gan_loss(const GanLossArgs& a, FloatType dtype, void* workspace,
                             cudaStream_t stream);
 
 }  // namespace cuda

@@ -8,7 +8,6 @@
 
 #include "../checks.h"
 #include "gumbel_softmax_kernels.h"
-#include "dtype.h"
 
 namespace gencore {
 namespace {
@@ -16,8 +15,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cuda(const at::Tensor& logits,
                                                         const at::Tensor& seed_offset, double tau,
                                                         bool hard, int64_t dim) {
-  check_floating(logits, "gumbel_softmax", "logits");
-  TORCH_CHECK(tau > 0 && std::isfinite(tau), "gumbel_softmax: tau must be a finite number > 0, got ", tau);
+  check_gumbel_softmax(logits, tau);
   const PhiloxKey key = read_philox_key(seed_offset);
   const c10::cuda::OptionalCUDAGuard guard(logits.device());
   const at::Tensor x = logits.contiguous();
@@ -34,11 +32,7 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cuda(const at::Tensor& logits,
 
 at::Tensor gumbel_softmax_backward_cuda(const at::Tensor& grad, const at::Tensor& soft, double tau,
                                         int64_t dim) {
-  check_floating(soft, "gumbel_softmax_backward", "soft");
-  TORCH_CHECK(grad.sizes() == soft.sizes(), "gumbel_softmax_backward: grad has shape ",
-              grad.sizes(), " but the saved sample has shape ", soft.sizes());
-  TORCH_CHECK(grad.device() == soft.device(), "gumbel_softmax_backward: grad is on ",
-              grad.device(), " but the saved sample is on ", soft.device());
+  check_gumbel_softmax_backward(grad, soft);
   const c10::cuda::OptionalCUDAGuard guard(soft.device());
   const at::Tensor g = grad.to(soft.scalar_type()).contiguous();
   const at::Tensor y = soft.contiguous();

@@ -27,6 +27,7 @@
 #include "../common/cuda_math.cuh"
 #include "../common/gumbel_noise.h"
 #include "gumbel_softmax_kernels.h"
+#include "launch.cuh"
 
 namespace gencore {
 namespace {
@@ -189,8 +190,7 @@ gumbel_row_kernel(const T* __restrict__ x, T* __restrict__ out, T* __restrict__ 
                   int n, int slots, PhiloxKey key, typename AccOf<T>::type inv_tau, bool hard) {
   using A = typename AccOf<T>::type;
   constexpr int C = Chunk<T>::C;
-  extern __shared__ unsigned char smem_raw[];
-  A* smem = reinterpret_cast<A*>(smem_raw);  // C / 4 planes of `slots` x 4 values
+  A* smem = reinterpret_cast<A*>(dynamic_smem());  // C / 4 planes of `slots` x 4 values
   __shared__ A red_a[THREADS / 32];
   __shared__ int red_i[THREADS / 32];
   A reg[RC][C];
@@ -360,10 +360,9 @@ gumbel_group_kernel(const T* __restrict__ x, T* __restrict__ out, T* __restrict_
                     int64_t rows, int64_t n, int64_t inner, PhiloxKey key,
                     typename AccOf<T>::type inv_tau, bool hard, bool cached) {
   using A = typename AccOf<T>::type;
-  extern __shared__ unsigned char smem_raw[];
   constexpr int kRowsPerBlock = kGroupBlock / GROUP;
   const int t = threadIdx.x % GROUP, slot = threadIdx.x / GROUP;
-  A* zcache = reinterpret_cast<A*>(smem_raw) + static_cast<int64_t>(slot) * n;
+  A* zcache = reinterpret_cast<A*>(dynamic_smem()) + static_cast<int64_t>(slot) * n;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + slot; ;
        row += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
     // Whole groups leave together (GROUP > 32 uses __syncthreads in the reduction).
@@ -561,10 +560,9 @@ cudaError_t launch_rows(const void* x, void* out, void* soft, int64_t rows, int6
   constexpr auto kernel = gumbel_row_kernel<T, THREADS, reg_chunks<T>(), MIN_BLOCKS>;
   cudaError_t err = allow_smem<kernel>(smem);
   if (err != cudaSuccess) return err;
-  kernel<<<grid_for(rows, 1), THREADS, smem, s>>>(
-      static_cast<const T*>(x), static_cast<T*>(out), static_cast<T*>(soft), rows,
-      static_cast<int>(n), slots, key, static_cast<A>(1.0 / tau), hard);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid_for(rows, 1), THREADS, smem, s, static_cast<const T*>(x),
+                       static_cast<T*>(out), static_cast<T*>(soft), rows, static_cast<int>(n), slots,
+                       key, static_cast<A>(1.0 / tau), hard);
 }
 
 // RowKernel when it applies (contiguous rows of more than 1024 elements, aligned, fitting in
@@ -606,10 +604,9 @@ cudaError_t launch_group(const void* x, void* out, void* soft, int64_t rows, int
   constexpr auto kernel = gumbel_group_kernel<T, GROUP>;
   err = allow_smem<kernel>(smem);
   if (err != cudaSuccess) return err;
-  kernel<<<grid_for(rows, kRowsPerBlock), kGroupBlock, smem, s>>>(
-      static_cast<const T*>(x), static_cast<T*>(out), static_cast<T*>(soft), rows, n, inner, key,
-      static_cast<A>(1.0 / tau), hard, cached);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid_for(rows, kRowsPerBlock), kGroupBlock, smem, s,
+                       static_cast<const T*>(x), static_cast<T*>(out), static_cast<T*>(soft), rows, n,
+                       inner, key, static_cast<A>(1.0 / tau), hard, cached);
 }
 
 template <typename T>
@@ -631,16 +628,14 @@ cudaError_t backward_typed(const void* g, const void* y, void* dx, int64_t rows,
   T* dp = static_cast<T*>(dx);
   if (inner == 1 && n > 1024 && n <= (1 << 30) && aligned16(g, y, dx)) {
     const int ni = static_cast<int>(n);
-    if (n <= 8192) gumbel_backward_row_kernel<T, 256><<<grid_for(rows, 1), 256, 0, s>>>(gp, yp, dp, rows, ni, inv_tau);
-    else gumbel_backward_row_kernel<T, 1024><<<grid_for(rows, 1), 1024, 0, s>>>(gp, yp, dp, rows, ni, inv_tau);
-  } else if (n <= 1024) {
-    gumbel_backward_kernel<T, 32><<<grid_for(rows, kGroupBlock / 32), kGroupBlock, 0, s>>>(
-        gp, yp, dp, rows, n, inner, inv_tau);
-  } else {
-    gumbel_backward_kernel<T, kGroupBlock><<<grid_for(rows, 1), kGroupBlock, 0, s>>>(
-        gp, yp, dp, rows, n, inner, inv_tau);
+    if (n <= 8192) return launch_kernel(gumbel_backward_row_kernel<T, 256>, grid_for(rows, 1), 256, 0, s, gp, yp, dp, rows, ni, inv_tau);
+    return launch_kernel(gumbel_backward_row_kernel<T, 1024>, grid_for(rows, 1), 1024, 0, s, gp, yp, dp, rows, ni, inv_tau);
   }
-  return cudaGetLastError();
+  if (n <= 1024)
+    return launch_kernel(gumbel_backward_kernel<T, 32>, grid_for(rows, kGroupBlock / 32), kGroupBlock, 0, s, gp, yp,
+                         dp, rows, n, inner, inv_tau);
+  return launch_kernel(gumbel_backward_kernel<T, kGroupBlock>, grid_for(rows, 1), kGroupBlock, 0, s, gp, yp, dp,
+                       rows, n, inner, inv_tau);
 }
 
 }  // namespace

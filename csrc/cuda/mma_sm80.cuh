@@ -1,6 +1,6 @@
 // Warp-level tensor-core primitives for sm_80 and newer, in inline PTX: mma.sync m16n8k16 (bf16/fp16
-// in, f32 accumulate), ldmatrix, cp.async, ex2.approx, the dynamic shared-memory base and the
-// kernel launch. Torch-free.
+// in, f32 accumulate), ldmatrix, cp.async, ex2.approx, and the launch with more than 48 KiB of
+// dynamic shared memory. Torch-free.
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t:
 //   A (16x16, row-major), 4 registers of 2 elements: a0 (row g, cols 2t, 2t+1), a1 (row g+8, same
@@ -10,7 +10,7 @@
 // ldmatrix .x4: lanes 8i..8i+7 give the row addresses (16 bytes each) of 8x8 matrix i; register i
 // of lane 4g+t receives row g, elements 2t, 2t+1 of matrix i (.trans: elements (2t, g), (2t+1, g)).
 //
-// tools/emulate_attention/ replaces this header with a CPU emulation of the same primitives (it
+// tests/cuda_emulator/emu_sm80.h replaces this header with a CPU emulation of the same primitives (it
 // defines the include guard first), so everything above this layer runs on the host in tests.
 #ifndef GENCORE_CUDA_MMA_SM80_CUH
 #define GENCORE_CUDA_MMA_SM80_CUH
@@ -21,17 +21,13 @@
 
 #include <cstdint>
 
+#include "launch.cuh"
+
 namespace gencore {
 namespace mma {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// The block's dynamic shared memory (sized at launch).
-__device__ __forceinline__ unsigned char* dynamic_smem() {
-  extern __shared__ __align__(128) unsigned char gencore_dynamic_smem[];
-  return gencore_dynamic_smem;
 }
 
 // 16-byte global -> shared copy that skips L1; with valid == false nothing is read and the 16
@@ -113,8 +109,7 @@ inline cudaError_t launch(void (*kernel)(Params), dim3 grid, dim3 block, size_t 
                           const Params& params) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, block, smem, stream>>>(params);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, block, smem, stream, params);
 }
 
 }  // namespace mma

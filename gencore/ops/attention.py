@@ -1,25 +1,44 @@
 """gencore.ops.attention: fused flash-style scaled dot-product attention.
 
 Layout (B, H, S, D) as `torch.nn.functional.scaled_dot_product_attention`. The fused kernels
-(csrc/cpu/attention.cpp, csrc/cuda/attention*.cu) run the online softmax over key tiles and never
+(csrc/cpu/attention.cpp, csrc/cuda/attention_mma_kernels.cu) run the online softmax over key tiles and never
 form the S_q x S_k score matrix, forward or backward (memory O(S*D)); the backward recomputes the
-scores from the saved row logsumexp. The reference (reference/attention.py) defines the semantics;
-`attention_sdpa` gives the same semantics on PyTorch's `F.scaled_dot_product_attention`, which
-impl="auto" runs where the fused kernel is not the faster one (ops/auto.py).
+scores from the saved row logsumexp (and the dropout keep-mask from its Philox counters). Tiles
+that a window, the documents or a mask leave empty are skipped. The reference
+(reference/attention.py) defines the semantics; `attention_sdpa` gives the same semantics on
+PyTorch's `F.scaled_dot_product_attention`, which impl="auto" runs where the fused kernel is not
+the faster one (ops/auto.py).
+
+`scaled_dot_product_attention` is the drop-in for `F.scaled_dot_product_attention`: its signature
+and semantics, the fused kernel where it covers the call and the auto table picks it, torch's own
+function otherwise.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+import numbers
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import _backend
 from . import auto
-from .reference.attention import attention_reference
+from .reference.attention import attention_reference, visible_keys, window_bounds
+from .rng import philox_seed_offset
 
 _FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# What the CUDA kernel runs (csrc/cuda/attention_mma_kernels.cu: tensor cores, sm_80+); impl="fused"
+# on CUDA raises a clear error for any other case, and impl="auto" sends those to SDPA.
+CUDA_KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+CUDA_KERNEL_HEAD_DIMS = (64, 96, 128)
+
+
+def cuda_kernel_covers(dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether gencore's CUDA attention kernel runs this dtype and head dim (on an sm_80+ GPU)."""
+    return dtype in CUDA_KERNEL_DTYPES and head_dim in CUDA_KERNEL_HEAD_DIMS
+
+_INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def _check(q, k, v, key_padding_mask, scale) -> float:
@@ -66,9 +85,60 @@ def _check(q, k, v, key_padding_mask, scale) -> float:
     return float(scale)
 
 
+def _check_features(q, k, dropout_p, window, softcap, document_ids, attn_mask):
+    """Checks the keyword features; returns (dropout_p, (left, right), softcap or None)."""
+    (B, H, Sq, _), Sk = q.shape, k.shape[2]
+    if isinstance(dropout_p, torch.Tensor) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"attention: dropout_p must be a Python number, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if window is not None:
+        if not isinstance(window, (tuple, list)) or len(window) != 2:
+            raise TypeError(f"attention: window must be None or a pair (left, right), got {window!r}")
+        for side in window:
+            if side is not None and (isinstance(side, bool) or not isinstance(side, numbers.Integral)):
+                raise TypeError(f"attention: window sides must be ints or None, got {window!r}")
+            if side is not None and side < -1:
+                raise ValueError(f"attention: window sides must be >= 0, or -1/None for unbounded, got {window!r}")
+    left, right = window_bounds(window)
+    if softcap is not None:
+        if isinstance(softcap, torch.Tensor) or not isinstance(softcap, numbers.Real):
+            raise TypeError(f"attention: softcap must be a Python number or None, got {type(softcap).__name__}")
+        if not (softcap > 0 and math.isfinite(softcap)):
+            raise ValueError(f"attention: softcap must be a finite number > 0, got {softcap}")
+        softcap = float(softcap)
+    if document_ids is not None:
+        if not isinstance(document_ids, torch.Tensor) or document_ids.dtype not in _INTEGER:
+            what = document_ids.dtype if isinstance(document_ids, torch.Tensor) else type(document_ids).__name__
+            raise TypeError(f"attention: document_ids must be an integer tensor, got {what}")
+        if Sq != Sk:
+            raise ValueError(f"attention: document_ids needs S_q == S_k (packed self-attention), got "
+                             f"S_q {Sq}, S_k {Sk}")
+        if tuple(document_ids.shape) != (B, Sk):
+            raise ValueError(f"attention: document_ids must have shape (batch, S) = ({B}, {Sk}), got "
+                             f"{tuple(document_ids.shape)}")
+        if document_ids.device != q.device:
+            raise ValueError(f"attention: document_ids is on {document_ids.device}, q on {q.device}")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor) or attn_mask.dtype != torch.bool:
+            what = attn_mask.dtype if isinstance(attn_mask, torch.Tensor) else type(attn_mask).__name__
+            raise TypeError(f"attention: attn_mask must be a bool tensor (True = take part), got {what}")
+        shape = tuple(attn_mask.shape)
+        if (len(shape) != 4 or shape[0] not in (1, B) or shape[1] not in (1, H)
+                or shape[2:] != (Sq, Sk)):
+            raise ValueError(f"attention: attn_mask must have shape (batch or 1, heads or 1, S_q, S_k) "
+                             f"= ({B} or 1, {H} or 1, {Sq}, {Sk}), got {shape}")
+        if attn_mask.device != q.device:
+            raise ValueError(f"attention: attn_mask is on {attn_mask.device}, q on {q.device}")
+    return float(dropout_p), (left, right), softcap
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-              key_padding_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-              impl: str = "auto") -> torch.Tensor:
+              key_padding_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None, *,
+              dropout_p: float = 0.0, window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+              softcap: Optional[float] = None, document_ids: Optional[torch.Tensor] = None,
+              attn_mask: Optional[torch.Tensor] = None,
+              generator: Optional[torch.Generator] = None, impl: str = "auto") -> torch.Tensor:
     """softmax(scale * q k^T + mask) v, flash-style.
 
     Args:
@@ -79,29 +149,82 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
             cache the last query sees every key; with S_q == S_k it is the usual lower triangle).
         key_padding_mask: bool (B, S_k), True = ignore that key.
         scale: multiplies q k^T; default 1 / sqrt(D).
+        dropout_p: dropout on the attention probabilities (kept ones scaled by 1 / (1 - p)), in
+            [0, 1). The keep-mask comes from Philox keyed by (seed, offset, b, h, i, j), the seed
+            drawn from `generator` (default: torch's default generator, so `torch.manual_seed`
+            repeats it): the same mask in the reference and the fused kernels. Under impl="auto"
+            a case the table sends to the built-in runs SDPA's own dropout (torch's RNG: another
+            mask, the same distribution).
+        window: (left, right): query i sees keys i + S_k - S_q - left <= j <= i + S_k - S_q + right
+            (the causal frame); -1 or None leaves a side unbounded (FlashAttention's window_size).
+        softcap: scores become softcap * tanh(scores / softcap) (after `scale`) before the softmax.
+        document_ids: integer (B, S) for packed sequences (S_q == S_k): a query sees only keys of
+            its own document (with causal: the causal mask within each document). See
+            `document_ids_from_cu_seqlens` for FlashAttention's cumulative-lengths form.
+        attn_mask: bool (B or 1, H or 1, S_q, S_k), True = take part (SDPA's convention; note that
+            key_padding_mask's True means ignore).
+        generator: the torch generator for dropout's seed.
         impl: "auto" (the fused kernel where it is measured faster than SDPA for this device and
             case, else SDPA: see gencore/ops/auto.py), "fused", "reference", or "sdpa" (PyTorch's
-            `F.scaled_dot_product_attention` with gencore's semantics).
+            `F.scaled_dot_product_attention` with gencore's semantics; no built-in caps scores, so
+            softcap there runs the reference's composed ops).
 
-    Returns (B, H, S_q, D) in q's dtype. Rows that see no key (all keys padded, or causal with
+    Returns (B, H, S_q, D) in q's dtype. Rows that see no key (all keys masked, or causal with
     S_q > S_k) are zeros and get zero gradients.
     """
     scale = _check(q, k, v, key_padding_mask, scale)
     causal = bool(causal)
-    case = _auto_case(q, causal, key_padding_mask) if impl == "auto" else "*"
+    dropout_p, (left, right), softcap = _check_features(q, k, dropout_p, window, softcap,
+                                                        document_ids, attn_mask)
+    window = None if left < 0 and right < 0 else (left, right)
+    features = dict(dropout_p=dropout_p, window=window, softcap=softcap,
+                    document_ids=document_ids, attn_mask=attn_mask)
+    case = _auto_case(q, causal, key_padding_mask, **features) if impl == "auto" else "*"
     choice = auto.resolve("attention", impl, q.device.type, case, builtin_name="sdpa")
-    if choice == auto.FUSED:
-        return torch.ops.gencore.attention(q, k, v, key_padding_mask, causal, scale)[0]
     if choice == auto.BUILTIN:
-        return attention_sdpa(q, k, v, causal, key_padding_mask, scale)
-    return attention_reference(q, k, v, causal, key_padding_mask, scale)[0]
+        return attention_sdpa(q, k, v, causal, key_padding_mask, scale, generator=generator, **features)
+    seed_offset = philox_seed_offset(generator) if dropout_p > 0 else None
+    if choice == auto.FUSED:
+        return torch.ops.gencore.attention(
+            q, k, v, key_padding_mask, causal, scale, left, right,
+            0.0 if softcap is None else softcap, document_ids, attn_mask, dropout_p, seed_offset)[0]
+    return attention_reference(q, k, v, causal, key_padding_mask, scale, seed_offset=seed_offset,
+                               **features)[0]
 
 
-def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor]) -> str:
-    """The row of the auto table (ops/auto.py) a call falls in: "<dtype> decode" (a few queries
-    against many keys: KV-cache decoding), "<dtype> causal", or "*"."""
+def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
+    """FlashAttention's cumulative sequence lengths [0, l_0, l_0 + l_1, ..., S] -> document_ids
+    (1, S) int64 for `attention(..., document_ids=...)` on the packed (1, H, S, D) batch.
+    Tokens past cu_seqlens[-1] (up to `total`) form one more document of their own."""
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype not in _INTEGER:
+        raise TypeError("document_ids_from_cu_seqlens: cu_seqlens must be a 1-d integer tensor")
+    cu = cu_seqlens.to(torch.int64)
+    S = int(cu[-1]) if total is None else int(total)
+    pos = torch.arange(S, device=cu.device)
+    return (torch.searchsorted(cu[1:], pos, right=True))[None, :]
+
+
+def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor], *,
+               dropout_p: float = 0.0, window=None, softcap=None, document_ids=None,
+               attn_mask=None) -> str:
+    """The row of the auto table (ops/auto.py) a call falls in.
+
+    Without the keyword features: "<dtype> decode" (a few queries against many keys: KV-cache
+    decoding), "<dtype> causal", or "*" (key padding included). With them: "<dtype> " and the
+    features present joined by "+" in this order: mask, documents, window, softcap, dropout, then
+    "padding" for a key padding mask ("float32 window", "bfloat16 window+softcap",
+    "float32 documents+dropout+padding"). Causal is not part of these names."""
     name = _CASE_DTYPES.get(q.dtype)
-    if name is None or key_padding_mask is not None:
+    features = [f for f, on in (("mask", attn_mask is not None), ("documents", document_ids is not None),
+                                ("window", window is not None), ("softcap", softcap is not None),
+                                ("dropout", dropout_p > 0)) if on]
+    if name is None:
+        return "*"
+    if features:
+        if key_padding_mask is not None:
+            features.append("padding")
+        return f"{name} {'+'.join(features)}"
+    if key_padding_mask is not None:
         return "*"
     if q.shape[2] <= 4:
         return f"{name} decode"
@@ -113,30 +236,122 @@ _CASE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                    key_padding_mask: Optional[torch.Tensor] = None,
-                   scale: Optional[float] = None) -> torch.Tensor:
+                   scale: Optional[float] = None, *, dropout_p: float = 0.0, window=None,
+                   softcap: Optional[float] = None, document_ids: Optional[torch.Tensor] = None,
+                   attn_mask: Optional[torch.Tensor] = None,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """gencore.ops.attention's semantics on `F.scaled_dot_product_attention`: bottom-right causal
-    mask, GQA (k/v with fewer heads), bool key padding mask (True = ignore), zeros (and zero
-    gradients) for rows that see no key. Arguments are not checked here (attention() does)."""
+    mask, GQA (k/v with fewer heads), bool key padding mask (True = ignore), window, documents
+    and attn_mask as one bool mask, zeros (and zero gradients) for rows that see no key.
+    Dropout is SDPA's own (torch's RNG, not gencore's Philox mask). No built-in caps scores: with
+    softcap this runs the reference's composed ops (and its Philox dropout). Arguments are not
+    checked here (attention() does)."""
+    if softcap is not None:
+        seed_offset = philox_seed_offset(generator) if dropout_p > 0 else None
+        return attention_reference(q, k, v, causal, key_padding_mask, scale, dropout_p=dropout_p,
+                                   seed_offset=seed_offset, window=window, softcap=softcap,
+                                   document_ids=document_ids, attn_mask=attn_mask)[0]
     H, Hkv = q.shape[1], k.shape[1]
     if Hkv != H:  # expand, not enable_gqa: every SDPA backend takes equal head counts
         k = k.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
     Sq, Sk = q.shape[2], k.shape[2]
-    if key_padding_mask is None and (not causal or Sq == 1):
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)  # a lone query sees every key
-    if key_padding_mask is None and Sq == Sk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    visible = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device)
-    if causal:
-        visible = visible.tril(Sk - Sq)
-    visible = visible.expand(q.shape[0], 1, Sq, Sk)
-    if key_padding_mask is not None:
-        visible = visible & ~key_padding_mask[:, None, None, :]
+    plain = key_padding_mask is None and window is None and document_ids is None and attn_mask is None
+    if plain and (not causal or Sq == 1):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)  # a lone query sees every key
+    if plain and Sq == Sk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
+    visible = visible_keys(q.shape[0], Sq, Sk, q.device, causal, key_padding_mask, window,
+                           document_ids, attn_mask)
     # A row with no visible key would give NaN: let it see everything, then zero its output
     # (with `where`, so its gradient is zero too).
     seen = visible.any(dim=-1, keepdim=True)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, scale=scale)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, dropout_p=dropout_p,
+                                       scale=scale)
     return torch.where(seen, y, torch.zeros_like(y))
+
+
+# -- the drop-in -----------------------------------------------------------------------------------
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False, *,
+                                 generator: Optional[torch.Generator] = None,
+                                 impl: str = "auto") -> torch.Tensor:
+    """`torch.nn.functional.scaled_dot_product_attention`'s signature and semantics: swap
+    `from torch.nn.functional import scaled_dot_product_attention` for
+    `from gencore.ops import scaled_dot_product_attention`.
+
+    Causal is aligned top-left (query i sees keys j <= i), attn_mask is bool (True = take part) or
+    an additive float mask broadcastable to (B, H, S_q, S_k), grouped-query k/v only with
+    enable_gqa, rows that see no key give zeros (as torch 2.13 does). impl="auto" runs gencore's
+    fused kernel where it covers the call (4-d inputs of one dtype, equal batch and head dims,
+    no float mask, not attn_mask together with is_causal) and the auto table (ops/auto.py) picks
+    it for the case, torch's function itself otherwise, so results are torch's. Dropout in the
+    fused kernel draws gencore's Philox keep-mask (seeded from `generator` or torch's default
+    generator); torch's own function draws torch's. impl="fused" or "reference" demand gencore's
+    kernel or reference (bool masks only); impl="sdpa" always calls torch.
+    """
+    if impl == "sdpa" or not _fused_covers(query, key, value, attn_mask, is_causal, enable_gqa):
+        if impl in ("fused", "reference"):
+            raise ValueError(
+                f"scaled_dot_product_attention: impl={impl!r} covers 4-d q, k, v of one floating dtype "
+                "with equal batch and head dims (k/v heads dividing q's with enable_gqa), a bool "
+                "attn_mask (not an additive float one) and not attn_mask together with is_causal; "
+                "use impl='auto' or 'sdpa' for this call")
+        return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    Sq, Sk = query.shape[2], key.shape[2]
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask
+        while mask.dim() < 4:
+            mask = mask[None]
+        mask = mask.expand(mask.shape[0], mask.shape[1], Sq, Sk)
+    causal = bool(is_causal)
+    if causal and Sq != Sk:  # top-left: query i sees keys j <= i, not gencore's bottom-right
+        mask = torch.ones(Sq, Sk, dtype=torch.bool, device=query.device).tril()[None, None]
+        causal = False
+    if impl == "auto":
+        case = _auto_case(query, causal, None, dropout_p=float(dropout_p), attn_mask=mask)
+        if auto.resolve("attention", impl, query.device.type, case, builtin_name="sdpa") == auto.BUILTIN:
+            return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        impl = "fused"
+    return attention(query, key, value, causal=causal, scale=scale, dropout_p=dropout_p,
+                     attn_mask=mask, generator=generator, impl=impl)
+
+
+def _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    if enable_gqa:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale, enable_gqa=True)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                          is_causal=is_causal, scale=scale)
+
+
+def _fused_covers(q, k, v, attn_mask, is_causal, enable_gqa) -> bool:
+    """Whether gencore.ops.attention computes exactly this SDPA call (else torch runs it, and
+    raises torch's own errors)."""
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k, v)):
+        return False
+    if q.dtype not in _FLOATING or k.dtype != q.dtype or v.dtype != q.dtype:
+        return False
+    if not (q.device == k.device == v.device):
+        return False
+    (B, H, Sq, D), (Bk, Hk, Sk, Dk), (Bv, Hv, Sv, Dv) = q.shape, k.shape, v.shape
+    if not (B == Bk == Bv and D == Dk == Dv and Hk == Hv and Sk == Sv) or Hk == 0:
+        return False
+    if Hk != H and not (enable_gqa and H % Hk == 0):
+        return False
+    if attn_mask is not None:
+        if is_causal or not isinstance(attn_mask, torch.Tensor) or attn_mask.dtype != torch.bool:
+            return False
+        if attn_mask.device != q.device or attn_mask.dim() > 4:
+            return False
+        shape = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+        if shape[0] not in (1, B) or shape[1] not in (1, H) or shape[2] not in (1, Sq) or shape[3] not in (1, Sk):
+            return False
+    return True
 
 
 # -- torch.library: fake kernels and autograd for the compiled op ---------------------------------
@@ -145,28 +360,39 @@ def _lse_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _fake_forward(q, k, v, key_padding_mask, causal, scale):
+def _fake_forward(q, k, v, key_padding_mask, causal, scale, window_left=-1, window_right=-1,
+                  softcap=0.0, document_ids=None, attn_mask=None, dropout_p=0.0, seed_offset=None):
     B, H, Sq, D = q.shape
     return q.new_empty((B, H, Sq, D)), q.new_empty((B, H, Sq), dtype=_lse_dtype(q.dtype))
 
 
-def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale):
+def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale, window_left=-1,
+                   window_right=-1, softcap=0.0, document_ids=None, attn_mask=None, dropout_p=0.0,
+                   seed_offset=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+_FEATURE_DEFAULTS = (-1, -1, 0.0, None, None, 0.0, None)  # window_left .. seed_offset
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, causal, scale = inputs
+    q, k, v, key_padding_mask, causal, scale, *rest = inputs
+    rest = tuple(rest) + _FEATURE_DEFAULTS[len(rest):]
+    window_left, window_right, softcap, document_ids, attn_mask, dropout_p, seed_offset = rest
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, document_ids, attn_mask, seed_offset)
     ctx.causal, ctx.scale = causal, scale
+    ctx.window, ctx.softcap, ctx.dropout_p = (window_left, window_right), softcap, dropout_p
+    ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    q, k, v, out, lse, key_padding_mask, document_ids, attn_mask, seed_offset = ctx.saved_tensors
     dq, dk, dv = torch.ops.gencore.attention_backward(
-        grad_out, q, k, v, out, lse, key_padding_mask, ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None, None
+        grad_out, q, k, v, out, lse, key_padding_mask, ctx.causal, ctx.scale, ctx.window[0],
+        ctx.window[1], ctx.softcap, document_ids, attn_mask, ctx.dropout_p, seed_offset)
+    return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
 
 
 _backend.register_autograd_and_fake(

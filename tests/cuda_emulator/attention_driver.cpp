@@ -1,6 +1,6 @@
 // Runs csrc/cuda/attention_mma_kernels.cu on the CPU emulator (emu_sm80.h): forward, then the
-// backward from the forward's own output and lse, on inputs that tests/test_attention_emulated.py
-// writes as raw files.
+// backward (delta, dQ, dK/dV kernels) from the forward's own output and lse, on inputs that
+// tests/test_attention_emulated.py writes as raw files.
 //
 //   attention_driver DIR
 // DIR/params.txt: B H Hkv Sq Sk D dtype(bf16|fp16) causal has_mask scale, then the (batch, head,
@@ -8,58 +8,21 @@
 // dout.bin (each a buffer the strided tensor lives in); mask.bin: B*Sk bytes when has_mask.
 // Writes out.bin, lse.bin (float32), dq.bin, dk.bin, dv.bin (contiguous) and prints one JSON line
 // of emulator statistics. Outputs start as NaN with NaN guard zones around them: an unwritten
-// element or a write out of bounds shows.
+// element or a write out of bounds shows. What the kernels read (inputs, the forward's out and lse
+// for the backward, delta) lives in buffers of exactly its size, so that AddressSanitizer sees
+// every read out of bounds.
 #include "emu_sm80.h"
 
 #include "../../csrc/cuda/attention_mma_kernels.cu"
 
-#include <fstream>
 #include <string>
 
-namespace {
+#include "driver_io.h"
 
-using gencore::cuda::AttnDtype;
-
-std::vector<unsigned char> read_file(const std::string& path, size_t bytes) {
-  std::vector<unsigned char> data(bytes);
-  std::ifstream f(path, std::ios::binary);
-  if (!f.read(reinterpret_cast<char*>(data.data()), (std::streamsize)bytes)) gencore_emu::fail(("cannot read " + path).c_str());
-  return data;
-}
-
-void write_file(const std::string& path, const void* data, size_t bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(static_cast<const char*>(data), (std::streamsize)bytes);
-}
-
-// An output buffer with NaN guard zones on both sides.
-struct Guarded {
-  static constexpr size_t kGuard = 256;
-  std::vector<unsigned char> bytes;
-  size_t n;
-  explicit Guarded(size_t n_bytes) : bytes(n_bytes + 2 * kGuard, 0xff), n(n_bytes) {}
-  void* data() { return bytes.data() + kGuard; }
-  void check(const char* name) const {
-    for (size_t i = 0; i < kGuard; ++i)
-      if (bytes[i] != 0xff || bytes[kGuard + n + i] != 0xff) {
-        std::fprintf(stderr, "emulator: write outside %s\n", name);
-        std::abort();
-      }
-  }
-};
-
-float to_float(uint16_t bits, bool bf16) {
-  if (bf16) {
-    __nv_bfloat16 x;
-    std::memcpy(&x, &bits, 2);
-    return __bfloat162float(x);
-  }
-  __half x;
-  std::memcpy(&x, &bits, 2);
-  return __half2float(x);
-}
-
-}  // namespace
+using gencore::FloatType;
+using gencore_emu::Guarded;
+using gencore_emu::read_file;
+using gencore_emu::write_file;
 
 int main(int argc, char** argv) {
   if (argc != 2) gencore_emu::fail("usage: attention_driver DIR");
@@ -74,7 +37,7 @@ int main(int argc, char** argv) {
   for (auto& c : counts) pf >> c;
   if (!pf) gencore_emu::fail("bad params.txt");
   const bool bf16 = dtype_name == "bf16";
-  const AttnDtype dtype = bf16 ? AttnDtype::kBFloat16 : AttnDtype::kFloat16;
+  const FloatType dtype = bf16 ? FloatType::kBFloat16 : FloatType::kFloat16;
 
   auto q = read_file(dir + "/q.bin", 2 * counts[0]);
   auto k = read_file(dir + "/k.bin", 2 * counts[1]);
@@ -105,27 +68,22 @@ int main(int argc, char** argv) {
   if (!gencore::cuda::attention_backward_mma_supported(p, dtype)) gencore_emu::fail("shape not supported");
   if (gencore::cuda::launch_attention_forward_mma(p, dtype, nullptr) != cudaSuccess) gencore_emu::fail("forward");
 
-  // delta = rowsum(dO * O) in float, as launch_attention_delta computes it.
+  out.check("out");
+  lse.check("lse");
+  // The backward reads the forward's out and lse from exactly sized copies (see the top).
+  std::vector<unsigned char> out_in(out.n), lse_in(lse.n);
+  std::memcpy(out_in.data(), out.data(), out.n);
+  std::memcpy(lse_in.data(), lse.data(), lse.n);
   std::vector<float> delta(rows);
-  const uint16_t* o16 = static_cast<const uint16_t*>(out.data());
-  const uint16_t* do16 = reinterpret_cast<const uint16_t*>(dout.data());
-  for (int b = 0; b < B; ++b)
-    for (int h = 0; h < H; ++h)
-      for (int i = 0; i < Sq; ++i) {
-        const size_t row = ((size_t)b * H + h) * Sq + i;
-        const int64_t go = b * strides[3][0] + h * strides[3][1] + i * strides[3][2];
-        float acc = 0.f;
-        for (int d = 0; d < D; ++d) acc += to_float(do16[go + d], bf16) * to_float(o16[row * D + d], bf16);
-        delta[row] = acc;
-      }
+  p.out = out_in.data();
+  p.lse = lse_in.data();
   p.delta = delta.data();
   p.dq = dq.data();
   p.dk = dk.data();
   p.dv = dv.data();
+  if (gencore::cuda::launch_attention_delta(p, dtype, nullptr) != cudaSuccess) gencore_emu::fail("delta");
   if (gencore::cuda::launch_attention_backward_mma(p, dtype, nullptr) != cudaSuccess) gencore_emu::fail("backward");
 
-  out.check("out");
-  lse.check("lse");
   dq.check("dq");
   dk.check("dk");
   dv.check("dv");

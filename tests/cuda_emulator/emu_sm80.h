@@ -1,19 +1,29 @@
-// A CPU emulation of the CUDA execution model and of the sm_80 primitives in
-// csrc/cuda/mma_sm80.cuh, so that the kernel sources above that header (mma_tiles.cuh and the
-// *_mma_kernels.cu files) compile with g++ and run on the host, unchanged, in the tests.
+// A CPU emulation of the CUDA execution model (csrc/cuda/launch.cuh: launches, dynamic shared
+// memory; __shared__ variables, barriers, warp shuffles, the few runtime calls the launchers make)
+// and of the sm_80 primitives in csrc/cuda/mma_sm80.cuh, so that every kernel file
+// (csrc/cuda/*.cu) compiles with g++ and runs on the host, unchanged, in the tests.
 //
-// Each CUDA thread is a fiber (its own stack); a block runs its fibers one after another in a
-// random order that changes at every round, switching at barriers and warp collectives. The
-// primitives follow the PTX ISA: mma.m16n8k16 and ldmatrix gather all 32 lanes' operands and scatter
-// the results by the documented fragment layouts; cp.async copies happen only when the thread's
-// cp.async.wait_group retires their group (reading a stage early sees stale data); shared memory
-// starts as NaN bytes. It also checks what the hardware would fault on or slow down for: every
-// ldmatrix/cp.async address in bounds and 16-byte aligned, every cp.async source inside a
+// Each CUDA thread is a fiber (its own stack); a block runs its fibers one after another, switching
+// at barriers and warp collectives. The primitives follow the PTX ISA: mma.m16n8k16 and ldmatrix
+// gather all 32 lanes' operands and scatter the results by the documented fragment layouts; shared
+// memory starts as NaN bytes. It also checks what the hardware would fault on or slow down for:
+// every ldmatrix/cp.async address in bounds and 16-byte aligned, every cp.async source inside a
 // registered buffer, divergent collectives, deadlocks, and it counts ldmatrix bank conflicts.
-// GENCORE_EMU_SEED seeds the block and thread orders.
-// Include this before the kernel source: it defines mma_sm80.cuh's include guard.
+//
+// Two schedules (GENCORE_EMU_SCHEDULE), each legal on real hardware, which together bracket when
+// an asynchronous copy may land and how far one warp may run ahead of the others:
+//   wait   (default) every round runs the threads in a fresh random order; a cp.async copy lands
+//          only when its thread's cp.async.wait_group retires its group (reading a stage early
+//          sees stale data).
+//   ahead  every copy lands the moment it is issued, and each round first runs one warp (chosen at
+//          random) as far as it can go, up to a block barrier, before any other thread moves: a
+//          stage overwritten before every warp is done with it (a missing __syncthreads) shows.
+// GENCORE_EMU_SEED seeds the block and thread orders. Built with -fsanitize=address,undefined the
+// fiber switches are announced to AddressSanitizer, so its reports are real out-of-bounds accesses.
+// Include this before the kernel source: it defines launch.cuh's and mma_sm80.cuh's include guards.
 #pragma once
 #define GENCORE_CUDA_MMA_SM80_CUH
+#define GENCORE_CUDA_LAUNCH_CUH
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -31,8 +41,18 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <tuple>
 #include <type_traits>
 #include <vector>
+
+#include <math.h>  // the float overloads of fabs, exp, ... in the global namespace, as in device code
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define GENCORE_EMU_ASAN 1
+#else
+#define GENCORE_EMU_ASAN 0
+#endif
 
 // The CUDA keywords as plain C++.
 #undef __global__
@@ -45,6 +65,9 @@
 #define __forceinline__ inline
 #undef __launch_bounds__
 #define __launch_bounds__(...)
+// One block runs at a time, so a function-local static is the block's shared variable.
+#undef __shared__
+#define __shared__ static
 
 using std::max;
 using std::min;
@@ -66,7 +89,9 @@ struct Fiber {
   ucontext_t start;
   jmp_buf resume;
   std::unique_ptr<char[]> stack;
+  void* fake_stack = nullptr;  // AddressSanitizer's state of this fiber while it is switched out
   bool started = false, done = false;
+  uint64_t barrier_wait = ~uint64_t(0);  // the barrier generation it waits on, if it does
   uint3 tid{};
   std::vector<CpAsync> pending;             // issued, not committed
   std::deque<std::vector<CpAsync>> groups;  // committed, not retired
@@ -88,7 +113,22 @@ struct Buffer {
   size_t bytes;
 };
 
+enum class Schedule { kWait, kAhead };
+
+inline Schedule schedule_from_env() {
+  const char* s = std::getenv("GENCORE_EMU_SCHEDULE");
+  if (!s || !*s || std::strcmp(s, "wait") == 0) return Schedule::kWait;
+  if (std::strcmp(s, "ahead") == 0) return Schedule::kAhead;
+  std::fprintf(stderr, "emulator: GENCORE_EMU_SCHEDULE must be wait or ahead, got %s\n", s);
+  std::abort();
+}
+
 struct Machine {
+  Schedule schedule = schedule_from_env();
+  uint64_t progress = 0;  // counts arrivals at barriers and collectives, and finished threads
+  const void* sched_stack = nullptr;  // the scheduler's stack, for AddressSanitizer
+  size_t sched_stack_size = 0;
+  void* sched_fake_stack = nullptr;
   std::vector<Fiber> fibers;
   std::vector<WarpState> warps;
   std::vector<unsigned char> smem;
@@ -114,15 +154,54 @@ inline void register_buffer(const void* p, size_t bytes) {
   machine().buffers.push_back({static_cast<const char*>(p), bytes});
 }
 
+// AddressSanitizer must hear of every switch between stacks (else it takes the other stack's
+// frames for overflows); no-ops in a plain build.
+inline void to_scheduler(Fiber& f) {
+#if GENCORE_EMU_ASAN
+  Machine& m = machine();
+  __sanitizer_start_switch_fiber(f.done ? nullptr : &f.fake_stack, m.sched_stack, m.sched_stack_size);
+#else
+  (void)f;
+#endif
+}
+inline void back_in_fiber(Fiber& f) {
+#if GENCORE_EMU_ASAN
+  Machine& m = machine();
+  __sanitizer_finish_switch_fiber(f.fake_stack, &m.sched_stack, &m.sched_stack_size);
+#else
+  (void)f;
+#endif
+}
+inline void to_fiber(Fiber& f, size_t stack_size) {
+#if GENCORE_EMU_ASAN
+  __sanitizer_start_switch_fiber(&machine().sched_fake_stack, f.stack.get(), stack_size);
+#else
+  (void)f, (void)stack_size;
+#endif
+}
+inline void back_in_scheduler() {
+#if GENCORE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(machine().sched_fake_stack, nullptr, nullptr);
+#endif
+}
+
 inline void yield() {
   Machine& m = machine();
-  if (!_setjmp(m.current->resume)) _longjmp(m.scheduler, 1);
+  Fiber& f = *m.current;
+  if (!_setjmp(f.resume)) {
+    to_scheduler(f);
+    _longjmp(m.scheduler, 1);
+  }
+  back_in_fiber(f);
 }
 
 inline void fiber_main() {
   Machine& m = machine();
+  back_in_fiber(*m.current);
   m.body();
   m.current->done = true;
+  ++m.progress;
+  to_scheduler(*m.current);
   _longjmp(m.scheduler, 1);
 }
 
@@ -139,6 +218,7 @@ void collective(int kind, void* args, Op&& op) {
   else if (w.kind != kind) fail("lanes of one warp reached different collectives");
   w.args[lane_of(f)] = args;
   const uint64_t gen = w.generation;
+  ++m.progress;
   if (++w.arrived == 32) {
     op(w.args);
     w.arrived = 0;
@@ -149,19 +229,42 @@ void collective(int kind, void* args, Op&& op) {
   }
 }
 
-inline void syncthreads() {
+// __syncthreads_or(pred) (and __syncthreads: the value unused): every thread of the block
+// arrives, each gets the OR of the predicates.
+inline int syncthreads_or(int pred) {
   Machine& m = machine();
+  static int votes[2];  // by barrier generation parity: the next barrier may start before all read
   const uint64_t gen = m.barrier_generation;
+  if (m.barrier_arrived == 0) votes[gen & 1] = 0;
+  votes[gen & 1] |= pred != 0;
+  ++m.progress;
   if (++m.barrier_arrived == (int)m.fibers.size()) {
     m.barrier_arrived = 0;
     ++m.barrier_generation;
   } else {
+    m.current->barrier_wait = gen;
     while (m.barrier_generation == gen) yield();
+    m.current->barrier_wait = ~uint64_t(0);
   }
+  return votes[gen & 1];
 }
+
+inline void syncthreads() { syncthreads_or(0); }
 
 inline void syncwarp() {
   collective(1, nullptr, [](void**) {});
+}
+
+template <typename V>
+V shfl_down(V v, unsigned delta) {
+  struct Arg {
+    V in, out;
+  } a{v, v};
+  collective(6, &a, [delta](void** args) {
+    for (int l = 0; l < 32; ++l)  // lanes past the end keep their own value
+      static_cast<Arg*>(args[l])->out = static_cast<Arg*>(args[l + delta < 32 ? l + delta : l])->in;
+  });
+  return a.out;
 }
 
 template <typename V>
@@ -203,9 +306,29 @@ inline void copy_group(const std::vector<CpAsync>& group) {
   }
 }
 
+// Resumes fiber f until it yields or finishes.
+inline void resume(Fiber& f, size_t stack_size) {
+  Machine& m = machine();
+  m.current = &f;
+  if (!_setjmp(m.scheduler)) {
+    to_fiber(f, stack_size);
+    if (!f.started) {
+      f.started = true;
+      swapcontext(&m.scheduler_ctx, &f.start);
+    } else {
+      _longjmp(f.resume, 1);
+    }
+  }
+  back_in_scheduler();
+}
+
+// Whether f can move: not finished, and not waiting on a barrier that has not released.
+inline bool runnable(const Fiber& f) {
+  return !f.done && f.barrier_wait != machine().barrier_generation;
+}
+
 // Runs every block of the grid, one after another (in a shuffled order).
-template <typename Params>
-void run_grid(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem_bytes, const Params& params) {
+inline void run_grid(const std::function<void()>& body, dim3 grid, dim3 block, size_t smem_bytes) {
   Machine& m = machine();
   constexpr size_t kStack = 256 * 1024;
   std::vector<uint3> blocks;
@@ -216,7 +339,7 @@ void run_grid(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem_bytes, 
   if (block.y != 1 || block.z != 1 || block.x % 32 != 0) fail("only 1-d blocks of whole warps");
   m.grid_dim = {grid.x, grid.y, grid.z};
   m.block_dim = {block.x, 1, 1};
-  m.body = [&] { kernel(params); };
+  m.body = body;
   for (const uint3& bi : blocks) {
     m.block_idx = bi;
     m.smem_bytes = smem_bytes;
@@ -236,23 +359,27 @@ void run_grid(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem_bytes, 
       makecontext(&f.start, fiber_main, 0);
       order[t] = t;
     }
+    const int n_warps = (int)block.x / 32;
     for (long round = 0;; ++round) {
       if (round > 100000000) fail("deadlock");
+      if (m.schedule == Schedule::kAhead) {
+        // One warp runs ahead: its lanes move until none can (all at a barrier, or finished).
+        const int lead = std::uniform_int_distribution<int>(0, n_warps - 1)(m.rng);
+        for (uint64_t before = ~uint64_t(0); before != m.progress;) {
+          before = m.progress;
+          for (int l = 0; l < 32; ++l) {
+            Fiber& f = m.fibers[32 * lead + l];
+            if (runnable(f)) resume(f, kStack);
+          }
+        }
+      }
       std::shuffle(order.begin(), order.end(), m.rng);
       bool all_done = true;
       for (int t : order) {
         Fiber& f = m.fibers[t];
         if (f.done) continue;
         all_done = false;
-        m.current = &f;
-        if (!_setjmp(m.scheduler)) {
-          if (!f.started) {
-            f.started = true;
-            swapcontext(&m.scheduler_ctx, &f.start);
-          } else {
-            _longjmp(f.resume, 1);
-          }
-        }
+        resume(f, kStack);
       }
       if (all_done) break;
     }
@@ -274,16 +401,56 @@ void run_grid(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem_bytes, 
 #define blockDim (gencore_emu::machine().block_dim)
 #define gridDim (gencore_emu::machine().grid_dim)
 #define __syncthreads() gencore_emu::syncthreads()
+#define __syncthreads_or(pred) gencore_emu::syncthreads_or(pred)
 #define __syncwarp(...) gencore_emu::syncwarp()
 #define __shfl_xor_sync(mask, v, lane_mask) gencore_emu::shfl_xor(v, lane_mask)
+#define __shfl_down_sync(mask, v, delta) gencore_emu::shfl_down(v, delta)
+
+// The runtime calls the launchers make, answered as an A100 would (device 0). Defined here: each
+// driver is one translation unit, linked without the CUDA runtime.
+extern "C" {
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 166912; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = 167936; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 8; return cudaSuccess;
+    default: gencore_emu::fail("cudaDeviceGetAttribute: an attribute the emulator does not know");
+  }
+}
+cudaError_t cudaFuncSetAttribute(const void*, enum cudaFuncAttribute, int) { return cudaSuccess; }
+}
+// cuda_runtime.h's overload for a kernel pointer exists only under nvcc.
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel*, enum cudaFuncAttribute, int) { return cudaSuccess; }
 
 namespace gencore {
-namespace mma {
 
 inline unsigned char* dynamic_smem() { return gencore_emu::machine().smem.data(); }
 
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
+                          const Args&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "launch_kernel: argument count");
+  if (smem > 166912) gencore_emu::fail("more dynamic shared memory than an A100 block may have (163 KiB)");
+  if (block.x > 1024) gencore_emu::fail("more than 1024 threads in a block");
+  std::tuple<std::decay_t<Params>...> params{static_cast<std::decay_t<Params>>(args)...};
+  gencore_emu::run_grid([&] { std::apply(kernel, params); }, grid, block, smem);
+  return cudaSuccess;
+}
+
+namespace mma {
+
 inline void cp_async_16(void* dst, const void* src, bool valid) {
   gencore_emu::smem_check(dst, 16, "cp.async destination outside dynamic shared memory");
+  if (gencore_emu::machine().schedule == gencore_emu::Schedule::kAhead) {
+    gencore_emu::copy_group({{dst, src, valid}});  // lands at issue
+    return;
+  }
   gencore_emu::machine().current->pending.push_back({dst, src, valid});
 }
 
@@ -417,10 +584,9 @@ uint32_t pack2(float lo, float hi) {
 }
 
 template <typename Params>
-cudaError_t launch(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem, cudaStream_t, const Params& params) {
-  if (smem > 166912) gencore_emu::fail("more dynamic shared memory than an A100 block may have (163 KiB)");
-  gencore_emu::run_grid(kernel, grid, block, smem, params);
-  return cudaSuccess;
+cudaError_t launch(void (*kernel)(Params), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   const Params& params) {
+  return launch_kernel(kernel, grid, block, smem, stream, params);
 }
 
 }  // namespace mma

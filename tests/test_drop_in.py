@@ -40,7 +40,7 @@ def _train(model, steps=10, seed=0):
     losses = []
     for _ in range(steps):
         x = torch.randint(0, 64, (4, 32), generator=g)
-        _, loss = model(x[:, :-1], x[:, 1:])
+        _, loss = model(x[:, :-1].contiguous(), x[:, 1:].contiguous())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -41,9 +41,9 @@ def _config(name, **extra):
     if name == "qwen2":
         return Qwen2Config(**_SMALL, num_key_value_heads=2, **extra)
     if name == "gpt2":
-        return GPT2Config(vocab_size=V, n_positions=128, n_embd=128, n_layer=2, n_head=4,
-                          attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0,
-                          bos_token_id=1, eos_token_id=2, **extra)
+        return GPT2Config(**{**dict(vocab_size=V, n_positions=128, n_embd=128, n_layer=2, n_head=4,
+                                    attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0,
+                                    bos_token_id=1, eos_token_id=2), **extra})
     raise KeyError(name)
 
 
@@ -423,3 +423,20 @@ def test_layering_and_optional_dependency():
             assert all(not n.startswith("gencore") for n in names), names
     code = "import sys, gencore, gencore.ops, gencore.nn; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not {"window", "softcap", "document_ids", "dropout_p"} <= gt.ATTENTION_ARGS,
+                    reason="this gencore.ops.attention lacks issue 20's arguments")
+@pytest.mark.parametrize("name,padded,extra", [("mistral", True, {}), ("gemma2", True, {}),
+                                               ("gpt2", True, {"attn_pdrop": 0.1})])
+def test_features_reach_gencore_without_fallback(monkeypatch, name, padded, extra):
+    """With issue 20's arguments, sliding windows, softcap, padding and dropout map onto
+    gencore.ops.attention: no call falls back (a fallback warning would be an error here)."""
+    monkeypatch.setattr(gt, "_WARNED", set())
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(name, **extra), attn_implementation="gencore")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="gencore.integrations.transformers")
+        _train(model, padded, steps=2)
+        with torch.no_grad():
+            _packed(model.eval(), _docs())

@@ -193,11 +193,12 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if reason is not None:
         return _fallback(reason, module, query, key, value, attention_mask, dropout, scaling,
                          softcap, is_causal, kwargs)
-    if softcap is None and cu_docs is None and not _auto_runs_fused(query, causal, kpm, args):
-        # auto's pick is PyTorch's SDPA: give it the mask transformers built once per forward,
-        # as transformers' "sdpa" does, rather than have gencore rebuild it in every layer.
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    if cu_docs is None and not _auto_runs_fused(query, causal, kpm, args):
+        # auto's pick is not the fused kernel: run what transformers runs, with the mask it built
+        # once per forward (its sdpa; its eager for softcap, which SDPA cannot take), rather than
+        # gencore's built-in path, which rebuilds the mask in every layer.
+        return _transformers_path(module, query, key, value, attention_mask, dropout, scaling,
+                                  softcap, is_causal, kwargs)
     if kv_len != key.shape[2]:
         key, value = key[:, :, :kv_len], value[:, :, :kv_len]
     out = ops.attention(query, key, value, **args)                            # (B, H, S_q, D)
@@ -308,23 +309,40 @@ _WARNED: set = set()
 
 def _fallback(reason, module, query, key, value, attention_mask, dropout, scaling, softcap,
               is_causal, kwargs):
-    eager = softcap is not None or kwargs.get("s_aux") is not None or kwargs.get("output_attentions")
     if reason not in _WARNED:
         _WARNED.add(reason)
+        path = "eager" if _needs_eager(softcap, kwargs) else "sdpa"
         warnings.warn(f"gencore.integrations.transformers: {reason}: such calls run transformers' "
-                      f"{'eager' if eager else 'sdpa'} attention instead (one warning per reason)",
-                      RuntimeWarning, stacklevel=3)
+                      f"{path} attention instead (one warning per reason)", RuntimeWarning,
+                      stacklevel=3)
+    return _transformers_path(module, query, key, value, attention_mask, dropout, scaling,
+                              softcap, is_causal, kwargs)
+
+
+def _needs_eager(softcap, kwargs) -> bool:
+    return softcap is not None or kwargs.get("s_aux") is not None or bool(
+        kwargs.get("output_attentions"))
+
+
+def _transformers_path(module, query, key, value, attention_mask, dropout, scaling, softcap,
+                       is_causal, kwargs):
+    """transformers' own attention for the call: its sdpa, or the model's eager function where
+    sdpa refuses (softcap, sinks, attention weights)."""
     mask = attention_mask
-    if not eager:
+    if not _needs_eager(softcap, kwargs):
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     Sq, Sk = query.shape[2], key.shape[2]
     if mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True)) \
             and Sq > 1:
         mask = torch.ones(Sq, Sk, dtype=torch.bool, device=query.device).tril()[None, None]
-    if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~mask, torch.finfo(query.dtype).min)
+    if mask is not None and mask.dtype == torch.bool:   # eager adds a float mask: built once
+        additive = getattr(mask, "gencore_additive", None)   # per forward, as "eager" builds it
+        if additive is None or additive.dtype != query.dtype:
+            additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min)
+            mask.gencore_additive = additive
+        mask = additive
     fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if fn is None or (softcap is not None and "softcap" not in inspect.signature(fn).parameters):
         fn = _eager

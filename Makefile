@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install setuptools wheel
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install numpy packaging scikit-learn tqdm pillow pybind11 ninja pytest pytest-benchmark sacrebleu
+	$(PY) -m pip install numpy packaging scikit-learn tqdm pillow pybind11 ninja pytest pytest-benchmark sacrebleu "transformers>=5.24"
 	touch $(STAMP)
 endif
 

@@ -6,6 +6,7 @@ in-kernel with Philox keyed by (seed, offset, element index), so they match the 
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -30,16 +31,23 @@ def _check(logits: torch.Tensor, tau: float, dim: int) -> int:
         raise ValueError(f"gumbel_softmax: tau must be a finite number > 0, got {tau}")
     if logits.dim() == 0:
         raise ValueError("gumbel_softmax: logits must have at least one dimension (the categories)")
+    if isinstance(dim, bool) or not hasattr(type(dim), "__index__"):   # ints, numpy ints
+        raise TypeError(f"gumbel_softmax: dim must be an int, got {type(dim).__name__} (the 4th "
+                        "positional argument is dim here; F.gumbel_softmax's is eps: pass eps= by name)")
     if not -logits.dim() <= dim < logits.dim():
         raise IndexError(
             f"gumbel_softmax: dim {dim} is out of range for a {logits.dim()}-d tensor "
             f"(expected {-logits.dim()} <= dim < {logits.dim()})")
-    return dim % logits.dim()
+    return operator.index(dim) % logits.dim()
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, dim: int = -1,
-                   generator: Optional[torch.Generator] = None, impl: str = "auto") -> torch.Tensor:
+                   generator: Optional[torch.Generator] = None, impl: str = "auto", *,
+                   eps: float = 1e-10) -> torch.Tensor:
     """Draws y ~ Gumbel-softmax(logits / tau) along `dim`.
+
+    A drop-in for `F.gumbel_softmax(logits, tau=, hard=, eps=, dim=)` called with keywords, plus
+    `generator=`. `eps` is accepted and unused, as in torch (the noise here is never inf).
 
     Args:
         logits: unnormalized log-probabilities; float32, float64, bfloat16 or float16, any strides.

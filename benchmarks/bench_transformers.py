@@ -1,0 +1,175 @@
+"""Hugging Face transformers models with attn_implementation "sdpa" vs "gencore" (issue 21).
+
+    python -m pytest benchmarks/bench_transformers.py -p no:randomly --benchmark-only \
+        --benchmark-json /tmp/hf.json -q
+    python benchmarks/report.py /tmp/hf.json --markdown
+    python benchmarks/bench_transformers.py [--rounds N]   # round-robin medians and ratios
+
+The tests' models (tests/test_transformers.py: 2 layers, 128 wide, from configs), vocabulary 1024:
+- "<model> train step": forward, loss, backward, AdamW step at batch 8 x 256 tokens; Qwen2 and GPT-2
+  with a right-padded batch, Llama also packed (4 documents per row, position_ids restarting),
+  GPT-2 also with attention dropout 0.1.
+- "<model> generate": greedy, 32 new tokens after a left-padded prompt batch of 4 x 32.
+Gemma-2 has no "sdpa" path (softcap): its baseline is "eager". Skipped without transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+
+import gencore.integrations.transformers  # noqa: E402,F401  registers "gencore"
+from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig,  # noqa: E402
+                          MistralConfig, Qwen2Config)
+
+V, B, S, GEN_B, PROMPT, NEW = 1024, 8, 256, 4, 32, 32
+_SMALL = dict(vocab_size=V, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=512, pad_token_id=0,
+              bos_token_id=1, eos_token_id=2)
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**_SMALL, num_key_value_heads=2),
+    "mistral": lambda: MistralConfig(**_SMALL, num_key_value_heads=2, sliding_window=64),
+    "gemma2": lambda: Gemma2Config(**_SMALL, num_key_value_heads=2, head_dim=32, sliding_window=64,
+                                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "qwen2": lambda: Qwen2Config(**_SMALL, num_key_value_heads=2),
+    "gpt2": lambda: GPT2Config(vocab_size=V, n_positions=512, n_embd=128, n_layer=2, n_head=4,
+                               attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0,
+                               bos_token_id=1, eos_token_id=2),
+}
+# (case, model, batch kind, attention dropout)
+TRAIN_CASES = [("llama", "llama", "plain", 0.0), ("llama packed", "llama", "packed", 0.0),
+               ("mistral", "mistral", "plain", 0.0), ("gemma2", "gemma2", "plain", 0.0),
+               ("qwen2 padded", "qwen2", "padded", 0.0), ("gpt2 padded", "gpt2", "padded", 0.0),
+               ("gpt2 padded dropout", "gpt2", "padded", 0.1)]
+GEN_MODELS = list(CONFIGS)
+
+
+def baseline(model: str) -> str:
+    return "eager" if model == "gemma2" else "sdpa"
+
+
+def _model(name: str, impl: str, dropout: float = 0.0):
+    torch.manual_seed(0)
+    cfg = CONFIGS[name]()
+    if dropout:
+        cfg.attn_pdrop = cfg.attention_dropout = dropout
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=impl)
+
+
+def _train_batch(kind: str):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, V, (B, S), generator=g)
+    kw = {}
+    if kind == "padded":
+        mask = torch.ones(B, S, dtype=torch.long)
+        for r in range(1, B, 2):
+            mask[r, S - 16 * r:] = 0          # right padding of 16..112 tokens
+        kw["attention_mask"] = mask
+        labels = ids.masked_fill(mask == 0, -100)
+    else:
+        labels = ids.clone()
+    if kind == "packed":                      # 4 documents per row
+        lengths = (40, 72, 56, 88)
+        kw["position_ids"] = torch.cat([torch.arange(n) for n in lengths])[None].expand(B, -1)
+        starts = torch.tensor([0, 40, 112, 168])
+        labels[:, starts] = -100
+    return ids, labels, kw
+
+
+def train_step(name: str, impl: str, kind: str = "plain", dropout: float = 0.0):
+    model = _model(name, impl, dropout).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids, labels, kw = _train_batch(kind)
+
+    def step():
+        loss = model(ids, labels=labels, use_cache=False, **kw).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def generation(name: str, impl: str):
+    model = _model(name, impl).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (GEN_B, PROMPT), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :8] = 0
+    mask[3, :20] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+
+    def run():
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
+                           do_sample=False, pad_token_id=0)
+    return run
+
+
+@pytest.mark.parametrize("impl", ["baseline", "gencore"])
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_train_step(benchmark, case, impl):
+    label, name, kind, dropout = case
+    step = train_step(name, baseline(name) if impl == "baseline" else impl, kind, dropout)
+    benchmark.group = f"hf {label} train step B={B} S={S}"
+    benchmark.extra_info["impl"] = baseline(name) if impl == "baseline" else impl
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("impl", ["baseline", "gencore"])
+@pytest.mark.parametrize("name", GEN_MODELS)
+def test_generate(benchmark, name, impl):
+    run = generation(name, baseline(name) if impl == "baseline" else impl)
+    benchmark.group = f"hf {name} generate {NEW} tokens B={GEN_B} prompt {PROMPT} left-padded"
+    benchmark.extra_info["impl"] = baseline(name) if impl == "baseline" else impl
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+
+
+def _round_robin(cases: dict, rounds: int) -> dict:
+    """{name: (min, median)} seconds; each round runs the cases forwards, the next backwards
+    (ABBA), so a load change on a shared machine falls on both. Load only adds time: the min is
+    the steadier figure there."""
+    for fn in cases.values():
+        fn()  # warm-up
+    times = {name: [] for name in cases}
+    order = list(cases)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            cases[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+
+
+def main(argv=None) -> None:
+    import warnings
+    ap = argparse.ArgumentParser(description="round-robin timing, sdpa vs gencore")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds of training steps")
+    ap.add_argument("--gen-rounds", type=int, default=3, help="rounds of generation")
+    ap.add_argument("-k", default="", help="only cases whose name contains this")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", message="gencore.integrations.transformers")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"threads {torch.get_num_threads()}")
+    print("| case | baseline ms (min / median) | gencore ms (min / median) | baseline / gencore "
+          "(min, median) |\n|---|---:|---:|---:|")
+    groups = [(f"{label} train step {B}x{S}", name, lambda i, n=name, k=kind, d=dropout:
+               train_step(n, i, k, d), args.rounds) for label, name, kind, dropout in TRAIN_CASES]
+    groups += [(f"{name} generate {NEW} tokens, {GEN_B}x{PROMPT} left-padded", name,
+                lambda i, n=name: generation(n, i), args.gen_rounds) for name in GEN_MODELS]
+    for label, name, make, rounds in groups:
+        if args.k not in label:
+            continue
+        base = baseline(name)
+        med = _round_robin({base: make(base), "gencore": make("gencore")}, rounds)
+        (b0, b1), (g0, g1) = med[base], med["gencore"]
+        print(f"| {label} ({base}) | {b0 * 1e3:.1f} / {b1 * 1e3:.1f} | {g0 * 1e3:.1f} / "
+              f"{g1 * 1e3:.1f} | {b0 / g0:.2f}, {b1 / g1:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

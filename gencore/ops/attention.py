@@ -177,7 +177,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
             and type(q) is torch.Tensor and type(k) is torch.Tensor and not torch.compiler.is_compiling()):
         fast = _fast_builtin(q, k, causal)
         if fast is not None:  # SDPA's own checks stand in for ours: the same call would pass them
-            return F.scaled_dot_product_attention(q, k, v, is_causal=fast)
+            return _sdpa(q, k, v, is_causal=True) if fast else _sdpa(q, k, v)
     scale = _check(q, k, v, key_padding_mask, scale)
     causal = bool(causal)
     dropout_p, (left, right), softcap = _check_features(q, k, dropout_p, window, softcap,
@@ -198,7 +198,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
                                **features)[0]
 
 
-# (dtype, device type, causal, decoding) -> whether auto runs SDPA for such a call.
+_sdpa = F.scaled_dot_product_attention  # (a global read, not an attribute chain, per call)
+# (dtype, on CPU, causal, decoding) -> whether auto runs SDPA for such a call.
 _BUILTIN_CALLS: dict = {}
 
 

@@ -10,10 +10,11 @@ round-robin (one call of each case per round) and prints medians and ratios, for
 (`--device cpu`, the default, or `--device cuda`: the GPT-2-small step alone).
 
 Groups (extra_info "impl"; report.py gives each time as a multiple of the "fused" one):
-- "gpt train step ...": one full training step (forward, cross-entropy, backward, gradient
-  clipping, AdamW step) of the gpt-text model (4 layers, 4 heads, 128 wide, context 64, batch 12,
-  vocabulary 100) with attention impl "fused" (gencore's kernel), "reference" (gencore's PyTorch
-  reference) and "torch" (the same model on `F.scaled_dot_product_attention`, impl="sdpa").
+- "gpt-text train step ...": one full training step of gpt-text as its recipe trains it (its
+  model: 4 layers, 4 heads, 128 wide, context 64, batch 12, rotary, QK-norm; Muon + AdamW; bf16
+  autocast where the CPU computes bf16 natively, else float32; clipping at 1.0) with attention
+  impl "fused" (gencore's kernel), "reference" (gencore's PyTorch reference) and "torch" (the same
+  model on `F.scaled_dot_product_attention`, impl="sdpa").
   Target: fused at least as fast as torch.
 - "gpt-2-small train step ..." (CUDA only): the GPT-2-small shape (12 layers, 12 heads, 768 wide,
   vocabulary 50304, batch 8 x 1024 tokens), bf16 autocast, fused AdamW, with attention impl "auto",
@@ -26,38 +27,45 @@ Groups (extra_info "impl"; report.py gives each time as a multiple of the "fused
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import pytest
 import torch
 
 from gencore import _backend
 from gencore.models import GPT, GPTConfig
+from gencore.timing import round_robin
 
 MODEL = dict(vocab_size=100, n_layer=4, n_head=4, n_embd=128)
 TRAIN_IMPLS = {"fused": "fused", "reference": "reference", "torch": "sdpa"}
 GEN_CASES = {"fused": ("fused", True), "torch": ("sdpa", True), "uncached": ("fused", False)}
-TRAIN_GROUP = "gpt train step <L4,H4,E128> T=64 B=12 V=100 fwd+bwd+adamw"
+TRAIN_GROUP = "gpt-text train step (recipe defaults) <L4,H4,E128> T=64 B=12 fwd+bwd+muon"
 GEN_GROUP = "gpt generate 256 tokens <L4,H4,E128> prompt 16, B={batch}"
 
 
 def train_step(impl: str):
-    """One training step of the gpt-text model with attention `impl` ("fused", "sdpa", ...)."""
-    torch.manual_seed(0)
-    block, batch = 64, 12
-    model = GPT(GPTConfig(block_size=block, impl=impl, **MODEL))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 100, (batch, block), generator=g)
-    y = torch.randint(0, 100, (batch, block), generator=g)
+    """One training step of gpt-text as its recipe trains it (its model: rotary, QK-norm; its
+    optimizers: Muon + AdamW; bf16 autocast where the CPU computes bf16 natively, else float32;
+    clipping at 1.0) with attention `impl` ("fused", "sdpa", ...) and its own batches."""
+    from gencore.recipes.registry import get_recipe, resolve_config
+    recipe = get_recipe("gpt-text")
+    device = torch.device("cpu")
+    plan = recipe.build(resolve_config(recipe, {"impl": impl}), device)
+    task, trainer = plan.task, plan.trainer
+    opts = task.configure_optimizers()
+    batches = iter(plan.train_data)
+    batch = next(batches)
+    bf16 = trainer["precision"] == "bf16"
 
     def step():
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
+        for opt in opts.values():
+            opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = task.training_step(batch, 0)
+        loss = out["loss"] if isinstance(out, dict) else out
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), trainer["grad_clip"] or 1e9)
+        for opt in opts.values():
+            opt.step()
     return step
 
 
@@ -135,16 +143,9 @@ def test_gpt_generate(benchmark, impl, batch):
     benchmark.pedantic(run, rounds=3 if use_cache else 2, iterations=1, warmup_rounds=1)
 
 
-def _round_robin(cases: dict, rounds: int) -> dict:
-    for fn in cases.values():
-        fn()  # warm-up
-    times = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+def _round_robin(cases: dict, rounds: int, device: str) -> dict:
+    stats = round_robin(cases, device, min_reps=rounds, max_reps=rounds, warmup=1)
+    return {name: st["median"] for name, st in stats.items()}
 
 
 def main(argv=None) -> None:
@@ -165,7 +166,7 @@ def main(argv=None) -> None:
             groups.append((GEN_GROUP.format(batch=batch),
                            {k: generation(a, c, batch) for k, (a, c) in GEN_CASES.items()}, args.gen_rounds))
     for group, cases, rounds in groups:
-        med = _round_robin(cases, rounds)
+        med = _round_robin(cases, rounds, args.device)
         for name, t in med.items():
             print(f"| {group} | {name} | {t * 1e3:.1f} | {t / med['fused']:.2f} |", flush=True)
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from gencore import _backend
 from gencore.ops import attention
 from gencore.ops.reference import attention_reference
+from gencore.timing import round_robin
 from gencore.tolerance import attention_l1, within_2x
 
 # Issue 12's cases and the FLOP count are benchmarks/bench_attention.py's.
@@ -169,23 +169,8 @@ def check_kernels(failures: list) -> None:
 
 
 def time_ms(fn, reps: int, warmup: int = 3) -> float:
-    """Median over `reps` calls, CUDA events on the GPU (a host clock on the CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if DEVICE == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds over `reps` calls: gencore.timing (CUDA events on the GPU)."""
+    return round_robin({"fn": fn}, DEVICE, min_reps=reps, max_reps=reps, warmup=warmup)["fn"]["median"] * 1e3
 
 
 def issue_rows(shapes, quick: bool, failures: list) -> list:

@@ -14,7 +14,6 @@ outside the caching allocator.
 """
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from gencore import _backend  # noqa: E402
 from gencore.ops import gan_loss, gumbel_softmax  # noqa: E402
+from gencore.timing import round_robin  # noqa: E402
 from gencore.ops.reference import gan_loss_reference, gumbel_softmax_reference  # noqa: E402
 from gencore.ops.reference.gan_loss import KINDS, REDUCTIONS, ROLES  # noqa: E402
 
@@ -128,28 +128,10 @@ def check_gan(dev):
 # -- timing -----------------------------------------------------------------------------------------
 
 def compare(dev, fns, reps, warmup=3):
-    """Median milliseconds per call of each fn, the fns called round-robin (so load changes hit
-    them alike); CUDA events around each call on a GPU."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    if dev != "cpu":
-        torch.cuda.synchronize()
-    for _ in range(reps):
-        for name, fn in fns.items():
-            if dev == "cpu":
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-            else:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times[name].append(start.elapsed_time(end))
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median milliseconds per call of each fn: gencore.timing's round-robin (CUDA events on a
+    GPU)."""
+    stats = round_robin(fns, torch.device(dev).type, min_reps=reps, max_reps=reps, warmup=warmup)
+    return {name: st["median"] * 1e3 for name, st in stats.items()}
 
 
 def time_gumbel(dev, rows, cpu_rows):

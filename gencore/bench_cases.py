@@ -58,23 +58,28 @@ def _attention_calls(fns, q, k, v, dout, train):
     return calls
 
 
-def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train) -> BenchCase:
+def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train, Hkv=None) -> BenchCase:
+    """Hkv: key/value heads for grouped-query attention (default H); the shape then reads
+    "B-H-Hkv-..." and the case stays the equal-head one's (GQA is not a separate auto case)."""
     dname = str(dtype).replace("torch.", "")
     decode = Sq <= 4
     auto_case = f"{dname} decode" if decode else (f"{dname} causal" if causal else "*")
     mode = "fwd+bwd" if train else "fwd"
-    cid = f"attention/{device}/{auto_case}/B{B}-H{H}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
+    Hkv = H if Hkv is None else Hkv
+    heads = f"H{H}" if Hkv == H else f"H{H}-Hkv{Hkv}"
+    cid = f"attention/{device}/{auto_case}/B{B}-{heads}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
     if not decode and not causal:
-        cid = f"attention/{device}/{dname} full/B{B}-H{H}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
+        cid = f"attention/{device}/{dname} full/B{B}-{heads}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
     flops = 4 * B * H * Sq * Sk * D * (0.5 if causal and Sq == Sk else 1.0) * (3.5 if train else 1.0)
 
     def make():
         g = torch.Generator().manual_seed(0)
-        q, k, v, dout = (torch.randn(B, H, s, D, generator=g).to(device, dtype)
-                         for s in (Sq, Sk, Sk, Sq))
+        q, k, v, dout = (torch.randn(B, h, s, D, generator=g).to(device, dtype)
+                         for h, s in ((H, Sq), (Hkv, Sk), (Hkv, Sk), (H, Sq)))
         # "torch": PyTorch's SDPA called directly, as a user would without gencore (one query
-        # sees every key; S_q == S_k causal is torch's is_causal).
-        builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal and not decode)
+        # sees every key; S_q == S_k causal is torch's is_causal; GQA through enable_gqa).
+        builtin = lambda q, k, v: F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal and not decode, enable_gqa=Hkv != H)
         fns = {impl: (lambda q, k, v, impl=impl: attention(q, k, v, causal=causal, impl=impl))
                for impl in ("fused", "sdpa", "auto")}
         fns["torch"] = builtin
@@ -194,6 +199,9 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
     return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
 
 
+# Grouped-query training (Llama/Mistral-style 4:1 and 2:1 head groups): (B, H, H_kv, S, D).
+GQA_TRAIN_SHAPES = ((4, 8, 2, 256, 64), (8, 4, 2, 256, 32))
+
 # issue 20's feature cases: (kind, B, H, S, D).
 FEATURE_CASES = (("window", 1, 8, 2048, 64), ("documents", 1, 8, 2048, 64),
                  ("dropout", 8, 8, 512, 64), ("mask", 2, 8, 1024, 64))
@@ -208,6 +216,8 @@ def cases(device: str = "cpu") -> List[BenchCase]:
     for dtype in dtypes:
         for B, H, S, D in train_shapes:
             out.append(_attention_case(device, dtype, B, H, S, S, D, True, True))
+        for B, H, Hkv, S, D in GQA_TRAIN_SHAPES:
+            out.append(_attention_case(device, dtype, B, H, S, S, D, True, True, Hkv=Hkv))
     for B, H, S, D in train_shapes[1:]:
         out.append(_attention_case(device, torch.float32, B, H, S, S, D, False, True))
     # KV-cache decoding: one query against S_k keys.

@@ -46,6 +46,7 @@ def _ids(op: str, device: str, case: str, shapes, mode: str) -> Tuple[str, ...]:
 
 
 _TRAIN = ("B8-H8-Sq512-Sk512-D64", "B4-H8-Sq256-Sk256-D64", "B12-H4-Sq64-Sk64-D32")
+_GQA_TRAIN = ("B4-H8-Hkv2-Sq256-Sk256-D64", "B8-H4-Hkv2-Sq256-Sk256-D32")  # grouped-query
 _DECODE = ("B1-H12-Sq1-Sk1024-D64", "B1-H4-Sq1-Sk64-D32", "B8-H12-Sq1-Sk1024-D64",
            "B8-H12-Sq1-Sk64-D64", "B1-H12-Sq1-Sk4096-D64")
 _GUMBEL = tuple(f"gumbel_softmax/cpu/*/{s}/{m}" for s in ("64x100", "256x32000", "1280x5000")
@@ -53,8 +54,8 @@ _GUMBEL = tuple(f"gumbel_softmax/cpu/*/{s}/{m}" for s in ("64x100", "256x32000",
 _GAN = _ids("gan_loss", "cpu", "*", ("bce-discriminator-n64", "bce-discriminator-n4096",
                                      "bce-discriminator-n1048576"), "fwd+bwd")
 _CPU_ATTENTION = {
-    "float32 causal": _ids("attention", "cpu", "float32 causal", _TRAIN, "fwd+bwd"),
-    "bfloat16 causal": _ids("attention", "cpu", "bfloat16 causal", _TRAIN, "fwd+bwd"),
+    "float32 causal": _ids("attention", "cpu", "float32 causal", _TRAIN + _GQA_TRAIN, "fwd+bwd"),
+    "bfloat16 causal": _ids("attention", "cpu", "bfloat16 causal", _TRAIN + _GQA_TRAIN, "fwd+bwd"),
     "float32 decode": _ids("attention", "cpu", "float32 decode", _DECODE, "fwd"),
     "bfloat16 decode": _ids("attention", "cpu", "bfloat16 decode", _DECODE, "fwd"),
     "*": _ids("attention", "cpu", "float32 full", _TRAIN[1:], "fwd+bwd"),

@@ -187,3 +187,32 @@ def test_sdpa_impl_matches_fused(device, n_kv_heads, causal, padded):
 def test_bad_impl():
     with pytest.raises(ValueError, match="impl must be one of"):
         MultiHeadAttention(32, 4, impl="flash")
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+def test_attention_features_reach_the_op(device):
+    """attn_dropout (training mode only), window and softcap are gencore.ops.attention's own: the
+    layer equals the op called with them on the same projections."""
+    from gencore.ops import attention
+    need_fused("attention", device)
+    torch.manual_seed(2)
+    m = MultiHeadAttention(32, 4, n_kv_heads=2, attn_dropout=0.3, window=(5, 0), softcap=20.0).to(device)
+    x = torch.randn(2, 23, 32, device=device)
+    H, Hkv, D = 4, 2, 8
+    q, k, v = m.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+    q, k, v = (t.unflatten(-1, (-1, D)).transpose(1, 2) for t in (q, k, v))
+
+    def op(p):
+        y = attention(q, k, v, causal=True, dropout_p=p, window=(5, 0), softcap=20.0)
+        return m.out(y.transpose(1, 2).reshape(2, 23, 32))
+
+    torch.manual_seed(7)
+    got = m(x)
+    torch.manual_seed(7)
+    want = op(0.3)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, op(0.0))  # dropout really ran in training mode
+    m.eval()
+    torch.testing.assert_close(m(x), op(0.0))
+    with pytest.raises(ValueError, match="attn_dropout"):
+        MultiHeadAttention(32, 4, attn_dropout=1.0)

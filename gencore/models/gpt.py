@@ -51,7 +51,7 @@ class GPTConfig:
     n_head: int = 4
     n_kv_head: Optional[int] = None  # key/value heads (GQA); None: n_head
     n_embd: int = 128
-    dropout: float = 0.0
+    dropout: float = 0.0          # on attention probabilities, block outputs and embeddings (nanoGPT)
     bias: bool = False            # biases in the linear layers and LayerNorms
     rotary: bool = False          # rotary position embeddings; False: learned absolute positions
     tie_weights: bool = True      # the LM head shares the token embedding matrix
@@ -130,7 +130,8 @@ class Block(nn.Module):
         super().__init__()
         self.ln_attn = make_norm(cfg)
         self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, rotary=cfg.rotary,
-                                       dropout=cfg.dropout, bias=cfg.bias, impl=cfg.impl,
+                                       dropout=cfg.dropout, attn_dropout=cfg.dropout,
+                                       bias=cfg.bias, impl=cfg.impl,
                                        qk_norm=cfg.qk_norm)
         self.ln_mlp = make_norm(cfg)
         self.mlp = MLP(cfg)

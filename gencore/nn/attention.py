@@ -136,8 +136,13 @@ class MultiHeadAttention(nn.Module):
         qk_norm: RMS-normalise each head's queries and keys (learned gain per coordinate, shared
             across heads) before the rotary embedding, so the attention logits cannot grow
             without bound; lets training run at higher learning rates.
-        dropout: dropout probability on the output (after the projection). There is no dropout on
-            the attention probabilities (the fused op has none).
+        dropout: dropout probability on the output (after the projection).
+        attn_dropout: dropout probability on the attention probabilities, in training mode only
+            (gencore.ops.attention's dropout_p: the fused kernels draw the keep-mask from Philox,
+            torch's default generator gives the seed, so `torch.manual_seed` repeats it).
+        window: (left, right) sliding window of keys each query sees (gencore.ops.attention's
+            `window`; e.g. (4095, 0) with causal for Mistral's 4096-token window).
+        softcap: soft-cap on the scores, softcap * tanh(scores / softcap) (Gemma-2).
         bias: biases in the projections.
         impl: passed to gencore.ops.attention: "auto", "fused", "reference", or "sdpa" for
             PyTorch's `F.scaled_dot_product_attention` with the same semantics.
@@ -145,7 +150,9 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, n_heads: int, n_kv_heads: Optional[int] = None,
                  rotary: bool = False, rotary_base: float = 10000.0, dropout: float = 0.0,
-                 bias: bool = False, impl: str = "auto", qk_norm: bool = False) -> None:
+                 bias: bool = False, impl: str = "auto", qk_norm: bool = False,
+                 attn_dropout: float = 0.0, window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+                 softcap: Optional[float] = None) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if embed_dim % n_heads:
@@ -157,6 +164,10 @@ class MultiHeadAttention(nn.Module):
         self.embed_dim, self.n_heads, self.n_kv_heads = embed_dim, n_heads, n_kv_heads
         self.head_dim = embed_dim // n_heads
         self.impl = impl
+        if not 0.0 <= attn_dropout < 1.0:
+            raise ValueError(f"MultiHeadAttention: attn_dropout must be in [0, 1), got {attn_dropout!r}")
+        # window and softcap are checked by the op on the first call, with its messages
+        self.attn_dropout, self.window, self.softcap = float(attn_dropout), window, softcap
         self.qkv = nn.Linear(embed_dim, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias)
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.rotary = RotaryEmbedding(self.head_dim, rotary_base) if rotary else None
@@ -195,6 +206,8 @@ class MultiHeadAttention(nn.Module):
         mask = key_padding_mask
         if cache is not None:
             k, v, mask = cache.append(k, v, key_padding_mask)
-        y = attention(q, k, v, causal=causal, key_padding_mask=mask, impl=self.impl)
+        y = attention(q, k, v, causal=causal, key_padding_mask=mask, impl=self.impl,
+                      dropout_p=self.attn_dropout if self.training else 0.0,
+                      window=self.window, softcap=self.softcap)
         y = y.transpose(1, 2).reshape(B, S, H * D)
         return self.dropout(self.out(y))

@@ -136,13 +136,19 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
         the padding and unpadding included.
     "dropout": causal, dropout 0.1; torch = SDPA's own dropout (another mask, the same law).
     "mask": a prefix-LM bool mask (B, 1, S, S) (the first S/4 tokens see each other); torch = SDPA
-        with that mask. Here "fused"/"auto" go through gencore.ops.scaled_dot_product_attention."""
+        with that mask. Here "fused"/"auto" go through gencore.ops.scaled_dot_product_attention.
+    "softcap": causal with scores soft-capped at 50 (Gemma-2's attention), "window+softcap": with
+        a (256, 0) window too (Gemma-2's local layers); no built-in caps scores, so torch = the
+        eager composition transformers runs for them (matmul, tanh, mask, softmax, matmul)."""
     dname = str(dtype).replace("torch.", "")
     auto_case = f"{dname} {kind}"
     mode = "fwd+bwd" if train else "fwd"
-    extra = {"window": "-w256", "documents": "-docs4", "dropout": "-p0.1", "mask": "-prefix"}[kind]
+    extra = {"window": "-w256", "documents": "-docs4", "dropout": "-p0.1", "mask": "-prefix",
+             "softcap": "-cap50", "window+softcap": "-w256-cap50"}[kind]
     cid = f"attention/{device}/{auto_case}/B{B}-H{H}-Sq{S}-Sk{S}-D{D}{extra}/{mode}"
-    visible = {"window": 257 * S - 256 * 257 // 2, "mask": S * (S + 1) // 2 + (S // 4) ** 2 // 2}
+    band_pairs = 257 * S - 256 * 257 // 2
+    visible = {"window": band_pairs, "window+softcap": band_pairs,
+               "mask": S * (S + 1) // 2 + (S // 4) ** 2 // 2}
     pairs = visible.get(kind, S * (S + 1) // 2)
     flops = 4 * B * H * pairs * D * (3.5 if train else 1.0)
 
@@ -180,6 +186,17 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
                 out = out.index_copy(1, flat, y.transpose(0, 1)[:, valid])
                 return out[None]
             kw = dict(causal=True, document_ids=ids)
+        elif kind in ("softcap", "window+softcap"):
+            allowed = pos[None, :] <= pos[:, None]
+            kw = dict(causal=True, softcap=50.0)
+            if kind == "window+softcap":
+                allowed = allowed & (pos[None, :] >= pos[:, None] - 256)
+                kw["window"] = (256, 0)
+
+            def builtin(q, k, v):
+                s = (q @ k.transpose(-2, -1)) * D ** -0.5
+                s = (50.0 * torch.tanh(s / 50.0)).masked_fill(~allowed, float("-inf"))
+                return torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype) @ v
         elif kind == "dropout":
             kw = dict(causal=True, dropout_p=0.1)
             builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1)
@@ -204,7 +221,8 @@ GQA_TRAIN_SHAPES = ((4, 8, 2, 256, 64), (8, 4, 2, 256, 32))
 
 # issue 20's feature cases: (kind, B, H, S, D).
 FEATURE_CASES = (("window", 1, 8, 2048, 64), ("documents", 1, 8, 2048, 64),
-                 ("dropout", 8, 8, 512, 64), ("mask", 2, 8, 1024, 64))
+                 ("dropout", 8, 8, 512, 64), ("mask", 2, 8, 1024, 64), ("softcap", 4, 8, 512, 64),
+                 ("window+softcap", 1, 8, 2048, 64))
 
 
 def cases(device: str = "cpu") -> List[BenchCase]:

@@ -286,6 +286,10 @@ def test_auto_case_names():
     assert _auto_case(q, True, None, dropout_p=0.1) == "float32 dropout"
     assert _auto_case(q, False, None, attn_mask=torch.ones(1, 1, 16, 16, dtype=torch.bool)) == "float32 mask"
     assert _auto_case(q, True, None, softcap=2.0) == "float32 softcap"
+    pad = torch.zeros(1, 16, dtype=torch.bool)
+    assert _auto_case(q, True, pad) == "float32 causal+padding"
+    assert _auto_case(q, False, pad) == "*"
+    assert _auto_case(q[:, :, :1], True, pad) == "*"
     assert _auto_case(q, True, torch.zeros(1, 16, dtype=torch.bool), window=(4, 0), softcap=2.0) == \
         "float32 window+softcap+padding"
     assert _auto_case(q.half(), True, None, window=(4, 0)) == "*"

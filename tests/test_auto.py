@@ -115,7 +115,9 @@ ATTENTION_CASES = [  # (dtype, causal, masked, Sq): one call per row kind of the
     (torch.float32, True, False, 37),   # float32 causal
     (torch.float32, False, False, 3),   # float32 decode
     (torch.float32, False, False, 37),  # *: non-causal
-    (torch.float32, True, True, 37),    # *: masked
+    (torch.float32, True, True, 37),    # float32 causal+padding
+    (torch.float32, False, True, 37),   # *: padding, not causal
+    (torch.float32, True, True, 3),     # *: padded decoding
     (torch.bfloat16, True, False, 37),  # bfloat16 causal
     (torch.bfloat16, False, False, 3),  # bfloat16 decode (no row: *)
     (torch.float16, True, False, 37),   # *: other dtype

@@ -244,7 +244,8 @@ def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.T
     """The row of the auto table (ops/auto.py) a call falls in.
 
     Without the keyword features: "<dtype> decode" (a few queries against many keys: KV-cache
-    decoding), "<dtype> causal", or "*" (key padding included). With them: "<dtype> " and the
+    decoding, key padding or not), "<dtype> causal", "<dtype> causal+padding" (a padded training
+    batch), or "*" (the rest: no mask at all, or key padding alone). With them: "<dtype> " and the
     features present joined by "+" in this order: mask, documents, window, softcap, dropout, then
     "padding" for a key padding mask ("float32 window", "bfloat16 window+softcap",
     "float32 documents+dropout+padding"). Causal is not part of these names."""
@@ -258,11 +259,11 @@ def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.T
         if key_padding_mask is not None:
             features.append("padding")
         return f"{name} {'+'.join(features)}"
-    if key_padding_mask is not None:
-        return "*"
     if q.shape[2] <= 4:
-        return f"{name} decode"
-    return f"{name} causal" if causal else "*"
+        return f"{name} decode" if key_padding_mask is None else "*"
+    if not causal:
+        return "*"
+    return f"{name} causal" if key_padding_mask is None else f"{name} causal+padding"
 
 
 _CASE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}

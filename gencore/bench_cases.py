@@ -11,6 +11,7 @@ beat): auto / torch is the promise that importing gencore never costs speed.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .ops import attention, gan_loss, gumbel_softmax
+
+_attention_module = sys.modules[attention.__module__]  # (gencore.ops.attention is the function)
 
 # What auto runs for an op where it does not run the fused kernel.
 ALTERNATIVE = {"attention": "sdpa", "gan_loss": "reference", "gumbel_softmax": "reference"}
@@ -63,9 +66,12 @@ def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train, Hkv=None) -> 
     "B-H-Hkv-..." and the case stays the equal-head one's (GQA is not a separate auto case)."""
     dname = str(dtype).replace("torch.", "")
     decode = Sq <= 4
-    auto_case = f"{dname} decode" if decode else (f"{dname} causal" if causal else "*")
-    mode = "fwd+bwd" if train else "fwd"
     Hkv = H if Hkv is None else Hkv
+    # the case attention(impl="auto") itself names for such a call (shapes only: meta tensors)
+    auto_case = _attention_module._auto_case(torch.empty(B, H, Sq, D, device="meta", dtype=dtype),
+                                             torch.empty(B, Hkv, Sk, D, device="meta", dtype=dtype),
+                                             causal, None)
+    mode = "fwd+bwd" if train else "fwd"
     heads = f"H{H}" if Hkv == H else f"H{H}-Hkv{Hkv}"
     cid = f"attention/{device}/{auto_case}/B{B}-{heads}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
     if not decode and not causal:
@@ -224,6 +230,11 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
     return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
 
 
+# KV-cache decoding, one query: (B, H, S_k, D); the first three are "decode small" (under
+# ops/attention.py's _SMALL_DECODE elements of K), (1, 8, 128, 64) sits on the boundary.
+DECODE_SHAPES = ((1, 4, 64, 32), (1, 4, 128, 32), (4, 4, 64, 32), (1, 8, 128, 64), (1, 12, 1024, 64),
+                 (8, 12, 1024, 64), (8, 12, 64, 64), (1, 12, 4096, 64))
+
 # Grouped-query training (Llama/Mistral-style 4:1 and 2:1 head groups): (B, H, H_kv, S, D).
 GQA_TRAIN_SHAPES = ((4, 8, 2, 256, 64), (8, 4, 2, 256, 32))
 
@@ -248,8 +259,7 @@ def cases(device: str = "cpu") -> List[BenchCase]:
         out.append(_attention_case(device, torch.float32, B, H, S, S, D, False, True))
     # KV-cache decoding: one query against S_k keys.
     for dtype in dtypes:
-        for B, H, Sk, D in ((1, 12, 1024, 64), (1, 4, 64, 32), (8, 12, 1024, 64), (8, 12, 64, 64),
-                            (1, 12, 4096, 64)):
+        for B, H, Sk, D in DECODE_SHAPES:
             out.append(_attention_case(device, dtype, B, H, 1, Sk, D, True, False))
     for dtype in dtypes:
         for kind, B, H, S, D in FEATURE_CASES:

@@ -167,7 +167,7 @@ def _attention(shapes: Sequence[Tuple[int, int, int, int, int, int]], causal: bo
                 eye = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(*k.shape[:2], -1, -1)
                 probs = attention_reference(q, k, eye, causal, mask, **kw)[0]
                 return attention_l1(q, k, v, dout, probs, 1.0 / math.sqrt(q.shape[-1]))
-            out.append(Trial(run, auto_case=_attention_mod._auto_case(q, causal, mask, **kw), l1=l1))
+            out.append(Trial(run, auto_case=_attention_mod._auto_case(q, k, causal, mask, **kw), l1=l1))
         return out
     return trials
 

@@ -280,19 +280,24 @@ def test_builtin_path_matches_reference():
 
 def test_auto_case_names():
     q = torch.zeros(1, 2, 16, 8)
-    assert _auto_case(q, True, None) == "float32 causal"
-    assert _auto_case(q, True, None, window=(4, 0)) == "float32 window"
-    assert _auto_case(q.bfloat16(), False, None, document_ids=torch.zeros(1, 16, dtype=torch.long)) == "bfloat16 documents"
-    assert _auto_case(q, True, None, dropout_p=0.1) == "float32 dropout"
-    assert _auto_case(q, False, None, attn_mask=torch.ones(1, 1, 16, 16, dtype=torch.bool)) == "float32 mask"
-    assert _auto_case(q, True, None, softcap=2.0) == "float32 softcap"
+    assert _auto_case(q, q, True, None) == "float32 causal"
+    assert _auto_case(q, q, True, None, window=(4, 0)) == "float32 window"
+    assert _auto_case(q.bfloat16(), q, False, None, document_ids=torch.zeros(1, 16, dtype=torch.long)) == "bfloat16 documents"
+    assert _auto_case(q, q, True, None, dropout_p=0.1) == "float32 dropout"
+    assert _auto_case(q, q, False, None, attn_mask=torch.ones(1, 1, 16, 16, dtype=torch.bool)) == "float32 mask"
+    assert _auto_case(q, q, True, None, softcap=2.0) == "float32 softcap"
     pad = torch.zeros(1, 16, dtype=torch.bool)
-    assert _auto_case(q, True, pad) == "float32 causal+padding"
-    assert _auto_case(q, False, pad) == "*"
-    assert _auto_case(q[:, :, :1], True, pad) == "*"
-    assert _auto_case(q, True, torch.zeros(1, 16, dtype=torch.bool), window=(4, 0), softcap=2.0) == \
+    assert _auto_case(q, q, True, pad) == "float32 causal+padding"
+    assert _auto_case(q, q, False, pad) == "*"
+    assert _auto_case(q[:, :, :1], q, True, pad) == "*"
+    assert _auto_case(q, q, True, torch.zeros(1, 16, dtype=torch.bool), window=(4, 0), softcap=2.0) == \
         "float32 window+softcap+padding"
-    assert _auto_case(q.half(), True, None, window=(4, 0)) == "*"
+    assert _auto_case(q.half(), q, True, None, window=(4, 0)) == "*"
+    # decoding: the KV cache's size (B * H_kv * S_k * D elements of K) picks the row
+    one = torch.zeros(1, 2, 1, 64)
+    assert _auto_case(one, torch.zeros(1, 2, 512, 64), True, None) == "float32 decode"
+    assert _auto_case(one, torch.zeros(1, 2, 511, 64), True, None) == "float32 decode small"
+    assert _auto_case(one, torch.zeros(1, 2, 64, 64), True, pad[:, :1].expand(1, 64)) == "*"
 
 
 def test_document_ids_from_cu_seqlens():

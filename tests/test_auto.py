@@ -132,7 +132,7 @@ def test_attention_auto_follows_the_table(device, dtype, causal, masked, Sq, mon
     if masked:
         mask = torch.zeros(2, 37, dtype=torch.bool, device=device)
         mask[0, 30:] = True
-    case = attention_mod._auto_case(q, causal, mask)
+    case = attention_mod._auto_case(q, k, causal, mask)
     want = auto.pick("attention", q.device.type, case)
     if want == auto.FUSED:
         need_fused("attention", device)

@@ -193,7 +193,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if reason is not None:
         return _fallback(reason, module, query, key, value, attention_mask, dropout, scaling,
                          softcap, is_causal, kwargs)
-    if cu_docs is None and not _auto_runs_fused(query, causal, kpm, args):
+    if cu_docs is None and not _auto_runs_fused(query, key, causal, kpm, args):
         # auto's pick is not the fused kernel: run what transformers runs, with the mask it built
         # once per forward (its sdpa; its eager for softcap, which SDPA cannot take), rather than
         # gencore's built-in path, which rebuilds the mask in every layer.
@@ -211,14 +211,14 @@ _ATTENTION_MODULE = sys.modules[ops.attention.__module__]
 _FEATURES = ("dropout_p", "window", "softcap", "document_ids", "attn_mask")
 
 
-def _auto_runs_fused(query, causal, kpm, args) -> bool:
+def _auto_runs_fused(query, key, causal, kpm, args) -> bool:
     """Whether gencore.ops.attention(impl="auto") picks the fused kernel for this call (the auto
     table's row for its case, gencore/ops/auto.py; the case from the op's own `_auto_case`, which
     names the features present). True where that cannot be told (a gencore whose case function
     differs): then gencore.ops.attention decides, which is right, if slower."""
     features = {name: args[name] for name in _FEATURES if name in args}
     try:
-        case = _ATTENTION_MODULE._auto_case(query, causal, kpm, **features)
+        case = _ATTENTION_MODULE._auto_case(query, key, causal, kpm, **features)
         return ops.auto.pick("attention", query.device.type, case) == ops.auto.FUSED
     except (AttributeError, TypeError):
         return True

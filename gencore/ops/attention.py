@@ -185,7 +185,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     window = None if left < 0 and right < 0 else (left, right)
     features = dict(dropout_p=dropout_p, window=window, softcap=softcap,
                     document_ids=document_ids, attn_mask=attn_mask)
-    case = _auto_case(q, causal, key_padding_mask, **features) if impl == "auto" else "*"
+    case = _auto_case(q, k, causal, key_padding_mask, **features) if impl == "auto" else "*"
     choice = auto.resolve("attention", impl, q.device.type, case, builtin_name="sdpa")
     if choice == auto.BUILTIN:
         return attention_sdpa(q, k, v, causal, key_padding_mask, scale, generator=generator, **features)
@@ -216,12 +216,13 @@ def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal) -> Optional[bool]:
         return None
     # CPU calls only (q.device costs more than the rest together): there Python's cost is the
     # call's; a GPU call's runs ahead of the device anyway.
-    key = (q.dtype, q.is_cpu, causal is True, Sq <= 4)
+    decode = 0 if Sq > 4 else (2 if qs[0] * ks[1] * Sk * qs[3] >= _SMALL_DECODE else 1)
+    key = (q.dtype, q.is_cpu, causal is True, decode)
     builtin = _BUILTIN_CALLS.get(key)
     if builtin is None:
         if not q.is_cpu or q.dtype not in _FLOATING or (causal is not True and causal is not False):
             return None
-        case = _auto_case(q, causal, None)
+        case = _auto_case(q, k, causal, None)
         builtin = _BUILTIN_CALLS[key] = auto.pick("attention", "cpu", case) == auto.BUILTIN
     return (causal is True and Sq > 1) if builtin else None
 
@@ -238,13 +239,18 @@ def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: Optional[int] 
     return (torch.searchsorted(cu[1:], pos, right=True))[None, :]
 
 
-def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor], *,
+# KV-cache decoding splits at this many elements of K (B * H_kv * S_k * D): below it a call is a
+# few microseconds of fixed cost, where the fused kernel does not pay on every machine.
+_SMALL_DECODE = 65536
+
+
+def _auto_case(q: torch.Tensor, k: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor], *,
                dropout_p: float = 0.0, window=None, softcap=None, document_ids=None,
                attn_mask=None) -> str:
     """The row of the auto table (ops/auto.py) a call falls in.
 
-    Without the keyword features: "<dtype> decode" (a few queries against many keys: KV-cache
-    decoding, key padding or not), "<dtype> causal", "<dtype> causal+padding" (a padded training
+    Without the keyword features: "<dtype> decode" (a few queries against a KV cache of at least
+    _SMALL_DECODE elements of K; "<dtype> decode small" below), without key padding, "<dtype> causal", "<dtype> causal+padding" (a padded training
     batch), or "*" (the rest: no mask at all, or key padding alone). With them: "<dtype> " and the
     features present joined by "+" in this order: mask, documents, window, softcap, dropout, then
     "padding" for a key padding mask ("float32 window", "bfloat16 window+softcap",
@@ -260,7 +266,10 @@ def _auto_case(q: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.T
             features.append("padding")
         return f"{name} {'+'.join(features)}"
     if q.shape[2] <= 4:
-        return f"{name} decode" if key_padding_mask is None else "*"
+        if key_padding_mask is not None:
+            return "*"
+        B, Hkv, Sk, D = k.shape
+        return f"{name} decode" if B * Hkv * Sk * D >= _SMALL_DECODE else f"{name} decode small"
     if not causal:
         return "*"
     return f"{name} causal" if key_padding_mask is None else f"{name} causal+padding"
@@ -348,7 +357,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         mask = torch.ones(Sq, Sk, dtype=torch.bool, device=query.device).tril()[None, None]
         causal = False
     if impl == "auto":
-        case = _auto_case(query, causal, None, dropout_p=float(dropout_p), attn_mask=mask)
+        case = _auto_case(query, key, causal, None, dropout_p=float(dropout_p), attn_mask=mask)
         if auto.resolve("attention", impl, query.device.type, case, builtin_name="sdpa") == auto.BUILTIN:
             return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
         impl = "fused"

@@ -47,8 +47,9 @@ def _ids(op: str, device: str, case: str, shapes, mode: str) -> Tuple[str, ...]:
 
 _TRAIN = ("B8-H8-Sq512-Sk512-D64", "B4-H8-Sq256-Sk256-D64", "B12-H4-Sq64-Sk64-D32")
 _GQA_TRAIN = ("B4-H8-Hkv2-Sq256-Sk256-D64", "B8-H4-Hkv2-Sq256-Sk256-D32")  # grouped-query
-_DECODE = ("B1-H12-Sq1-Sk1024-D64", "B1-H4-Sq1-Sk64-D32", "B8-H12-Sq1-Sk1024-D64",
+_DECODE = ("B1-H8-Sq1-Sk128-D64", "B1-H12-Sq1-Sk1024-D64", "B8-H12-Sq1-Sk1024-D64",
            "B8-H12-Sq1-Sk64-D64", "B1-H12-Sq1-Sk4096-D64")
+_DECODE_SMALL = ("B1-H4-Sq1-Sk64-D32", "B1-H4-Sq1-Sk128-D32", "B4-H4-Sq1-Sk64-D32")
 _GUMBEL = tuple(f"gumbel_softmax/cpu/*/{s}/{m}" for s in ("64x100", "256x32000", "1280x5000")
                 for m in ("fwd", "fwd+bwd"))
 _GAN = _ids("gan_loss", "cpu", "*", ("bce-discriminator-n64", "bce-discriminator-n4096",
@@ -58,6 +59,8 @@ _CPU_ATTENTION = {
     "bfloat16 causal": _ids("attention", "cpu", "bfloat16 causal", _TRAIN + _GQA_TRAIN, "fwd+bwd"),
     "float32 decode": _ids("attention", "cpu", "float32 decode", _DECODE, "fwd"),
     "bfloat16 decode": _ids("attention", "cpu", "bfloat16 decode", _DECODE, "fwd"),
+    "float32 decode small": _ids("attention", "cpu", "float32 decode small", _DECODE_SMALL, "fwd"),
+    "bfloat16 decode small": _ids("attention", "cpu", "bfloat16 decode small", _DECODE_SMALL, "fwd"),
     "*": _ids("attention", "cpu", "float32 full", _TRAIN[1:], "fwd+bwd"),
 }
 # The keyword features (issue 20): one case each, the built-in being SDPA with the equivalent mask
@@ -82,6 +85,8 @@ RULES = (
     Rule("attention", "cpu-avx2", "bfloat16 causal", FUSED, _CPU_ATTENTION["bfloat16 causal"]),
     Rule("attention", "cpu-avx2", "float32 decode", BUILTIN, _CPU_ATTENTION["float32 decode"]),
     Rule("attention", "cpu-avx2", "bfloat16 decode", BUILTIN, _CPU_ATTENTION["bfloat16 decode"]),
+    Rule("attention", "cpu-avx2", "float32 decode small", BUILTIN, _CPU_ATTENTION["float32 decode small"]),
+    Rule("attention", "cpu-avx2", "bfloat16 decode small", BUILTIN, _CPU_ATTENTION["bfloat16 decode small"]),
     Rule("attention", "cpu-avx2", "*", BUILTIN, _CPU_ATTENTION["*"]),
     *(Rule("attention", "cpu-avx2", f"{d} {f}", FUSED, _CPU_ATTENTION[f"{d} {f}"])
       for d in ("float32", "bfloat16") for f in _FEATURES),

@@ -7,6 +7,7 @@ import torch
 from _recipe_run import assert_resume_is_exact, train_recipe_briefly
 from gencore.data import digits
 from gencore.models import VAE
+from gencore.models.flow_prior import FlowPrior
 from gencore.recipes.vae import RECIPES
 from gencore.train.tasks import VAETask
 
@@ -37,17 +38,19 @@ def test_shapes_and_dtypes(size, likelihood):
 
 
 @pytest.mark.parametrize("likelihood,prior", [("bernoulli", "standard"), ("gaussian", "standard"),
-                                              ("gaussian", "mixture")])
+                                              ("gaussian", "mixture"), ("gaussian", "flow")])
 def test_gradients_reach_every_parameter(likelihood, prior, some_digits):
     torch.manual_seed(0)
     vae = VAE(8, latent_dim=4, width=8, likelihood=likelihood, gaussian_var="global", prior=prior,
               prior_components=3)
     vae.elbo(some_digits[:8]).loss.backward()
     for name, p in vae.named_parameters():
+        if name.startswith("prior_flow.couplings") and not name.endswith(("4.weight", "4.bias")):
+            continue  # zero last layers (the identity start) block these at init: tested below
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
 
-@pytest.mark.parametrize("prior", ["standard", "mixture"])
+@pytest.mark.parametrize("prior", ["standard", "mixture", "flow"])
 def test_seeded_sampling_repeats(prior):
     torch.manual_seed(0)
     vae = VAE(16, latent_dim=4, width=4, prior=prior)
@@ -190,7 +193,8 @@ def test_fit_prior_recovers_a_known_mixture():
     {"image_size": 8, "channels": 0}, {"image_size": 8, "latent_dim": -1},
     {"image_size": 8, "width": 0}, {"image_size": 8, "likelihood": "poisson"},
     {"image_size": 8, "gaussian_var": "channel"}, {"image_size": 8, "min_logvar": 5.0},
-    {"image_size": 8, "prior": "flow"}, {"image_size": 8, "prior_components": 0},
+    {"image_size": 8, "prior": "vamp"}, {"image_size": 8, "prior_components": 0},
+    {"image_size": 8, "prior": "flow", "flow_layers": 0}, {"image_size": 8, "prior": "flow", "flow_hidden": 0},
 ])
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError, match="VAE"):
@@ -276,3 +280,70 @@ def test_ema_copy_gets_a_prior_fitted_to_its_own_codes(tmp_path):
     refitted = task.inference_module("vae")
     assert refitted is ema.module and torch.equal(state, torch.get_rng_state())
     assert spread(refitted) > 1.3 * averaged  # 1.6x here; without the refit 1.0x
+
+
+def _random_flow(dim, seed=0):
+    """A FlowPrior away from its identity start (every layer randomised)."""
+    torch.manual_seed(seed)
+    flow = FlowPrior(dim, layers=4, hidden=16)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0, 0.2)
+    return flow
+
+
+def test_flow_prior_is_normalised_and_sample_consistent():
+    """The density integrates to 1 (a 2-D grid), and samples (the inverse map) follow it: their
+    mean and second moments match the grid's, and log_prob inverts sample exactly."""
+    flow = _random_flow(2)
+    ax = torch.linspace(-15, 15, 801, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(ax, ax, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        p = flow.log_prob(grid.float()).double().exp() * float(ax[1] - ax[0]) ** 2
+        assert abs(float(p.sum()) - 1) < 2e-3, float(p.sum())
+        z = flow.sample(200_000, generator=torch.Generator().manual_seed(0)).double()
+        mean = (p[:, None] * grid).sum(0)
+        second = (p[:, None] * grid ** 2).sum(0)
+    assert torch.allclose(z.mean(0), mean, atol=0.03), (z.mean(0), mean)
+    assert torch.allclose((z ** 2).mean(0), second, rtol=0.03, atol=0.03)
+    # Round trip: u -> z -> u (the forward map of log_prob undoes sample's inverse map).
+    flow3 = _random_flow(5, seed=1)
+    with torch.no_grad():
+        y = torch.randn(7, 5)
+        for c in reversed(flow3.couplings):
+            y2 = c.inverse(y)
+            assert torch.allclose(c(y2)[0], y, atol=1e-5)
+            y = y2
+
+
+def test_flow_prior_log_prob_shapes_gradients_and_bad_input():
+    flow = _random_flow(4)
+    z = torch.randn(3, 5, 4, requires_grad=True)
+    lp = flow.log_prob(z)
+    assert lp.shape == (3, 5) and lp.dtype == torch.float32 and torch.isfinite(lp).all()
+    lp.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    for name, p in flow.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    with pytest.raises(ValueError, match=r"FlowPrior: expected latents of shape \(..., 4\)"):
+        flow.log_prob(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="n must be"):
+        flow.sample(0)
+    with pytest.raises(ValueError, match="dim must be >= 2"):
+        FlowPrior(1)
+    vae = VAE(8, latent_dim=4, width=4, prior="flow")
+    with pytest.raises(ValueError, match="EM fits a mixture"):
+        vae.fit_prior(torch.randn(10, 4))
+
+
+def test_flow_prior_starts_as_a_standard_normal():
+    vae = VAE(8, latent_dim=4, width=4, prior="flow")
+    ref = VAE(8, latent_dim=4, width=4, prior="standard")
+    z = torch.randn(6, 4)
+    assert torch.allclose(vae.log_prior(z), ref.log_prior(z), atol=1e-6)
+
+
+def test_recipe_resume_is_exact_with_the_flow_prior(tmp_path):
+    recipe, = RECIPES
+    assert_resume_is_exact(recipe, {"steps": 6, "batch_size": 16, "width": 4, "latent": 4,
+                                    "prior": "flow", "flow_layers": 2, "flow_hidden": 8}, tmp_path)

@@ -118,7 +118,7 @@ def frontier_chart(curves: Dict[str, List[Dict[str, float]]], floor: Optional[fl
     xs = [p["nll_div"] for p in pts]
     ys = [p["nll_oracle"] for p in pts] + ([floor] if floor is not None else [])
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    padx, pady = 0.04 * (x1 - x0 or 1.0), 0.05 * (y1 - y0 or 1.0)
+    padx, pady = 0.04 * (x1 - x0 or 1.0), 0.08 * (y1 - y0 or 1.0)  # room for the T labels
     x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
     left, top = 52, 22
     sx, sy, w, h, out = _frame(title, width, height, (x0, x1, y0, y1), bottom=40)

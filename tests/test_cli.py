@@ -129,7 +129,7 @@ TINY = {
     "vae-digits": ["width=8", "latent=4", "batch_size=8", "nll_k=4", "prior_components=4"],
     "gan-digits": ["width=8", "latent=4", "batch_size=8"],
     "textgan-oracle": ["mle_steps=1", "vocab_size=50", "seq_len=6", "batch_size=8",
-                       "eval_samples=20"],
+                       "eval_samples=20", "frontier_samples=20"],
 }
 
 

@@ -298,7 +298,8 @@ def test_bad_arguments_raise():
 # -- task and recipe --------------------------------------------------------------------------
 
 TINY = {"steps": 6, "mle_steps": 3, "vocab_size": 40, "seq_len": 6, "batch_size": 8,
-        "disc_embed": 8, "disc_rep": 4, "disc_filters": 4, "eval_samples": 32, "d_steps": 2}
+        "disc_embed": 8, "disc_rep": 4, "disc_filters": 4, "eval_samples": 32, "frontier_samples": 16,
+        "d_steps": 2}
 
 
 def _run_recipe(out_dir, steps, resume=False, overrides=TINY):
@@ -357,6 +358,8 @@ def test_frontier_over_temperatures():
     torch.testing.assert_close(task.G.nll(x, 0.5), want)
     with pytest.raises(ValueError, match="temperature"):
         task.G.sample(2, temperature=0.0)
+    task.frontier_samples = 16  # fewer samples per frontier point: the T = 1 scalars keep theirs
+    assert task.evaluate()["nll_oracle"] == m["nll_oracle"]
 
 
 def test_frontier_mle_is_the_mle_only_run(tmp_path):

@@ -61,7 +61,7 @@ class TextGANTask(Task):
                  test_data: Optional[torch.Tensor] = None, eval_samples: int = 10_000,
                  eval_seed: int = 777, impl: str = "auto",
                  frontier_temperatures: Sequence[float] = FRONTIER_TEMPERATURES,
-                 mle_baseline: bool = True):
+                 frontier_samples: Optional[int] = None, mle_baseline: bool = True):
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
         if not isinstance(mle_steps, int) or not 0 <= mle_steps <= total_steps:
@@ -87,6 +87,9 @@ class TextGANTask(Task):
         self.test_data, self.eval_samples, self.eval_seed = test_data, eval_samples, eval_seed
         self._floor: Optional[float] = None
         self.frontier_temperatures = tuple(float(t) for t in frontier_temperatures)
+        # samples per frontier point (default eval_samples): one point costs about as much as
+        # the whole T = 1 evaluation, and a frontier is 14 of them
+        self.frontier_samples = eval_samples if frontier_samples is None else frontier_samples
         if not all(t > 0 for t in self.frontier_temperatures):
             raise ValueError(f"frontier temperatures must be > 0, got {frontier_temperatures!r}")
         # the MLE-only generator with the same updates (a copy of G from step mle_steps on)
@@ -172,13 +175,13 @@ class TextGANTask(Task):
         return seeded_generator(self.G, self.eval_seed if seed is None else seed)
 
     @torch.no_grad()
-    def _point(self, G: TextGenerator, temperature: float) -> Dict[str, float]:
-        """NLL_oracle and NLL_div of `eval_samples` samples of G at `temperature` (the same seed
-        at every temperature), NLL_div scored at that temperature too."""
+    def _point(self, G: TextGenerator, temperature: float, n: int) -> Dict[str, float]:
+        """NLL_oracle and NLL_div of n samples of G at `temperature` (the same seed at every
+        temperature), NLL_div scored at that temperature too."""
         gen = self._eval_generator()
         # in chunks: a (10000, V) float64 CDF per step would cost 400 MB at V = 5000
         samples = torch.cat([G.sample(len(c), gen, temperature) for c in
-                             torch.arange(self.eval_samples).split(1000)])
+                             torch.arange(n).split(1000)])
         return {"temperature": temperature,
                 "nll_oracle": nll_oracle(self.oracle, samples.to(self.oracle.out.weight.device)),
                 "nll_div": nll_div(lambda x: G.nll(x, temperature), samples)}
@@ -196,8 +199,10 @@ class TextGANTask(Task):
         for g in gens:
             g.eval()
         try:
-            frontier = {t: self._point(G, t) for t in self.frontier_temperatures}
-            one = frontier.get(1.0) or self._point(G, 1.0)
+            nf = self.frontier_samples
+            frontier = {t: self._point(G, t, nf) for t in self.frontier_temperatures}
+            one = (frontier.get(1.0) if nf == self.eval_samples else None) \
+                or self._point(G, 1.0, self.eval_samples)
             out: Dict[str, Any] = {"nll_oracle": one["nll_oracle"], "nll_div": one["nll_div"]}
             if self.test_data is not None:
                 out["nll_gen"] = nll_gen(G, self.test_data.to(G.out.weight.device))
@@ -207,7 +212,7 @@ class TextGANTask(Task):
             if frontier:
                 out["frontier"] = list(frontier.values())
                 if self.G_mle is not None:
-                    out["frontier_mle"] = [self._point(self.G_mle, t)
+                    out["frontier_mle"] = [self._point(self.G_mle, t, nf)
                                            for t in self.frontier_temperatures]
         finally:
             for g, w in zip(gens, was_training):

@@ -15,7 +15,7 @@ Defaults (1000 MLE + 200 adversarial steps, discriminator with 16 representation
 exp schedule, g_lr 1e-3, d_lr 1e-4) were tuned on 2 shared CPU cores, one thread per run (about
 4 min) for NLL_oracle at T = 1, where they beat MLE only by about 0.4 nats. On the frontier they
 do not: the adversarial generator is a sharper one, and at equal NLL_div the MLE-only generator
-sampled colder is better (by about 0.3 nats on seed 0). Figures and what was tried:
+sampled colder is better (by 0.05-0.33 nats, seeds 0-2). Figures and what was tried:
 benchmarks/RESULTS.md ("textgan-oracle"), `benchmarks/textgan_frontier.py`.
 """
 from __future__ import annotations

@@ -45,13 +45,15 @@ def run_arm(recipe: str, label: str, overrides: dict, seeds, out: Path):
         runs.append(res)
         m = res["metrics"]
         print(f"  {label} seed {seed}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in m.items() if not k.endswith(("_std", "_floor", "_k"))) +
+            f"{k} {v:.4f}" for k, v in m.items()
+            if not k.endswith(("_std", "_floor", "_k")) and not isinstance(v, list)) +
             f" ({res['train_seconds']:.0f} s)", flush=True)
     return runs
 
 
 def summary_rows(label: str, runs):
-    keys = [k for k in runs[0]["metrics"] if not k.endswith(("_std", "_k"))]
+    keys = [k for k, v in runs[0]["metrics"].items()
+            if not k.endswith(("_std", "_k")) and not isinstance(v, list)]  # lists: frontiers
     rows = []
     for k in keys + ["train_seconds"]:
         vals = [r[k] if k == "train_seconds" else r["metrics"][k] for r in runs]

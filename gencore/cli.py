@@ -107,7 +107,11 @@ def _print_results(res: dict, out) -> None:
     print(f"{res['recipe']}: {res['steps']} steps in {res['train_seconds']:.0f} s")
     m = res["metrics"]
     for k, v in m.items():
-        if not k.endswith("_floor") and not k.endswith("_std"):
+        if isinstance(v, list):  # a frontier: one (temperature, nll_oracle, nll_div) per point
+            print(f"  {k:<14} " + "  ".join(
+                f"T {p['temperature']:g}: {p['nll_oracle']:.3f}/{p['nll_div']:.3f}" for p in v)
+                + "   (nll_oracle/nll_div)")
+        elif not k.endswith("_floor") and not k.endswith("_std"):
             std = f" ± {m[k + '_std']:.4f}" if k + "_std" in m else ""
             floor = m.get(f"{k}_floor")
             print(f"  {k:<14} {v:10.4f}{std}" + (f"   (floor {floor:.4f})" if floor is not None else ""))

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["write_report", "render_report", "line_chart", "read_metrics_log"]
+__all__ = ["write_report", "render_report", "line_chart", "frontier_chart", "read_metrics_log"]
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
 Series = Dict[str, List[Tuple[float, float]]]
@@ -55,18 +55,11 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if 1e-3 <= a < 1e4 else f"{v:.2e}"
 
 
-def line_chart(series: Series, title: str = "", width: int = 520, height: int = 220) -> str:
-    """An SVG line chart of several (x, y) series sharing the axes."""
-    pts = [p for s in series.values() for p in s]
-    if not pts:
-        return ""
-    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    left, right, top, bottom = 52, 24, 22, 26
+def _frame(title: str, width: int, height: int, box, bottom: int, left: int = 52,
+           right: int = 24, top: int = 22):
+    """The opening of a chart: (x -> px, y -> px, plot width, plot height, SVG parts so far:
+    the svg tag, the title and the plot's frame) for data box (x0, x1, y0, y1)."""
+    x0, x1, y0, y1 = box
     w, h = width - left - right, height - top - bottom
 
     def sx(x):
@@ -79,6 +72,22 @@ def line_chart(series: Series, title: str = "", width: int = 520, height: int = 
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>',
            f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#bbb"/>']
+    return sx, sy, w, h, out
+
+
+def line_chart(series: Series, title: str = "", width: int = 520, height: int = 220) -> str:
+    """An SVG line chart of several (x, y) series sharing the axes."""
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return ""
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    left, top = 52, 22
+    sx, sy, w, h, out = _frame(title, width, height, (x0, x1, y0, y1), bottom=26)
     for frac in (0.0, 0.5, 1.0):
         y = y0 + frac * (y1 - y0)
         out.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>')
@@ -97,6 +106,53 @@ def line_chart(series: Series, title: str = "", width: int = 520, height: int = 
     return "".join(out)
 
 
+def frontier_chart(curves: Dict[str, List[Dict[str, float]]], floor: Optional[float] = None,
+                   title: str = "", width: int = 560, height: int = 340) -> str:
+    """An SVG of quality-diversity frontiers: NLL_oracle (y) against NLL_div (x), each curve a
+    line through its points (`{"temperature", "nll_oracle", "nll_div"}`) labelled by T, and the
+    oracle floor H(oracle) as a dashed line. Lower is better on both axes' quality side: a curve
+    below another is better at equal diversity."""
+    pts = [p for c in curves.values() for p in c]
+    if not pts:
+        return ""
+    xs = [p["nll_div"] for p in pts]
+    ys = [p["nll_oracle"] for p in pts] + ([floor] if floor is not None else [])
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    padx, pady = 0.04 * (x1 - x0 or 1.0), 0.08 * (y1 - y0 or 1.0)  # room for the T labels
+    x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
+    left, top = 52, 22
+    sx, sy, w, h, out = _frame(title, width, height, (x0, x1, y0, y1), bottom=40)
+    for i in range(5):
+        y, x = y0 + i / 4 * (y1 - y0), x0 + i / 4 * (x1 - x0)
+        out.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.2f}</text>')
+        out.append(f'<text x="{sx(x):.1f}" y="{top + h + 14}" text-anchor="middle">{x:.2f}</text>')
+    out.append(f'<text x="{left + w / 2:.1f}" y="{height - 6}" text-anchor="middle">NLL_div '
+               f'(diversity, nats/token)</text>')
+    out.append(f'<text x="12" y="{top + h / 2:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 12 {top + h / 2:.1f})">NLL_oracle (lower = better)</text>')
+    if floor is not None:
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(floor):.1f}" y2="{sy(floor):.1f}" '
+                   f'stroke="#777" stroke-dasharray="5,4"/><text x="{left + w - 4}" '
+                   f'y="{sy(floor) - 4:.1f}" text-anchor="end" fill="#555">oracle floor '
+                   f'H(oracle) {floor:.3f}</text>')
+    for i, (name, c) in enumerate(curves.items()):
+        color = _COLORS[i % len(_COLORS)]
+        c = sorted(c, key=lambda p: p["temperature"])
+        path = " ".join(f'{sx(p["nll_div"]):.1f},{sy(p["nll_oracle"]):.1f}' for p in c)
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
+        for p in c:
+            cx, cy = sx(p["nll_div"]), sy(p["nll_oracle"])
+            # labels above the first curve's points, below the others'
+            dy = -6 if i % 2 == 0 else 14
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2.5" fill="{color}"/>'
+                       f'<text x="{cx:.1f}" y="{cy + dy:.1f}" text-anchor="middle" fill="{color}" '
+                       f'font-size="9">T{p["temperature"]:g}</text>')
+        out.append(f'<text x="{left + 8}" y="{top + 14 + 13 * i}" fill="{color}">'
+                   f'{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
 def _with_std(metrics: Dict[str, float], k: str) -> str:
     std = metrics.get(f"{k}_std")
     return _fmt(metrics[k]) + ("" if std is None else f" ± {_fmt(std)}")
@@ -106,7 +162,7 @@ def _metrics_table(metrics: Dict[str, float]) -> str:
     """One row per metric; `m_floor` goes in m's row, `m_std` / `m_floor_std` after a ±."""
     rows = []
     for k, v in metrics.items():
-        if k.endswith("_floor") or k.endswith("_std"):
+        if k.endswith("_floor") or k.endswith("_std") or isinstance(v, list):
             continue
         floor_key = f"{k}_floor"
         floor = metrics.get(floor_key)
@@ -131,12 +187,49 @@ def _samples_html(run: Path, rel: Optional[str]) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
-def _run_section(run: Path) -> Tuple[str, str, str]:
-    """(section id, summary table row, section html) for one run directory."""
-    info = json.loads((run / "run.json").read_text())
-    name = info["recipe"]
+def _load(run: Path) -> Tuple[dict, dict]:
+    """(run.json, results.json or {}) of a run directory."""
     res_path = run / "results.json"
-    res = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    return (json.loads((run / "run.json").read_text()),
+            json.loads(res_path.read_text()) if res_path.is_file() else {})
+
+
+def _mle_only(info: dict, res: dict) -> bool:
+    cfg = info["config"]
+    return "mle_steps" in cfg and cfg["mle_steps"] >= res.get("steps", cfg.get("steps", 0))
+
+
+def _frontier_html(run: Path, others: Sequence[Path]) -> str:
+    """The quality-diversity frontier of a text-GAN run: its curve, and the MLE-only curve with
+    the same generator updates beside it (its own frontier_mle, or another run directory of the
+    report with mle_steps == steps, the same seeds and steps)."""
+    info, res = _load(run)
+    m = res.get("metrics", {})
+    if not isinstance(m.get("frontier"), list):
+        return ""
+    mle_only = _mle_only(info, res)
+    curves = {("MLE only" if mle_only else "adversarial") + " (this run)": m["frontier"]}
+    if not mle_only and isinstance(m.get("frontier_mle"), list):
+        curves["MLE only, same updates (frontier_mle)"] = m["frontier_mle"]
+    elif not mle_only:
+        cfg = info["config"]
+        for o in others:
+            oi, orr = _load(o)
+            oc, om = oi["config"], orr.get("metrics", {})
+            if (o != run and oi["recipe"] == info["recipe"] and _mle_only(oi, orr)
+                    and orr.get("steps") == res.get("steps") and isinstance(om.get("frontier"), list)
+                    and all(oc.get(k) == cfg.get(k) for k in ("seed", "oracle_seed"))):
+                curves[f"MLE only ({o.name})"] = om["frontier"]
+                break
+    chart = frontier_chart(curves, m.get("nll_oracle_floor"),
+                           "quality-diversity frontier: generator sampled at temperature T")
+    return f'<h3>Frontier (NLL_oracle against NLL_div over temperatures)</h3><div>{chart}</div>'
+
+
+def _run_section(run: Path, report_runs: Sequence[Path] = ()) -> Tuple[str, str, str]:
+    """(section id, summary table row, section html) for one run directory."""
+    info, res = _load(run)
+    name = info["recipe"]
     metrics = res.get("metrics", {})
     sid = "run-" + "".join(c if c.isalnum() else "-" for c in name)
     train, val = read_metrics_log(run / "metrics.jsonl")
@@ -148,13 +241,15 @@ def _run_section(run: Path) -> Tuple[str, str, str]:
         (val, "validation"), (others, "other training numbers")) if series]
     config = ", ".join(f"{k}={v}" for k, v in info["config"].items())
     head = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
-                     if not k.endswith("_floor") and not k.endswith("_std"))
+                     if not k.endswith("_floor") and not k.endswith("_std")
+                     and not isinstance(v, list))
     row = (f'<tr><td><a href="#{sid}">{html.escape(name)}</a></td><td>{res.get("steps", "-")}</td>'
            f'<td>{res.get("train_seconds", float("nan")):.0f} s</td><td>{html.escape(head)}</td></tr>')
     body = (f'<section id="{sid}"><h2>{html.escape(name)}</h2>'
             f'<p class="cfg">{html.escape(config)}</p>'
             f'<h3>Loss curves</h3><div class="charts">{"".join(charts) or "<em>no log</em>"}</div>'
             f'<h3>Metrics</h3>{_metrics_table(metrics) if metrics else "<p><em>not evaluated</em></p>"}'
+            f'{_frontier_html(run, report_runs)}'
             f'<h3>Samples</h3>{_samples_html(run, res.get("samples"))}</section>')
     return sid, row, body
 
@@ -175,7 +270,8 @@ def _machine() -> str:
 
 def render_report(run_dirs: Sequence[Union[str, Path]], title: str = "gencore report",
                   note: str = "") -> str:
-    sections = [_run_section(Path(r)) for r in run_dirs]
+    runs = [Path(r) for r in run_dirs]
+    sections = [_run_section(r, runs) for r in runs]
     from . import _backend
     fused = "compiled core in use" if _backend.build_info() else f"references only ({_backend.reason()})"
     css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"

@@ -129,7 +129,7 @@ TINY = {
     "vae-digits": ["width=8", "latent=4", "batch_size=8", "nll_k=4", "prior_components=4"],
     "gan-digits": ["width=8", "latent=4", "batch_size=8"],
     "textgan-oracle": ["mle_steps=1", "vocab_size=50", "seq_len=6", "batch_size=8",
-                       "eval_samples=20"],
+                       "eval_samples=20", "frontier_samples=20"],
 }
 
 
@@ -143,6 +143,43 @@ def test_bench_runs_the_suites_and_prints_ratios(tmp_path, capfd):
     assert json.loads((tmp_path / "b.json").read_text())["benchmarks"]
     assert run(*bench, tmp_path / "c.json", "-k", "no_such_benchmark") == 2
     assert "no benchmark matches -k 'no_such_benchmark' on cpu" in capfd.readouterr().err
+
+
+def _numbers(metrics):
+    """Every number in a results.json's metrics (frontiers: lists of points, flattened)."""
+    for v in metrics.values():
+        if isinstance(v, list):
+            yield from (x for p in v for x in p.values())
+        else:
+            yield v
+
+
+def test_report_draws_text_gan_frontiers(tmp_path):
+    """A text-GAN run's section plots its frontier with the MLE-only curve beside it: its own
+    frontier_mle, or another run directory of the report with mle_steps == steps."""
+    from gencore.report import render_report
+
+    def frontier(shift):
+        return [{"temperature": t, "nll_oracle": 7 + t + shift, "nll_div": 5 + 2 * t}
+                for t in (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)]
+
+    def run_dir(name, mle_steps, metrics):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "run.json").write_text(json.dumps({"recipe": "textgan-oracle", "config": {
+            "steps": 12, "mle_steps": mle_steps, "seed": 0, "oracle_seed": 0}}))
+        (d / "results.json").write_text(json.dumps({"steps": 12, "train_seconds": 1.0, "metrics": {
+            "nll_oracle": 8.0, "nll_div": 7.0, "nll_oracle_floor": 5.85, **metrics}}))
+        return d
+    both = run_dir("both", 10, {"frontier": frontier(0), "frontier_mle": frontier(0.5)})
+    adv = run_dir("adv", 10, {"frontier": frontier(0)})
+    mle = run_dir("mle", 12, {"frontier": frontier(0.5)})
+    html = render_report([both])
+    assert html.count("quality-diversity frontier") == 1 and "frontier_mle" in html
+    assert "T0.7" in html and "T1.5" in html and "oracle floor" in html
+    html = render_report([adv, mle])
+    assert "MLE only (mle)" in html  # adv's chart found the other run
+    assert "Traceback" not in html and "[{" not in html  # the lists are not printed as metrics
 
 
 def _gencore(*argv, timeout=300):
@@ -161,7 +198,11 @@ def test_every_recipe_trains_resumes_and_samples(recipe, tmp_path):
     _gencore("train", recipe, "--steps", 2, "--out", out, "--progress", "none", "--set", *TINY[recipe])
     _gencore("train", recipe, "--steps", 3, "--out", out, "--progress", "none", "--resume")
     res = json.loads((out / "results.json").read_text())
-    assert res["steps"] == 3 and res["metrics"] and all(map(math.isfinite, res["metrics"].values()))
+    assert res["steps"] == 3 and res["metrics"] and all(map(math.isfinite, _numbers(res["metrics"])))
+    if recipe == "textgan-oracle":  # the temperature frontiers, both arms
+        for key in ("frontier", "frontier_mle"):
+            assert [p["temperature"] for p in res["metrics"][key]] == [0.7, 0.8, 0.9, 1.0, 1.1,
+                                                                       1.25, 1.5]
     text = _gencore("sample", out, "--n", 2, *(["--prompt", "def "] if recipe.startswith("gpt") else []))
     if (out / res["samples"]).suffix == ".png":
         assert text.strip().endswith(".png")
@@ -188,4 +229,4 @@ def test_gan_recipe_under_torchrun(recipe, tmp_path):
     assert proc.stdout.count(f"{recipe}: 3 steps") == 1  # the main process reports
     res = json.loads((out / "results.json").read_text())
     assert res["world_size"] == 2 and res["steps"] == 3
-    assert all(map(math.isfinite, res["metrics"].values()))
+    assert all(map(math.isfinite, _numbers(res["metrics"])))

@@ -154,3 +154,20 @@ def test_text_metrics_and_nll_helpers():
     logits_fn = lambda x: torch.zeros(*x.shape, v)  # noqa: E731
     batches = [(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))]
     assert metrics.mean_nll(logits_fn, batches) == pytest.approx(math.log(v))
+
+
+def test_frontier_gap():
+    """NLL_oracle(mle) - NLL_oracle(adv) at equal NLL_div, piecewise linear, over the overlap."""
+    def curve(*pts):
+        return [{"temperature": t, "nll_div": x, "nll_oracle": y} for t, (x, y) in enumerate(pts)]
+    mle = curve((6.0, 8.0), (7.0, 9.0), (8.0, 10.0))
+    adv = curve((6.5, 8.2), (7.5, 8.6), (9.0, 9.0))  # mle at 6.5: 8.5, at 7.5: 9.5, at 8: 10
+    g = metrics.frontier_gap(adv, mle)
+    assert (g["lo"], g["hi"]) == (6.5, 8.0)
+    assert g["min_gap"] == pytest.approx(0.3) and g["min_at"] == 6.5
+    # at 8.0 adv interpolates 8.6 + 0.4 * 0.5 / 1.5
+    assert g["max_gap"] == pytest.approx(10.0 - (8.6 + 0.4 / 3)) and g["max_at"] == 8.0
+    assert metrics.frontier_gap(mle, mle)["min_gap"] == 0.0
+    assert metrics.frontier_gap(curve((1, 1), (2, 2)), mle) is None  # no shared NLL_div
+    with pytest.raises(ValueError, match="2 points"):
+        metrics.frontier_gap(curve((6.5, 8.0)), mle)

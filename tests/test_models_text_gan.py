@@ -298,7 +298,8 @@ def test_bad_arguments_raise():
 # -- task and recipe --------------------------------------------------------------------------
 
 TINY = {"steps": 6, "mle_steps": 3, "vocab_size": 40, "seq_len": 6, "batch_size": 8,
-        "disc_embed": 8, "disc_rep": 4, "disc_filters": 4, "eval_samples": 32, "d_steps": 2}
+        "disc_embed": 8, "disc_rep": 4, "disc_filters": 4, "eval_samples": 32, "frontier_samples": 16,
+        "d_steps": 2}
 
 
 def _run_recipe(out_dir, steps, resume=False, overrides=TINY):
@@ -317,8 +318,9 @@ def test_recipe_smoke_and_exact_resume(tmp_path):
     task, _ = _run_recipe(tmp_path / "a", 6)
     assert task.phase == "adversarial" and task.temperature.position == 3
     metrics = task.evaluate()
-    assert set(metrics) == {"nll_oracle", "nll_gen", "nll_div", "nll_oracle_floor"}
-    assert all(math.isfinite(v) and v > 0 for v in metrics.values())
+    assert set(metrics) == {"nll_oracle", "nll_gen", "nll_div", "nll_oracle_floor", "frontier",
+                            "frontier_mle"}
+    assert all(math.isfinite(v) and v > 0 for v in metrics.values() if not isinstance(v, list))
     text = task.generate(4)
     lines = text.split("\n")
     assert len(lines) == 4 and all(len(line.split()) == 6 for line in lines)
@@ -326,5 +328,46 @@ def test_recipe_smoke_and_exact_resume(tmp_path):
     _run_recipe(tmp_path / "b", 4)
     resumed, _ = _run_recipe(tmp_path / "b", 6, resume=True)
     assert resumed.temperature.position == 3 and resumed.phase == "adversarial"
-    for (n, p), q in zip(task.G.named_parameters(), resumed.G.parameters()):
+    for name in ("G", "G_mle"):  # G_mle: copied at step 3, so in the step-4 checkpoint
+        for (n, p), q in zip(getattr(task, name).named_parameters(),
+                             getattr(resumed, name).parameters()):
+            assert torch.equal(p, q), f"{name}.{n}"
+    # a checkpoint before the copy (step 2): the resumed run copies G at step 3 itself
+    _run_recipe(tmp_path / "c", 2)
+    early, _ = _run_recipe(tmp_path / "c", 6, resume=True)
+    for p, q in zip(task.G_mle.parameters(), early.G_mle.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_frontier_over_temperatures():
+    """metrics["frontier"]: one point per temperature, drawn and scored at that temperature; at
+    T = 1 the scalar metrics themselves; hotter sampling is more diverse."""
+    task = small_task(total=6, mle=6)
+    assert task.G_mle is None  # MLE only: no baseline to keep
+    m = task.evaluate()
+    f = m["frontier"]
+    assert [p["temperature"] for p in f] == [0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5]
+    assert all(math.isfinite(p[k]) for p in f for k in ("nll_oracle", "nll_div"))
+    one = f[3]
+    assert (one["nll_oracle"], one["nll_div"]) == (m["nll_oracle"], m["nll_div"])
+    divs = [p["nll_div"] for p in f]
+    assert divs == sorted(divs), divs  # an untrained G is near uniform: entropy rises with T
+    # G.nll at a temperature is the NLL under softmax(logits / T)
+    x = task.G.sample(4, torch.Generator().manual_seed(0), temperature=0.5)
+    want = -torch.log_softmax(task.G(x) / 0.5, -1).gather(-1, x[..., None])[..., 0].mean(1)
+    torch.testing.assert_close(task.G.nll(x, 0.5), want)
+    with pytest.raises(ValueError, match="temperature"):
+        task.G.sample(2, temperature=0.0)
+    task.frontier_samples = 16  # fewer samples per frontier point: the T = 1 scalars keep theirs
+    assert task.evaluate()["nll_oracle"] == m["nll_oracle"]
+
+
+def test_frontier_mle_is_the_mle_only_run(tmp_path):
+    """The baseline the adversarial run keeps (G_mle, from step mle_steps on) is the MLE-only
+    run with the same updates, bit for bit, and so is its frontier."""
+    adv, _ = _run_recipe(tmp_path / "adv", 6)
+    mle, _ = _run_recipe(tmp_path / "mle", 6, overrides={**TINY, "mle_steps": 6})
+    assert mle.G_mle is None
+    for (n, p), q in zip(adv.G_mle.named_parameters(), mle.G.parameters()):
         assert torch.equal(p, q), n
+    assert adv.evaluate()["frontier_mle"] == mle.evaluate()["frontier"]

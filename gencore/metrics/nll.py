@@ -9,14 +9,17 @@ averaged here); `sample_fn(n) -> LongTensor (n, T)` draws sequences. A module wi
 - NLL_gen    = E_{x ~ real data}[-log p_generator(x)]: coverage of the real data.
 - NLL_div    = E_{x ~ generator}[-log p_generator(x)]: the generator's own entropy estimate; a low
   value beside a low NLL_oracle flags mode collapse.
+
+A generator swept over sampling temperatures traces a quality-diversity frontier (NLL_oracle
+against NLL_div, Caccia et al., "Language GANs Falling Short"); `frontier_gap` compares two.
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["sequence_nll", "nll_oracle", "nll_gen", "nll_div"]
+__all__ = ["sequence_nll", "nll_oracle", "nll_gen", "nll_div", "frontier_gap"]
 
 NllFn = Union[Callable[[torch.Tensor], torch.Tensor], torch.nn.Module]
 
@@ -73,3 +76,41 @@ def nll_div(generator, generator_samples: Union[torch.Tensor, Callable, None] = 
     elif not isinstance(x, torch.Tensor):
         x = _draw(x, n)
     return sequence_nll(generator, x, batch_size)
+
+
+Frontier = Sequence[Mapping[str, float]]
+
+
+def _curve(points: Frontier) -> List[tuple]:
+    """(nll_div, nll_oracle) pairs sorted by nll_div (ties: the mean of their nll_oracle)."""
+    by_x: Dict[float, List[float]] = {}
+    for p in points:
+        by_x.setdefault(float(p["nll_div"]), []).append(float(p["nll_oracle"]))
+    return sorted((x, sum(ys) / len(ys)) for x, ys in by_x.items())
+
+
+def _interp(curve: List[tuple], x: float) -> float:
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    raise ValueError(f"{x} is outside the curve's nll_div range")
+
+
+def frontier_gap(adv: Frontier, mle: Frontier) -> Optional[Dict[str, float]]:
+    """How far `adv`'s frontier lies below `mle`'s: NLL_oracle(mle) - NLL_oracle(adv) at equal
+    NLL_div, each curve piecewise linear in NLL_div through its points (`{"nll_div",
+    "nll_oracle", ...}` dicts, any order). Over the NLL_div range both curves cover: the smallest
+    gap ("min_gap", at "min_at"), the largest ("max_gap", at "max_at") and the overlap ("lo",
+    "hi"); positive = adv better. The gap is piecewise linear, so its extremes lie at the
+    breakpoints of either curve. None when the curves share no NLL_div range."""
+    a, m = _curve(adv), _curve(mle)
+    if len(a) < 2 or len(m) < 2:
+        raise ValueError("each frontier needs at least 2 points with distinct nll_div")
+    lo, hi = max(a[0][0], m[0][0]), min(a[-1][0], m[-1][0])
+    if lo > hi:
+        return None
+    xs = sorted({lo, hi} | {x for x, _ in a + m if lo <= x <= hi})
+    gaps = [(_interp(m, x) - _interp(a, x), x) for x in xs]
+    (g_min, x_min), (g_max, x_max) = min(gaps), max(gaps)
+    return {"min_gap": g_min, "min_at": x_min, "max_gap": g_max, "max_at": x_max,
+            "lo": lo, "hi": hi}

@@ -131,12 +131,14 @@ class TextGenerator(nn.Module):
         h, _ = self.lstm(self.embedding(torch.cat([start, tokens[:, :-1]], 1)))
         return self.out(h)
 
-    def token_nll(self, tokens: torch.Tensor) -> torch.Tensor:
-        return token_cross_entropy(self(tokens), tokens)
+    def token_nll(self, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """-log p_T(x_t | x_<t) (B, T) under softmax(logits / temperature)."""
+        logits = self(tokens)
+        return token_cross_entropy(logits if temperature == 1.0 else logits / temperature, tokens)
 
-    def nll(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Per-token mean NLL (nats) of each sequence, (B,)."""
-        return self.token_nll(tokens).mean(1)
+    def nll(self, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Per-token mean NLL (nats) of each sequence, (B,), at `temperature`."""
+        return self.token_nll(tokens, temperature).mean(1)
 
     def mle_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean per-token cross-entropy (the MLE pre-training loss)."""
@@ -150,13 +152,18 @@ class TextGenerator(nn.Module):
         return torch.full((n,), self.start_token, dtype=torch.long, device=self.out.weight.device)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """n sequences (n, seq_len) int64 drawn ancestrally (multinomial, with `generator`)."""
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """n sequences (n, seq_len) int64 drawn ancestrally (multinomial, with `generator`) from
+        softmax(logits / temperature)."""
         positive_int(n, "n")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
         prev, state, out = self._start(n), None, []
         for _ in range(self.seq_len):
             logits, state = self._step(prev, state)
-            prev = sample_categorical(logits, generator)
+            prev = sample_categorical(logits if temperature == 1.0 else logits / temperature,
+                                      generator)
             out.append(prev)
         return torch.stack(out, 1)
 

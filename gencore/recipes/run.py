@@ -37,6 +37,14 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _metric_value(v: Any) -> Any:
+    """A metric as JSON: a number as a float; a list of points (dicts of numbers, e.g. a
+    text GAN's temperature frontier) as a list of dicts of floats."""
+    if isinstance(v, (list, tuple)):
+        return [{k: float(x) for k, x in p.items()} for p in v]
+    return float(v)
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -140,7 +148,7 @@ def train_recipe(name: str, overrides: Optional[Mapping[str, Any]] = None,
         return {}
     t1 = time.time()
     with trainer.eval_mode():
-        metrics = {k: float(v) for k, v in plan.task.evaluate().items()}
+        metrics = {k: _metric_value(v) for k, v in plan.task.evaluate().items()}
         samples = plan.task.generate(n_samples)
     if not trainer.is_main:
         return {}

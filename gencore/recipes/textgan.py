@@ -5,18 +5,18 @@ MLE-only baseline with the same budget: `--set mle_steps=<steps>`. Metrics (nats
 nll_oracle (quality; floor nll_oracle_floor = H(oracle)), nll_gen (coverage), nll_div (the
 generator's own entropy: a low value beside a low nll_oracle means mode collapse).
 
+Every run also writes the quality-diversity frontier (`metrics.frontier`: NLL_oracle and NLL_div
+of the generator sampled and scored at temperatures 0.7 .. 1.5) and the same for the MLE-only
+generator with the same 1200 updates, trained beside it from step mle_steps on
+(`metrics.frontier_mle`, equal to a `--set mle_steps=1200` run's `frontier`); frontier_samples
+(1000) samples per point keep the 14 points at about a minute on one thread.
+
 Defaults (1000 MLE + 200 adversarial steps, discriminator with 16 representations, beta_max 10,
 exp schedule, g_lr 1e-3, d_lr 1e-4) were tuned on 2 shared CPU cores, one thread per run (about
-4 min). Against MLE-only with the same 1200 generator updates, over seeds 0, 1, 2: nll_oracle
-8.549 (8.101..8.797) vs 8.968 (8.510..9.200), 0.40..0.45 nats lower on every seed, with nll_div
-6.65 vs 7.29 (0.91x); H(oracle) 5.853. Seed-0 screens after the same 1000 MLE steps (2000
-evaluation samples): 200 adversarial steps with disc_rep 1 / 16 / 32 reach 8.25 / 8.12 / 8.11;
-300 steps 7.95 and beta_max 5 7.89, both at nll_div 0.86x; g_lr 2e-3 7.67 at 0.67x (collapsing);
-500 steps 8.31 (MLE-only 1500: 8.31); beta_max 30 8.40; linear schedule 8.39. Straight-through
-(hard) rollouts, an MLE term in the generator loss, beta_max 100 or 1000, d_steps 3 and g_lr 1e-4
-measured worse (the first two tried, not kept). Caveat: the gain is a sharper generator, and
-sampling the MLE-only generator at a lower temperature does better at the same nll_div (logits
-x 1.2: seed 0 nll_oracle 7.81 at nll_div 6.45, seed 1 8.62 at 6.78).
+4 min) for NLL_oracle at T = 1, where they beat MLE only by about 0.4 nats. On the frontier they
+do not: the adversarial generator is a sharper one, and at equal NLL_div the MLE-only generator
+sampled colder is better (by 0.05-0.33 nats, seeds 0-2). Figures and what was tried:
+benchmarks/RESULTS.md ("textgan-oracle"), `benchmarks/textgan_frontier.py`.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def build_textgan_oracle(config: Dict[str, Any], device: torch.device) -> RunPla
         loss=config["loss"], schedule=config["temperature"], beta_max=config["beta_max"],
         mle_lr=config["mle_lr"], g_lr=config["g_lr"], d_lr=config["d_lr"],
         d_steps=config["d_steps"], test_data=data.fixed(config["eval_samples"], seed + 1_000_003),
-        eval_samples=config["eval_samples"])
+        eval_samples=config["eval_samples"], frontier_samples=config["frontier_samples"])
     return RunPlan(task=task, train_data=data.batches(config["batch_size"], seed),
                    trainer={"grad_clip": 5.0, "lr_schedule": "constant", "log_every": 50,
                             "sample_every": max(1, config["steps"] // 4)})
@@ -64,7 +64,7 @@ RECIPES = [
                   "gen_embed": 32, "gen_hidden": 32, "disc_embed": 64, "disc_filters": 64,
                   "disc_dropout": 0.25, "disc_rep": 16, "loss": "rsgan", "temperature": "exp",
                   "beta_max": 10.0, "mle_lr": 1e-2, "g_lr": 1e-3, "d_lr": 1e-4, "d_steps": 1,
-                  "eval_samples": 5000},
+                  "eval_samples": 5000, "frontier_samples": 1000},
         choices={"loss": KINDS, "temperature": SCHEDULES},
         demo={},  # the full run: MLE, then adversarial; about 4 min on 2 cores
         build=build_textgan_oracle,

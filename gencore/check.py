@@ -138,14 +138,14 @@ def _attention(shapes: Sequence[Tuple[int, int, int, int, int, int]], causal: bo
                masked: bool, features=None):
     """shapes: (B, H, H_kv, S_q, S_k, D). features(B, H, S_q, S_k, g, device): the keyword
     features of the call (window, softcap, document_ids, attn_mask). On CUDA the kernel runs
-    bf16/fp16 at head dims 64, 96, 128 only (impl="fused" refuses the rest): other head dims
-    become 64 there, other dtypes no trials."""
+    bf16/fp16 at head dims 64, 96, 128 only (impl="fused" refuses the rest), every feature
+    included: other head dims become 64 there, other dtypes no trials."""
     def trials(device, dtype):
         out = []
         for i, (B, H, Hkv, Sq, Sk, D) in enumerate(shapes):
             if device.type == "cuda":
-                if features or not _attention_mod.cuda_kernel_covers(dtype, 64):
-                    break  # the keyword features are not in the CUDA kernel yet
+                if not _attention_mod.cuda_kernel_covers(dtype, 64):
+                    break
                 D = D if _attention_mod.cuda_kernel_covers(dtype, D) else 64
             g = torch.Generator().manual_seed(i)
             q, dout = _randn((B, H, Sq, D), g, device, dtype), _randn((B, H, Sq, D), g, device, dtype)

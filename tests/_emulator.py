@@ -32,8 +32,9 @@ Build = Tuple[str, bool, Tuple[str, ...]]
 ATTENTION, ATTENTION_ASAN = ("attention_driver.cpp", False, ()), ("attention_driver.cpp", True, ())
 PLANT_OOB = ("attention_driver.cpp", True, ("-DGENCORE_PLANT_BUG=1", "-O0"))  # delta read one past a row's end
 PLANT_RACE = ("attention_driver.cpp", False, ("-DGENCORE_PLANT_BUG=2",))     # prefetch above the barrier
+PLANT_WINDOW = ("attention_driver.cpp", False, ("-DGENCORE_PLANT_BUG=3",))   # window's lower bound one off
 OPS, OPS_ASAN = ("ops_driver.cpp", False, ()), ("ops_driver.cpp", True, ("-O0",))
-ALL_BUILDS = [ATTENTION_ASAN, PLANT_OOB, OPS_ASAN, ATTENTION, PLANT_RACE, OPS]  # longest first
+ALL_BUILDS = [ATTENTION_ASAN, PLANT_OOB, OPS_ASAN, ATTENTION, PLANT_RACE, PLANT_WINDOW, OPS]  # longest first
 
 _lock = threading.Lock()
 _built: Dict[Build, Path] = {}

@@ -21,9 +21,11 @@ import pytest
 import torch
 
 from gencore.ops.reference import attention_reference
+from gencore.ops.reference.attention import window_bounds
+from gencore.ops.rng import philox_seed_offset
 
 import _emulator
-from _emulator import ATTENTION as PLAIN, ATTENTION_ASAN as ASAN, PLANT_OOB, PLANT_RACE
+from _emulator import ATTENTION as PLAIN, ATTENTION_ASAN as ASAN, PLANT_OOB, PLANT_RACE, PLANT_WINDOW
 from test_attention import assert_within_2x, make, run, ref
 
 pytestmark = _emulator.needs_toolkit
@@ -77,8 +79,11 @@ def _buffer_and_strides(t):
     return flat, t.stride()[:3]
 
 
-def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None, scale=None, seed=1):
-    """(out, lse, dq, dk, dv) of the mma kernels on the emulator, and its statistics."""
+def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None, scale=None, emu_seed=1, *,
+            window=None, softcap=None, document_ids=None, attn_mask=None, dropout_p=0.0, seed=None):
+    """(out, lse, dq, dk, dv) of the mma kernels on the emulator, and its statistics. The keyword
+    features as test_attention's `ref` takes them (dropout's keep-mask from `seed`); emu_seed
+    seeds the emulator's thread orders."""
     B, H, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     scale = D ** -0.5 if scale is None else scale
@@ -93,8 +98,20 @@ def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None
         (tmp_path / "mask.bin").write_bytes(key_padding_mask.to(torch.uint8).numpy().tobytes())
     dtype = {torch.bfloat16: "bf16", torch.float16: "fp16"}[q.dtype]
     fields = [B, H, Hkv, Sq, Sk, D, dtype, int(causal), int(key_padding_mask is not None), repr(float(scale))]
-    (tmp_path / "params.txt").write_text(" ".join(map(str, fields + strides + counts)))
-    res = driver.run(tmp_path, seed)
+    left, right = window_bounds(window)
+    am_B = am_H = 1
+    if document_ids is not None:
+        (tmp_path / "docs.bin").write_bytes(document_ids.to(torch.int64).contiguous().numpy().tobytes())
+    if attn_mask is not None:
+        am_B, am_H = attn_mask.shape[:2]
+        (tmp_path / "am.bin").write_bytes(attn_mask.to(torch.uint8).contiguous().numpy().tobytes())
+    rng = [0, 0]
+    if dropout_p > 0:
+        rng = [int(x) for x in philox_seed_offset(torch.Generator().manual_seed(seed))]
+    features = [left, right, repr(float(softcap or 0.0)), int(document_ids is not None), int(attn_mask is not None),
+                am_B, am_H, repr(float(dropout_p)), *rng]
+    (tmp_path / "params.txt").write_text(" ".join(map(str, fields + strides + counts + features)))
+    res = driver.run(tmp_path, emu_seed)
     stats = json.loads(res.stdout.strip().splitlines()[-1])
 
     def read(name, shape, dt):
@@ -115,8 +132,10 @@ def check(driver, tmp_path, q, k, v, dout, **kw):
     exact = run(ref, *(t.double() for t in (q, k, v, dout)), **kw)
     assert_within_2x(exact, run(ref, q, k, v, dout, **kw), (out, dq, dk, dv), (q, k, v, dout), "ref", **kw)
     scale = kw.get("scale")
+    features = {f: kw[f] for f in ("window", "softcap", "document_ids", "attn_mask") if f in kw}
     _, r_lse = attention_reference(q.double(), k.double(), v.double(), kw.get("causal", False),
-                                   kw.get("key_padding_mask"), q.shape[-1] ** -0.5 if scale is None else scale)
+                                   kw.get("key_padding_mask"), q.shape[-1] ** -0.5 if scale is None else scale,
+                                   **features)
     seen = torch.isfinite(r_lse)
     assert torch.equal(torch.isneginf(lse), ~seen), "lse must be -inf exactly for rows that see no key"
     torch.testing.assert_close(lse[seen].double(), r_lse[seen], atol=2e-3, rtol=1e-3)
@@ -168,8 +187,8 @@ def test_non_contiguous_and_scale(driver, tmp_path):
 def test_deterministic(builds, tmp_path):
     """Two runs (both schedules, different block and thread orders) give identical bits."""
     q, k, v, dout = make(1, 4, 2, 90, 90, 64, torch.bfloat16, "cpu", seed=5)
-    a, _ = emulate(Driver(builds[PLAIN], "wait", False), tmp_path, q, k, v, dout, causal=True, seed=1)
-    b, _ = emulate(Driver(builds[PLAIN], "ahead", False), tmp_path, q, k, v, dout, causal=True, seed=2)
+    a, _ = emulate(Driver(builds[PLAIN], "wait", False), tmp_path, q, k, v, dout, causal=True, emu_seed=1)
+    b, _ = emulate(Driver(builds[PLAIN], "ahead", False), tmp_path, q, k, v, dout, causal=True, emu_seed=2)
     for x, y in zip(a, b):
         assert torch.equal(x.view(torch.int16) if x.dtype != torch.float32 else x,
                            y.view(torch.int16) if y.dtype != torch.float32 else y)
@@ -225,3 +244,101 @@ def test_ahead_schedule_catches_missing_barrier(builds, tmp_path):
     check(Driver(buggy, "wait", False), tmp_path, q, k, v, dout)
     with pytest.raises(AssertionError, match="fused err"):
         check(Driver(buggy, "ahead", False), tmp_path, q, k, v, dout)
+
+
+# -- the keyword features: window, softcap, document_ids, attn_mask, dropout -------------------------
+
+# Document ids from per-batch lengths and random bool masks: test_attention_features's.
+from test_attention_features import docs as _docs, random_mask as _mask  # noqa: E402
+
+
+def _block_mask(shape, seed):
+    """attn_mask with an all-False quarter (whole tiles skipped) and a row that sees nothing."""
+    m = _mask(shape, 0.6, seed)
+    Sq, Sk = shape[2:]
+    m[..., : Sq // 2, Sk // 2:] = False
+    m[..., 3, :] = False
+    return m
+
+
+# name -> ((B, H, H_kv, S_q, S_k, D), dtype, keyword arguments): odd lengths, S_q != S_k both ways,
+# every head dim, rows that see no key, tiles that the features empty (skipped).
+FEATURE_CASES = {
+    "window sliding causal": ((1, 2, 1, 200, 300, 64), torch.bfloat16, dict(causal=True, window=(70, 0))),
+    "window two-sided empty rows": ((1, 2, 2, 150, 130, 96), torch.float16, dict(window=(5, 3))),
+    "window right 0 (causal)": ((1, 2, 1, 130, 150, 128), torch.bfloat16, dict(window=(None, 0))),
+    "window diagonal": ((1, 2, 1, 100, 100, 96), torch.float16, dict(causal=True, window=(0, 0))),
+    "softcap causal": ((1, 2, 1, 130, 150, 64), torch.bfloat16, dict(causal=True, softcap=5.0)),
+    "softcap window": ((1, 2, 1, 150, 130, 128), torch.float16, dict(softcap=2.0, window=(40, 40))),
+    "documents causal": ((2, 2, 1, 300, 300, 64), torch.bfloat16,
+                         dict(causal=True, document_ids=_docs(2, 300, [[100, 130], [5, 250]]))),
+    "documents recurring": ((2, 2, 1, 150, 150, 64), torch.float16,
+                            dict(document_ids=torch.randint(0, 4, (2, 150), generator=torch.Generator().manual_seed(1)))),
+    "documents window gqa": ((2, 4, 2, 150, 150, 64), torch.bfloat16,
+                             dict(causal=True, window=(30, None), document_ids=_docs(2, 150, [[70], [20, 64]]))),
+    "mask per head": ((2, 2, 1, 200, 270, 64), torch.bfloat16, dict(attn_mask=_block_mask((1, 2, 200, 270), 2))),
+    "mask per batch gqa": ((2, 4, 2, 150, 130, 64), torch.float16,
+                           dict(causal=True, attn_mask=_block_mask((2, 1, 150, 130), 3))),
+    "dropout causal": ((1, 2, 1, 130, 150, 64), torch.bfloat16, dict(causal=True, dropout_p=0.3, seed=5)),
+    "dropout padding": ((2, 2, 1, 100, 170, 96), torch.float16,
+                        dict(dropout_p=0.5, seed=6, key_padding_mask=_mask((2, 170), 0.3, 4))),
+    "all": ((2, 4, 2, 130, 130, 64), torch.bfloat16,
+            dict(causal=True, window=(48, -1), softcap=5.0, document_ids=_docs(2, 130, [[60], [20, 80]]),
+                 key_padding_mask=_mask((2, 130), 0.2, 8), attn_mask=_mask((2, 4, 130, 130), 0.9, 9),
+                 dropout_p=0.1, seed=12)),
+}
+
+
+@pytest.mark.parametrize("driver,name", variants(list(FEATURE_CASES)), indirect=["driver"])
+def test_features(driver, tmp_path, name):
+    """Each feature forward and backward within 2x the reference's own error; rows that see no key
+    give zeros (and zero dq)."""
+    shape, dtype, kw = FEATURE_CASES[name]
+    q, k, v, dout = make(*shape, dtype, "cpu", seed=sum(shape))
+    out, dq, dk, dv = check(driver, tmp_path, q, k, v, dout, **kw)
+    feats = {f: kw[f] for f in ("causal", "key_padding_mask", "window", "document_ids", "attn_mask") if f in kw}
+    from gencore.ops.reference.attention import visible_keys
+    seen = visible_keys(shape[0], shape[3], shape[4], "cpu", **feats).any(-1)  # (B, 1 or H, S_q)
+    seen = seen.expand(shape[0], shape[1], shape[3])
+    assert (out[~seen] == 0).all() and (dq[~seen] == 0).all()
+
+
+@pytest.mark.parametrize("driver,D,Sq,causal", variants([(64, 130, False), (128, 70, True)]), indirect=["driver"])
+def test_dropout_mask_exact(driver, tmp_path, D, Sq, causal):
+    """With v = I (S_k = D) the output is P keep / (1 - p): it is zero exactly where the
+    reference's Philox keep-mask drops (or the key is not visible), bit for bit the same mask."""
+    from gencore.ops.reference.attention import dropout_keep, visible_keys
+    p, seed = 0.4, 21
+    q, k, _, dout = make(1, 2, 1, Sq, D, D, torch.bfloat16, "cpu", seed=D)
+    v = torch.eye(D, dtype=torch.bfloat16).expand(1, 1, D, D).contiguous()
+    (out, *_), _ = emulate(driver, tmp_path, q, k, v, dout, causal=causal, dropout_p=p, seed=seed)
+    so = philox_seed_offset(torch.Generator().manual_seed(seed))
+    keep = dropout_keep(so[0], so[1], (1, 2, Sq, D), p, "cpu")
+    visible = visible_keys(1, Sq, D, "cpu", causal).expand(1, 2, Sq, D)
+    assert torch.equal(out != 0, keep & visible)
+    assert 0.5 < (keep & visible).sum() / visible.sum() < 0.7
+
+
+@pytest.mark.parametrize("name,shape,dtype,kw", [
+    ("window softcap dropout", (1, 2, 1, 70, 150, 64), torch.float16,
+     dict(causal=True, window=(40, 0), softcap=3.0, dropout_p=0.2, seed=3)),
+    ("documents recurring mask", (1, 2, 2, 80, 80, 128), torch.bfloat16,
+     dict(document_ids=torch.randint(0, 3, (1, 80), generator=torch.Generator().manual_seed(2)),
+          attn_mask=_block_mask((1, 2, 80, 80), 5))),
+    ("all", (2, 2, 1, 70, 70, 96), torch.bfloat16,
+     dict(causal=True, window=(30, 10), softcap=4.0, document_ids=_docs(2, 70, [[30], [10, 40]]),
+          key_padding_mask=_mask((2, 70), 0.2, 6), attn_mask=_mask((1, 1, 70, 70), 0.8, 7), dropout_p=0.25, seed=8)),
+])
+def test_features_sanitized(builds, tmp_path, name, shape, dtype, kw):
+    """The features under AddressSanitizer + UndefinedBehaviorSanitizer ("ahead" schedule): the
+    document ids, attn_mask and tile-info reads stay in bounds; the flash rule holds."""
+    q, k, v, dout = make(*shape, dtype, "cpu", seed=sum(shape))
+    check(Driver(builds[ASAN], "ahead", True), tmp_path, q, k, v, dout, **kw)
+
+
+def test_planted_window_bound_fails(builds, tmp_path):
+    """GENCORE_PLANT_BUG=3 moves the window's lower bound one key up (lo = i + offset - left + 1):
+    the flash rule catches it."""
+    q, k, v, dout = make(1, 2, 1, 130, 150, 64, torch.bfloat16, "cpu", seed=63)
+    with pytest.raises(AssertionError, match="fused err"):
+        check(Driver(builds[PLANT_WINDOW], "wait", False), tmp_path, q, k, v, dout, causal=True, window=(40, 0))

@@ -1,8 +1,9 @@
 """gencore.ops.attention's keyword features (window, softcap, document_ids, attn_mask, dropout)
 and the SDPA drop-in gencore.ops.scaled_dot_product_attention: fused vs the float64 reference
 under the 2x rule, gradcheck, opcheck, torch.compile, dropout's mask and statistics, the drop-in
-against torch's F.scaled_dot_product_attention, bad input. CPU (the CUDA kernels do not take the
-features yet: they refuse them)."""
+against torch's F.scaled_dot_product_attention, bad input. CPU; the CUDA kernels take the same
+features (test_attention_emulated.py runs them on the CPU model of sm_80, and the GPU session's
+attention_check.py on the hardware)."""
 import math
 
 import pytest

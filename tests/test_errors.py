@@ -127,7 +127,7 @@ CASES = [
      r"grad_out \[1, 2, 3, 8\] and out \[1, 2, 4, 8\] must have the shape of q \[1, 2, 4, 8\]"),
     ("at_bwd_lse", "*", lambda d: ops.attention_backward(*_bwd_args(d, lse=torch.zeros(1, 2, 5, device=d))),
      r"lse must be Float of shape \(1, 2, 4\), got Float \[1, 2, 5\]"),
-    # The keyword features (window, softcap, document_ids, attn_mask, dropout); CUDA refuses them.
+    # The keyword features (window, softcap, document_ids, attn_mask, dropout): checked alike on CPU and CUDA.
     ("at_window", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, -2, 0),
      r"window sides must be >= 0, or -1 for unbounded, got \(-2, 0\)"),
     ("at_softcap", "cpu", lambda d: ops.attention(*_qkv(d), None, False, 1.0, softcap=-1.0),
@@ -155,8 +155,6 @@ CASES = [
     ("at_amask_device", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0,
                                                         attn_mask=torch.ones(1, 1, 4, 4, dtype=torch.bool)),
      r"attn_mask is on cpu but q is on cuda:0"),
-    ("at_cuda_features", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0, 3, 0),
-     r"window, softcap, document_ids, attn_mask and dropout_p are not yet supported on CUDA"),
 ]
 
 # Checks no argument can reach: internal invariants, CUDA launch failures, int32 overflow guards.

@@ -16,6 +16,10 @@ that, so the script cannot break unnoticed between GPU sessions.)
 2. Issue 12's shapes (bf16): errors of out and of the gradients on a slice (batch 0, heads 0-1;
    heads are independent, so the slice's gold is exact) for mma and SDPA, then CUDA-event timings
    (warm-up, median of N) of both.
+3. The keyword features (window, softcap, document_ids, attn_mask, dropout; issue 20): forward
+   and gradients within 2x the reference's own error in the inputs' precision (SDPA has no
+   softcap and draws another dropout mask), then fused vs SDPA with the equivalent mask timed
+   forward+backward on one longer shape per feature (one line each).
 The table comes last: shape, mode, variant, max errors vs gold (and SDPA's), ms, TFLOP/s (FLOPs
 4*B*H*S^2*D forward, halved when causal, forward+backward 3.5x), time / SDPA time.
 """
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 from gencore import _backend
 from gencore.ops import attention
 from gencore.ops.reference import attention_reference
+from gencore.ops.rng import philox_seed_offset
 from gencore.timing import round_robin
 from gencore.tolerance import attention_l1, within_2x
 
@@ -229,6 +234,78 @@ def issue_rows(shapes, quick: bool, failures: list) -> list:
     return rows
 
 
+def _feature_kwargs(name, B, H, Sq, Sk, device):
+    g = torch.Generator().manual_seed(len(name))
+    if name == "window":
+        return dict(causal=True, window=(256, 0))
+    if name == "softcap":
+        return dict(causal=True, softcap=30.0)
+    if name == "documents":
+        cut = sorted(torch.randint(1, Sk, (3,), generator=g).tolist())
+        ids = torch.zeros(B, Sk, dtype=torch.int64)
+        for c in cut:
+            ids[:, c:] += 1
+        return dict(causal=True, document_ids=ids.to(device))
+    if name == "mask":
+        m = torch.rand(1, H, Sq, Sk, generator=g) < 0.5
+        m[..., : Sq // 2, Sk // 2:] = False  # an all-False quarter: skipped tiles
+        return dict(attn_mask=m.to(device))
+    return dict(causal=True, dropout_p=0.1)  # dropout
+
+
+FEATURES = ("window", "softcap", "documents", "mask", "dropout")
+
+
+def check_features(shape, time_shape, quick: bool, failures: list) -> list:
+    """Feature checks on `shape` (B, H, S_q, S_k, D), timings on `time_shape` (B, H, S, D)."""
+    lines = []
+    B, H, Sq, Sk0, D = shape
+    for name in FEATURES:
+        Sk = Sq if name == "documents" else Sk0  # packed documents: S_q == S_k
+        for dtype in (torch.bfloat16, torch.float16):
+            g = torch.Generator().manual_seed(Sq + Sk + D)
+            q, dout = (torch.randn(B, H, Sq, D, generator=g).to(DEVICE, dtype) for _ in range(2))
+            k, v = (torch.randn(B, H // 2, Sk, D, generator=g).to(DEVICE, dtype) for _ in range(2))
+            kw = _feature_kwargs(name, B, H, Sq, Sk, DEVICE)
+            gen = lambda: dict(generator=torch.Generator().manual_seed(7)) if name == "dropout" else {}  # noqa: E731
+            fn = lambda q, k, v, impl, **kw: attention(q, k, v, impl=impl, **kw, **gen())  # noqa: E731
+            exact = out_and_grads(fn, *(t.double() for t in (q, k, v, dout)), impl="reference", **kw)
+            base = out_and_grads(fn, q, k, v, dout, impl="reference", **kw)
+            got = out_and_grads(fn, q, k, v, dout, impl="fused", **kw)
+            qd, kd, vd, dd = (t.double() for t in (q, k, v, dout))
+            eye = torch.eye(Sk, dtype=torch.float64, device=DEVICE).expand(B, H // 2, -1, -1)
+            ref_kw = {key: val for key, val in kw.items() if key != "causal"}
+            if name == "dropout":
+                ref_kw["seed_offset"] = philox_seed_offset(torch.Generator().manual_seed(7))
+            probs = attention_reference(qd, kd, eye, kw.get("causal", False), None, D ** -0.5, **ref_kw)[0]
+            sizes = attention_l1(qd, kd, vd, dd, probs, D ** -0.5)
+            for n, e, s_, f in zip(NAMES, exact, base, got):
+                verdict = within_2x(e, s_, f, sizes[n])
+                if not verdict.passed:
+                    failures.append(f"feature {name} {str(dtype)[6:]} {shape} {n}: err {verdict.error:.3g} > "
+                                    f"tolerance {verdict.tolerance:.3g} (2x the reference's own)")
+    Bt, Ht, St, Dt = time_shape
+    g = torch.Generator(device=DEVICE).manual_seed(St)
+    q, k, v, dout = (torch.randn(*time_shape, generator=g, device=DEVICE, dtype=torch.bfloat16) for _ in range(4))
+    for name in FEATURES:
+        kw = _feature_kwargs(name, Bt, Ht, St, St, DEVICE)
+        qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+
+        def call(impl):
+            def go():
+                out = attention(qg, kg, vg, impl=impl, **kw)
+                out.backward(dout)
+                qg.grad = kg.grad = vg.grad = None
+            return go
+        reps = 3 if quick else 10
+        # impl="sdpa": SDPA with the equivalent bool mask (softcap: the reference's composed ops).
+        ms = {impl: time_ms(call(impl), reps, warmup=1) for impl in ("fused", "sdpa")}
+        lines.append(f"feature {name:9s} {time_shape} bf16 fwd+bwd: fused {ms['fused']:.3f} ms, "
+                     f"sdpa {ms['sdpa']:.3f} ms, x SDPA {ms['fused'] / ms['sdpa']:.2f}")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer timing rounds")
@@ -255,6 +332,8 @@ def main(argv=None) -> int:
     print(f"odd shapes: {n_odd} variant runs checked in {time.time() - t0:.0f} s", flush=True)
     shapes = SMOKE_GPU_CASES if args.smoke else GPU_CASES
     rows = issue_rows(shapes, args.quick, failures)
+    feature_lines = check_features((1, 4, 70, 90, 64) if args.smoke else (2, 4, 333, 301, 128),
+                                   (1, 2, 70, 64) if args.smoke else (1, 16, 2048, 128), args.quick, failures)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -262,7 +341,8 @@ def main(argv=None) -> int:
     for line in failures:
         print("FAIL", line)
     print(f"{'PASS' if not failures else f'{len(failures)} FAILURES'}: {n_odd} odd-shape runs, "
-          f"{len(shapes)} issue shapes x {len(VARIANTS)} variants")
+          f"{len(shapes)} issue shapes x {len(VARIANTS)} variants, {len(FEATURES)} features x 2 dtypes")
+    print("\n".join(feature_lines))
     print("| shape | causal | mode | variant | out err | SDPA out err | grad err | SDPA grad err | ms | TFLOP/s | x SDPA |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

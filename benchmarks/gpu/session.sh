@@ -8,6 +8,7 @@
 # ends with time to spare and one hang cannot eat the lease; a step that would start with too
 # little of the budget left is skipped, not cut short:
 #   1. build (CUDA for sm_90)                           5. the tensor-core attention check + timings
+#                                                          (the keyword features included)
 #   2. the CUDA tests (argument errors included)        6. Gumbel-softmax / GAN-loss check + timings
 #   3. compute-sanitizer memcheck                       7. gencore check (every kernel vs reference)
 #   4. compute-sanitizer racecheck                      8. the GPT-2-small train step, auto/fused/sdpa

@@ -1,6 +1,7 @@
 // Flash-style attention, CUDA wrapper: checks, device guard, current stream, workspaces, launch.
 // One kernel family, torch-free: attention_mma_kernels.cu (tensor cores, bfloat16/float16, head dims
-// 64, 96, 128, sm_80+). Every other case is a clear error here; impl="auto" (gencore/ops/auto.py)
+// 64, 96, 128, sm_80+), with every keyword feature (window, softcap, document_ids, attn_mask,
+// dropout) as the CPU kernel has them. Every other case is a clear error here; impl="auto" (gencore/ops/auto.py)
 // sends those to PyTorch's SDPA with gencore's semantics.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -52,23 +53,55 @@ void check_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int major = capability_major(q.get_device());
   TORCH_CHECK(major >= 8, op, ": the CUDA kernel needs compute capability 8.0 or newer (mma.sync on tensor cores), "
               "this GPU is ", major, ".x: use impl=\"auto\" or impl=\"sdpa\"");
-  TORCH_CHECK(g.Sq < std::numeric_limits<int>::max() && g.Sk < std::numeric_limits<int>::max(), op,
-              ": sequence too long");
+  TORCH_CHECK(g.Sq + 2 * g.Sk + 256 < std::numeric_limits<int>::max(), op,
+              ": sequence too long");  // the kernels' key positions, window ends included, are ints
   (void)mask;
 }
 
-// window, softcap, document_ids, attn_mask and dropout (the schema's keyword features) are not in
-// the CUDA kernels yet: each must be at its default.
-void check_no_features(const at::Tensor& q, const AttentionGeometry& g, int64_t window_left,
-                       int64_t window_right, double softcap,
-                       const c10::optional<at::Tensor>& document_ids,
-                       const c10::optional<at::Tensor>& attn_mask, double dropout_p,
-                       const c10::optional<at::Tensor>& seed_offset, const char* op) {
+// The keyword features (window, softcap, document_ids, attn_mask, dropout), checked as on the CPU,
+// into the kernels' parameters; `keep` holds the tensors the kernels read (document ids as int64,
+// attn_mask with a contiguous key dim) and the tile-info workspace.
+struct FeatureTensors {
+  at::Tensor docs, mask, tile_info;
+};
+
+void set_features(cuda::AttentionParams& p, const at::Tensor& q, const AttentionGeometry& g,
+                  int64_t window_left, int64_t window_right, double softcap,
+                  const c10::optional<at::Tensor>& document_ids,
+                  const c10::optional<at::Tensor>& attn_mask, double dropout_p,
+                  const c10::optional<at::Tensor>& seed_offset, FeatureTensors& keep, const char* op) {
   const AttentionFeatures f = check_attention_features(q, g, window_left, window_right, softcap,
                                                        document_ids, attn_mask, dropout_p,
                                                        seed_offset, op);
-  TORCH_CHECK(!f.any(), op, ": window, softcap, document_ids, attn_mask and dropout_p are not yet "
-              "supported on CUDA (use impl='auto' or 'sdpa')");
+  // A window side that reaches past every key is no bound (and keeps the kernels' int math exact).
+  const int64_t reach = g.Sq + g.Sk;
+  p.window_left = f.left >= reach ? -1 : static_cast<int>(f.left);
+  p.window_right = f.right >= reach ? -1 : static_cast<int>(f.right);
+  p.softcap = static_cast<float>(f.softcap);
+  if (document_ids.has_value()) {
+    keep.docs = document_ids->to(at::kLong).contiguous();
+    p.document_ids = keep.docs.const_data_ptr<int64_t>();
+  }
+  if (attn_mask.has_value()) {
+    keep.mask = attn_mask->stride(3) == 1 ? *attn_mask : attn_mask->contiguous();
+    p.attn_mask = keep.mask.const_data_ptr<bool>();
+    p.am_B = static_cast<int>(keep.mask.size(0));
+    p.am_H = static_cast<int>(keep.mask.size(1));
+    p.am_stride[0] = p.am_B == 1 ? 0 : keep.mask.stride(0);
+    p.am_stride[1] = p.am_H == 1 ? 0 : keep.mask.stride(1);
+    p.am_stride[2] = keep.mask.stride(2);
+  }
+  if (f.dropout_p > 0) {  // the CPU kernel's keep_row: uniform >= p in float32, kept x 1 / (1 - p)
+    p.dropout_p = static_cast<float>(f.dropout_p);
+    p.dropout_scale = static_cast<float>(1.0 / (1.0 - f.dropout_p));
+    p.seed = f.key.seed;
+    p.rng_offset = f.key.offset;
+  }
+  const size_t info = cuda::attention_tile_info_bytes(p);
+  if (info > 0) {
+    keep.tile_info = at::empty({static_cast<int64_t>(info)}, q.options().dtype(at::kByte));
+    p.tile_info = keep.tile_info.mutable_data_ptr();
+  }
 }
 
 cuda::AttentionParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -103,8 +136,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
                                                   double dropout_p,
                                                   const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g = check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention");
-  check_no_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
-                    seed_offset, "attention");
+  check_attention_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+                           seed_offset, "attention");
   check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention");
   c10::cuda::OptionalCUDAGuard guard(q_in.device());
   const at::Tensor q = mma_rows(q_in), k = mma_rows(k_in), v = mma_rows(v_in);
@@ -119,6 +152,9 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
     return {out, lse};
   }
   cuda::AttentionParams p = make_params(q, k, v, mask, causal, scale, g);
+  FeatureTensors keep;
+  set_features(p, q, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+               seed_offset, keep, "attention");
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr();
   const FloatType dtype = float_type_of(q);
@@ -138,8 +174,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
   const AttentionGeometry g =
       check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention_backward");
-  check_no_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
-                    seed_offset, "attention_backward");
+  check_attention_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+                           seed_offset, "attention_backward");
   TORCH_CHECK(grad_out.sizes() == q_in.sizes() && out_in.sizes() == q_in.sizes(),
               "attention_backward: grad_out ", grad_out.sizes(), " and out ", out_in.sizes(),
               " must have the shape of q ", q_in.sizes());
@@ -167,6 +203,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   at::Tensor delta = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
   cuda::AttentionBackwardParams p{};
   static_cast<cuda::AttentionParams&>(p) = make_params(q, k, v, mask, causal, scale, g);
+  FeatureTensors keep;
+  set_features(p, q, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
+               seed_offset, keep, "attention_backward");
   p.out = const_cast<void*>(out.const_data_ptr());
   p.lse = const_cast<void*>(lse.const_data_ptr());
   p.dout = go.const_data_ptr();

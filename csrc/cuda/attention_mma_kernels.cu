@@ -37,12 +37,14 @@
 #include <cstdint>
 
 #include "../common/cuda_math.cuh"
+#include "../common/philox.h"
 #include "mma_tiles.cuh"
 
 // GENCORE_PLANT_BUG plants one bug of a class the CPU emulator must catch (only the emulator
 // tests' builds set it, tests/_emulator.py; 0, every real build, compiles the kernels as written):
 // 1 reads delta one element past a row's end (AddressSanitizer finds it), 2 prefetches the
-// forward's next K/V tile before the barrier that frees its stage (the "ahead" schedule does).
+// forward's next K/V tile before the barrier that frees its stage (the "ahead" schedule does), 3
+// moves the window's lower bound one key up (the flash rule against the reference does).
 #ifndef GENCORE_PLANT_BUG
 #define GENCORE_PLANT_BUG 0
 #endif
@@ -92,28 +94,191 @@ __device__ __forceinline__ float delta_at(const AttentionBackwardParams& p, int6
   return in ? static_cast<const float*>(p.delta)[bh * p.Sq + i] : 0.f;
 }
 
-// The key tiles [0, n) a block of query rows [q0, q0 + BM) needs, and whether tile `k0` needs the
-// element mask (padding, past S_k, or crossing the causal diagonal of the block's first row).
-struct KeyRange {
-  int n_tiles;
-  int offset;  // S_k - S_q: query i sees keys j <= i + offset when causal
-  __device__ KeyRange(const AttentionParams& p, int q0, int BM, int BN) : offset(p.Sk - p.Sq) {
-    const int q_last = min(q0 + BM, p.Sq) - 1;
-    const int k_end = p.causal ? max(0, min(p.Sk, q_last + offset + 1)) : p.Sk;
-    n_tiles = (k_end + BN - 1) / BN;
-  }
-  __device__ bool masked(const AttentionParams& p, int k0, int q0, int BN) const {
-    return p.key_padding_mask != nullptr || k0 + BN > p.Sk || (p.causal && k0 + BN - 1 > q0 + offset);
+// The keyword features' key interval (kFeat kernels): query i sees keys [lo(i), hi(i)) from
+// causal and the window, in the causal frame (query i at key position i + S_k - S_q). Both ends
+// grow with i, so rows [i0, i1] need keys [lo(i0), hi(i1)) at most.
+struct Frame {
+  int offset, Sk, left, right;
+  bool causal;
+  __device__ explicit Frame(const AttentionParams& p)
+      : offset(p.Sk - p.Sq), Sk(p.Sk), left(p.window_left), right(p.window_right), causal(p.causal) {}
+  __device__ int lo(int i) const { return left >= 0 ? max(0, i + offset - left + (GENCORE_PLANT_BUG == 3)) : 0; }
+  __device__ int hi(int i) const {
+    int h = Sk;
+    if (causal) h = min(h, i + offset + 1);
+    if (right >= 0) h = min(h, i + offset + right + 1);
+    return max(h, 0);
   }
 };
 
-// Whether query i attends key j < S_k, given the block's key-skip bytes (padding or past S_k,
-// present only with a key_padding_mask) for the tile starting at k0.
-__device__ __forceinline__ bool key_visible(const AttentionParams& p, const unsigned char* skip, int k0, int i,
-                                            int j, int offset) {
-  const bool in = skip ? !skip[j - k0] : j < p.Sk;
-  return in && (!p.causal || j <= i + offset);
+// document_ids and attn_mask, element by element (kFeat kernels): whether query i of (b, h) may
+// see key j < S_k beyond the interval. Rows i >= S_q see nothing (and read nothing).
+__device__ __forceinline__ bool elementwise_visible(const AttentionParams& p, int b, int h, int i, int j) {
+  if (i >= p.Sq) return false;
+  if (p.document_ids) {
+    const int64_t* d = p.document_ids + (int64_t)b * p.Sk;
+    if (d[i] != d[j]) return false;
+  }
+  return !p.attn_mask || p.attn_mask[b * p.am_stride[0] + h * p.am_stride[1] + i * p.am_stride[2] + j];
 }
+
+// Tile skipping for documents and attn_mask (kFeat kernels), from attention_tile_info: per kG
+// keys of batch b the smallest and largest document id, per kG x kG block of attn_mask (of its
+// batch, head) whether it has a True entry. Tiles are multiples of kG rows and keys.
+constexpr int kG = 64;
+__host__ __device__ inline int granules(int n) { return (n + kG - 1) / kG; }
+__host__ __device__ inline size_t doc_info_count(const AttentionParams& p) {
+  return p.document_ids ? (size_t)p.B * granules(p.Sk) * 2 : 0;  // int64 (min, max) pairs
+}
+
+// Whether rows [i0, i1) x keys [j0, j1) of (b, h) see no key through documents or attn_mask
+// (ranges clipped to S_q, S_k; the same answer in every thread of a block).
+__device__ bool tile_empty(const AttentionParams& p, int b, int h, int i0, int i1, int j0, int j1) {
+  i1 = min(i1, p.Sq), j1 = min(j1, p.Sk);
+  if (i0 >= i1 || j0 >= j1) return true;
+  if (p.document_ids) {
+    const int64_t* r = static_cast<const int64_t*>(p.tile_info) + (size_t)b * granules(p.Sk) * 2;
+    int64_t qmin = INT64_MAX, qmax = INT64_MIN, kmin = INT64_MAX, kmax = INT64_MIN;
+    for (int gi = i0 / kG; gi <= (i1 - 1) / kG; ++gi) qmin = min(qmin, r[2 * gi]), qmax = max(qmax, r[2 * gi + 1]);
+    for (int gj = j0 / kG; gj <= (j1 - 1) / kG; ++gj) kmin = min(kmin, r[2 * gj]), kmax = max(kmax, r[2 * gj + 1]);
+    if (qmax < kmin || kmax < qmin) return true;  // no id in common
+  }
+  if (p.attn_mask) {
+    const int nq = granules(p.Sq), nk = granules(p.Sk);
+    const unsigned char* any = reinterpret_cast<const unsigned char*>(static_cast<const int64_t*>(p.tile_info) + doc_info_count(p)) +
+                               ((size_t)(p.am_B == 1 ? 0 : b) * p.am_H + (p.am_H == 1 ? 0 : h)) * nq * nk;
+    bool some = false;
+    for (int gi = i0 / kG; gi <= (i1 - 1) / kG; ++gi)
+      for (int gj = j0 / kG; gj <= (j1 - 1) / kG; ++gj) some = some || any[gi * nk + gj];
+    if (!some) return true;
+  }
+  return false;
+}
+
+// Fills the tile info: one warp per (batch, kG keys) of document ids, then per (mask batch, mask
+// head, kG x kG block) of attn_mask.
+constexpr int kInfoWarps = 8;
+__global__ void __launch_bounds__(32 * kInfoWarps) attention_tile_info(const AttentionParams p) {
+  const int64_t item = (int64_t)blockIdx.x * kInfoWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int nk = granules(p.Sk), nq = granules(p.Sq);
+  const int64_t n_doc = p.document_ids ? (int64_t)p.B * nk : 0;
+  const int64_t n_mask = p.attn_mask ? (int64_t)p.am_B * p.am_H * nq * nk : 0;
+  if (item >= n_doc + n_mask) return;  // the whole warp leaves
+  if (item < n_doc) {
+    const int b = item / nk, j0 = (item % nk) * kG;
+    const int64_t* d = p.document_ids + (int64_t)b * p.Sk;
+    long long lo = INT64_MAX, hi = INT64_MIN;
+    for (int j = j0 + lane; j < min(j0 + kG, p.Sk); j += 32) lo = min(lo, (long long)d[j]), hi = max(hi, (long long)d[j]);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+      lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+      hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    if (lane == 0) {
+      int64_t* r = static_cast<int64_t*>(p.tile_info) + 2 * item;
+      r[0] = lo, r[1] = hi;
+    }
+    return;
+  }
+  const int64_t m = item - n_doc;  // ((mask batch * am_H + mask head) * nq + gi) * nk + gj
+  const int gj = m % nk, gi = (m / nk) % nq, hm = (m / ((int64_t)nk * nq)) % p.am_H, bm = m / ((int64_t)nk * nq * p.am_H);
+  const bool* mask = p.attn_mask + bm * p.am_stride[0] + hm * p.am_stride[1];
+  int some = 0;
+  for (int i = gi * kG + lane; i < min(gi * kG + kG, p.Sq); i += 32)
+    for (int j = gj * kG; j < min(gj * kG + kG, p.Sk); ++j) some |= mask[i * p.am_stride[2] + j] ? 1 : 0;
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) some |= __shfl_xor_sync(0xffffffffu, some, o);
+  if (lane == 0) reinterpret_cast<unsigned char*>(static_cast<int64_t*>(p.tile_info) + doc_info_count(p))[m] = some;
+}
+
+cudaError_t launch_tile_info(const AttentionParams& p, cudaStream_t stream) {
+  if (!p.document_ids && !p.attn_mask) return cudaSuccess;
+  const int64_t items = (p.document_ids ? (int64_t)p.B * granules(p.Sk) : 0) +
+                        (p.attn_mask ? (int64_t)p.am_B * p.am_H * granules(p.Sq) * granules(p.Sk) : 0);
+  const dim3 grid((unsigned)((items + kInfoWarps - 1) / kInfoWarps));
+  return launch_kernel(attention_tile_info, grid, dim3(32 * kInfoWarps), 0, stream, p);
+}
+
+// The key tiles [first, end) a block of query rows [q0, q0 + BM) needs, and whether tile `k0`
+// needs the element mask (padding, past S_k, crossing the causal diagonal of the block's first
+// row; with kFeat also crossing the window's lower edge of its last row, documents, attn_mask).
+template <bool kFeat>
+struct KeyRange {
+  int first = 0, end;
+  int offset;  // S_k - S_q: query i sees keys j <= i + offset when causal
+  int lo_last = 0, hi_first = 0;  // kFeat: the interval's lower end for the last row, upper for the first
+  __device__ KeyRange(const AttentionParams& p, int q0, int BM, int BN) : offset(p.Sk - p.Sq) {
+    const int q_last = min(q0 + BM, p.Sq) - 1;
+    if constexpr (!kFeat) {
+      const int k_end = p.causal ? max(0, min(p.Sk, q_last + offset + 1)) : p.Sk;
+      end = (k_end + BN - 1) / BN;
+    } else {
+      const Frame f(p);
+      const int k_lo = f.lo(q0), k_hi = f.hi(q_last);
+      first = k_lo / BN;
+      end = k_hi > k_lo ? (k_hi + BN - 1) / BN : first;
+      lo_last = f.lo(q_last);
+      hi_first = f.hi(q0);
+    }
+  }
+  __device__ bool masked(const AttentionParams& p, int k0, int q0, int BN) const {
+    if constexpr (!kFeat) {
+      return p.key_padding_mask != nullptr || k0 + BN > p.Sk || (p.causal && k0 + BN - 1 > q0 + offset);
+    } else {
+      return p.key_padding_mask != nullptr || k0 + BN > p.Sk || k0 < lo_last || k0 + BN > hi_first ||
+             p.document_ids != nullptr || p.attn_mask != nullptr;
+    }
+  }
+};
+
+// Whether query i of (b, h) attends key j < S_k, given the block's key-skip bytes (padding or
+// past S_k, present only with a key_padding_mask) for the tile starting at k0.
+template <bool kFeat>
+__device__ __forceinline__ bool key_visible(const AttentionParams& p, const unsigned char* skip, int k0, int i,
+                                            int j, int offset, int b, int h) {
+  const bool in = skip ? !skip[j - k0] : j < p.Sk;
+  if constexpr (!kFeat) {
+    return in && (!p.causal || j <= i + offset);
+  } else {
+    const Frame f(p);
+    return in && j >= f.lo(i) && j < f.hi(i) && elementwise_visible(p, b, h, i, j);
+  }
+}
+
+// Dropout's factor for P[i, j] of row block bh = b H + h (kFeat kernels): 1 / (1 - p) where the
+// Philox uniform of element ((b H + h) S_q + i) S_k + j is >= p, else 0: the reference's
+// dropout_keep and the CPU kernel's keep_row, bit for bit.
+__device__ __forceinline__ float dropout_factor(const AttentionParams& p, int64_t bh, int i, int j) {
+  const uint64_t idx = ((uint64_t)bh * (uint64_t)p.Sq + (uint64_t)i) * (uint64_t)p.Sk + (uint64_t)j;
+  const Philox4 r = philox_block(PhiloxKey{p.seed, p.rng_offset}, idx >> 2);
+  const int w = static_cast<int>(idx & 3);
+  const uint32_t bits = w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];  // no local memory
+  return uniform_open01(bits) >= p.dropout_p ? p.dropout_scale : 0.f;
+}
+
+// Scores in the log2 domain: x = s scale log2 e, or with kFeat and a softcap c,
+// x = c log2 e tanh(s scale / c), and dtanh = 1 - tanh^2 (the backward's factor; 1 without cap).
+struct ScoreMap {
+  float scale_log2, scale_over_cap, cap_log2;
+  bool capped;
+  __device__ explicit ScoreMap(const AttentionParams& p)
+      : scale_log2(static_cast<float>(p.scale) * kLog2e), scale_over_cap(0.f), cap_log2(0.f), capped(p.softcap > 0.f) {
+    if (capped) scale_over_cap = static_cast<float>(p.scale) / p.softcap, cap_log2 = p.softcap * kLog2e;
+  }
+  template <bool kFeat>
+  __device__ __forceinline__ float operator()(float s, float& dtanh) const {
+    if constexpr (kFeat) {
+      if (capped) {
+        const float th = tanhf(s * scale_over_cap);
+        dtanh = 1.f - th * th;
+        return cap_log2 * th;
+      }
+    }
+    dtanh = 1.f;
+    return s * scale_log2;
+  }
+};
 
 // The streamed key/value tiles of the forward and dQ kernels: two stages of K, V (BN x LD) and,
 // with a key_padding_mask, one byte per key (1 = padded or past S_k).
@@ -157,7 +322,7 @@ struct HeadPtrs {
 
 // ------------------------------------------------------------------------------------------------
 // Forward. Shared memory: Q (BM x LD; the output staging at the end), then KvStages.
-template <typename T, class C>
+template <typename T, class C, bool kFeat>
 __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const AttentionParams p) {
   constexpr int D = C::D, BM = C::BM, BN = C::BN, LD = C::LD, kM = C::kM;
   T* sQ = reinterpret_cast<T*>(dynamic_smem());
@@ -166,12 +331,14 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
   const int tid = id.tid, lane = id.lane, g = id.g, t = id.t;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;
   const HeadPtrs<T> ptr(p, b, h);
-  const KeyRange keys(p, q0, BM, BN);
-  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const KeyRange<kFeat> keys(p, q0, BM, BN);
+  const ScoreMap smap(p);
+  const bool dropout = kFeat && p.dropout_p > 0.f;
+  const int64_t bh = (int64_t)b * p.H + h;
 
   mma::load_rows_async<BM, D, C::kThreads>(sQ, ptr.q, p.q_stride[2], q0, p.Sq, tid);
   mma::cp_async_commit();
-  if (keys.n_tiles > 0) kv.load(0, ptr.k, ptr.v, ptr.pad, p, tid);
+  if (keys.first < keys.end) kv.load(keys.first, ptr.k, ptr.v, ptr.pad, p, tid);
   mma::cp_async_commit();
   mma::cp_async_wait<1>();
   __syncthreads();
@@ -186,13 +353,14 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
 #pragma unroll
   for (int m = 0; m < kM; ++m) row_max[m][0] = row_max[m][1] = -INFINITY, row_sum[m][0] = row_sum[m][1] = 0.f;
 
-  for (int tile = 0; tile < keys.n_tiles; ++tile) {
+  for (int tile = keys.first; tile < keys.end; ++tile) {
     mma::cp_async_wait<0>();
     if (GENCORE_PLANT_BUG != 2) __syncthreads();  // tile's K/V visible to all; every warp is done with the other stage
-    if (tile + 1 < keys.n_tiles) kv.load(tile + 1, ptr.k, ptr.v, ptr.pad, p, tid);
+    if (tile + 1 < keys.end) kv.load(tile + 1, ptr.k, ptr.v, ptr.pad, p, tid);
     mma::cp_async_commit();
     if (GENCORE_PLANT_BUG == 2) __syncthreads();
     const int stage = tile & 1, k0 = tile * BN;
+    if (kFeat && (p.document_ids || p.attn_mask) && tile_empty(p, b, h, q0, q0 + BM, k0, k0 + BN)) continue;
 
     float s[kM][BN / 8][4] = {};
     mma::mma_abt<kM, BN / 8, D>(s, qf, kv.k_at(stage), 0, lane);
@@ -205,10 +373,11 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
       for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          float x = s[m][n][e] * scale_log2;
+          float dtanh;
+          float x = smap.template operator()<kFeat>(s[m][n][e], dtanh);
           if (masked) {
             const int i = q0 + wrow + 16 * m + g + 8 * (e >> 1), j = k0 + 8 * n + 2 * t + (e & 1);
-            if (!key_visible(p, skip, k0, i, j, keys.offset)) x = -INFINITY;
+            if (!key_visible<kFeat>(p, skip, k0, i, j, keys.offset, b, h)) x = -INFINITY;
           }
           s[m][n][e] = x;
         }
@@ -242,6 +411,16 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
         for (int n = 0; n < C::kN; ++n) o[m][n][2 * hi] *= alpha, o[m][n][2 * hi + 1] *= alpha;
       }
     }
+    // Dropout: the softmax's sum counts every key, P V only the kept ones, times 1 / (1 - p).
+    if (dropout) {
+#pragma unroll
+      for (int m = 0; m < kM; ++m)
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            s[m][n][e] *= dropout_factor(p, bh, q0 + wrow + 16 * m + g + 8 * (e >> 1), k0 + 8 * n + 2 * t + (e & 1));
+    }
     // O += P V, 16 keys at a time.
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
@@ -252,7 +431,7 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
     }
   }
 
-  float* lse = static_cast<float*>(p.lse) + ((int64_t)b * p.H + h) * p.Sq;
+  float* lse = static_cast<float*>(p.lse) + bh * p.Sq;
   float inv[kM][2];
 #pragma unroll
   for (int m = 0; m < kM; ++m) {
@@ -266,13 +445,13 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
       if (t == 0 && i < p.Sq) lse[i] = l > 0.f ? (row_max[m][hi] + log2f(l)) * kLn2 : -INFINITY;
     }
   }
-  T* out = static_cast<T*>(p.out) + ((int64_t)b * p.H + h) * p.Sq * D;
+  T* out = static_cast<T*>(p.out) + bh * p.Sq * D;
   mma::store_rows<kM, D>(o, inv, sQ + wrow * LD, out, q0 + wrow, p.Sq, lane);
 }
 
 // ------------------------------------------------------------------------------------------------
 // Backward, dQ. Shared memory: Q and dO (BM x LD each; Q's rows stage dQ at the end), KvStages.
-template <typename T, class C>
+template <typename T, class C, bool kFeat>
 __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const AttentionBackwardParams p) {
   constexpr int D = C::D, BM = C::BM, BN = C::BN, LD = C::LD, kM = C::kM;
   T* sQ = reinterpret_cast<T*>(dynamic_smem());
@@ -282,14 +461,15 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const A
   const int tid = id.tid, lane = id.lane, g = id.g, t = id.t;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BM, h = blockIdx.y, b = blockIdx.z;
   const HeadPtrs<T> ptr(p, b, h);
-  const KeyRange keys(p, q0, BM, BN);
-  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const KeyRange<kFeat> keys(p, q0, BM, BN);
+  const ScoreMap smap(p);
+  const bool dropout = kFeat && p.dropout_p > 0.f;
   const T* dout = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1];
 
   mma::load_rows_async<BM, D, C::kThreads>(sQ, ptr.q, p.q_stride[2], q0, p.Sq, tid);
   mma::load_rows_async<BM, D, C::kThreads>(sdO, dout, p.dout_stride[2], q0, p.Sq, tid);
   mma::cp_async_commit();
-  if (keys.n_tiles > 0) kv.load(0, ptr.k, ptr.v, ptr.pad, p, tid);
+  if (keys.first < keys.end) kv.load(keys.first, ptr.k, ptr.v, ptr.pad, p, tid);
   mma::cp_async_commit();
 
   // lse (log2 units) and delta of rows g / g + 8 of each block.
@@ -315,12 +495,13 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const A
   }
 
   float dq[kM][C::kN][4] = {};
-  for (int tile = 0; tile < keys.n_tiles; ++tile) {
+  for (int tile = keys.first; tile < keys.end; ++tile) {
     mma::cp_async_wait<0>();
     __syncthreads();
-    if (tile + 1 < keys.n_tiles) kv.load(tile + 1, ptr.k, ptr.v, ptr.pad, p, tid);
+    if (tile + 1 < keys.end) kv.load(tile + 1, ptr.k, ptr.v, ptr.pad, p, tid);
     mma::cp_async_commit();
     const int stage = tile & 1, k0 = tile * BN;
+    if (kFeat && (p.document_ids || p.attn_mask) && tile_empty(p, b, h, q0, q0 + BM, k0, k0 + BN)) continue;
     const bool masked = keys.masked(p, k0, q0, BN);
     const unsigned char* skip = kv.skip_at(stage, ptr.pad);
     // 16 keys at a time: S, dP (16 x 16 per row block) -> dS -> dQ += dS K.
@@ -337,9 +518,16 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dq_mma(const A
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int i = q0 + wrow + 16 * m + g + 8 * (e >> 1), j = k0 + 16 * kc + 8 * n + 2 * t + (e & 1);
-            const bool ok = !masked || key_visible(p, skip, k0, i, j, keys.offset);
-            const float pr = ok ? mma::fast_exp2(s[m][n][e] * scale_log2 - lse2[m][e >> 1]) : 0.f;
-            s[m][n][e] = pr * (dp[m][n][e] - delta[m][e >> 1]);
+            const bool ok = !masked || key_visible<kFeat>(p, skip, k0, i, j, keys.offset, b, h);
+            float dtanh;
+            const float x = smap.template operator()<kFeat>(s[m][n][e], dtanh);
+            const float pr = ok ? mma::fast_exp2(x - lse2[m][e >> 1]) : 0.f;
+            if constexpr (kFeat) {  // dS = P (dP keep / (1 - p) - delta) (1 - tanh^2)
+              const float dpk = dropout ? dp[m][n][e] * dropout_factor(p, bh, i, j) : dp[m][n][e];
+              s[m][n][e] = pr * (dpk - delta[m][e >> 1]) * dtanh;
+            } else {
+              s[m][n][e] = pr * (dp[m][n][e] - delta[m][e >> 1]);
+            }
           }
         }
         mma::c_to_a<T>(dsa[m], s[m][0], s[m][1]);
@@ -367,7 +555,7 @@ struct QStages {
         lse2(reinterpret_cast<float*>(dout + 2 * C::BN * C::LD)), delta(lse2 + 2 * C::BN) {}
 };
 
-template <typename T, class C>
+template <typename T, class C, bool kFeat>
 __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const AttentionBackwardParams p) {
   constexpr int D = C::D, BM = C::BM, BN = C::BN, LD = C::LD, kM = C::kM;
   T* sK = reinterpret_cast<T*>(dynamic_smem());
@@ -380,12 +568,19 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
   const T* gk = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* gv = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
   const bool* pad = p.key_padding_mask ? p.key_padding_mask + (int64_t)b * p.Sk : nullptr;
-  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const ScoreMap smap(p);
+  const bool dropout = kFeat && p.dropout_p > 0.f;
 
-  // Query tiles that can see a key of this block (causal: query i sees key k0 once i >= k0 - offset),
-  // for each query head of the group: steps = group x n_q.
-  const int q_first = p.causal ? max(0, k0 - offset) : 0;
-  const int qt0 = q_first / BN, n_q = q_first < p.Sq ? (p.Sq - qt0 * BN + BN - 1) / BN : 0;
+  // Query tiles that can see a key of this block (causal: query i sees key k0 once i >= k0 - offset;
+  // with kFeat also the window: i >= k0 - offset - right, and i + offset - left < k0 + BM), for
+  // each query head of the group: steps = group x n_q.
+  int q_first = p.causal ? max(0, k0 - offset) : 0, q_end = p.Sq;
+  if constexpr (kFeat) {
+    if (p.window_right >= 0) q_first = max(q_first, k0 - offset - p.window_right);
+    if (p.window_left >= 0)
+      q_end = (int)min((int64_t)p.Sq, (int64_t)k0 + BM - offset + p.window_left);
+  }
+  const int qt0 = q_first / BN, n_q = q_first < q_end ? (q_end - qt0 * BN + BN - 1) / BN : 0;
   const int n_steps = group * n_q;
   auto load_step = [&](int step) {
     const int h = hk * group + step / n_q, q0 = (qt0 + step % n_q) * BN, stage = step & 1;
@@ -436,7 +631,14 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
     const T* sdO = qs.dout + stage * BN * LD;
     const float* lse2 = qs.lse2 + stage * BN;
     const float* delta = qs.delta + stage * BN;
-    const bool diagonal = p.causal && k0 + BM - 1 > q0 + offset;
+    const int h = hk * group + step / n_q;
+    const int64_t bh = (int64_t)b * p.H + h;
+    if (kFeat && (p.document_ids || p.attn_mask) && tile_empty(p, b, h, q0, q0 + BN, k0, k0 + BM)) continue;
+    bool diagonal = p.causal && k0 + BM - 1 > q0 + offset;
+    if constexpr (kFeat) {  // the element mask where the block crosses an interval's end, documents, attn_mask
+      const Frame f(p);
+      diagonal = f.lo(q0 + BN - 1) > k0 || f.hi(q0) < k0 + BM || p.document_ids != nullptr || p.attn_mask != nullptr;
+    }
     // 16 queries at a time: S^T, dP^T (16 x 16 per key block) -> P^T, dS^T -> dV, dK. Not
     // unrolled: the chunks share no registers, and unrolling only raises the register pressure.
 #pragma unroll 1
@@ -457,10 +659,23 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
           for (int e = 0; e < 4; ++e) {
             const int c = 16 * qc + 8 * n + 2 * t + (e & 1);  // query row in the tile
             const int j = k0 + wrow + 16 * m + g + 8 * (e >> 1);
-            const bool ok = key_in[m][e >> 1] && (!diagonal || j <= q0 + c + offset);
-            const float pr = ok ? mma::fast_exp2(st[m][n][e] * scale_log2 - lse2[c]) : 0.f;
-            st[m][n][e] = pr;
-            dpt[m][n][e] = pr * (dpt[m][n][e] - delta[c]);
+            float dtanh;
+            const float x = smap.template operator()<kFeat>(st[m][n][e], dtanh);
+            if constexpr (!kFeat) {
+              const bool ok = key_in[m][e >> 1] && (!diagonal || j <= q0 + c + offset);
+              const float pr = ok ? mma::fast_exp2(x - lse2[c]) : 0.f;
+              st[m][n][e] = pr;
+              dpt[m][n][e] = pr * (dpt[m][n][e] - delta[c]);
+            } else {  // dV takes P keep / (1 - p); dS = P (dP keep / (1 - p) - delta) (1 - tanh^2)
+              const int i = q0 + c;
+              const Frame f(p);
+              const bool ok = key_in[m][e >> 1] &&
+                              (!diagonal || (j >= f.lo(i) && j < f.hi(i) && elementwise_visible(p, b, h, i, j)));
+              const float pr = ok ? mma::fast_exp2(x - lse2[c]) : 0.f;
+              const float keep = dropout ? dropout_factor(p, bh, i, j) : 1.f;
+              st[m][n][e] = pr * keep;
+              dpt[m][n][e] = pr * (dpt[m][n][e] * keep - delta[c]) * dtanh;
+            }
           }
         }
         mma::c_to_a<T>(pa[m], st[m][0], st[m][1]);
@@ -499,18 +714,24 @@ template <typename T, class C>
 cudaError_t forward_tiles(const AttentionParams& p, cudaStream_t stream) {
   const size_t smem = sizeof(T) * C::BM * C::LD + KvStages<T, C>::bytes();
   const dim3 grid((p.Sq + C::BM - 1) / C::BM, p.H, p.B);
-  return mma::launch(attention_forward_mma<T, C>, grid, dim3(C::kThreads), smem, stream, p);
+  if (p.has_features()) return mma::launch(attention_forward_mma<T, C, true>, grid, dim3(C::kThreads), smem, stream, p);
+  return mma::launch(attention_forward_mma<T, C, false>, grid, dim3(C::kThreads), smem, stream, p);
 }
 
 template <typename T, class C>
 cudaError_t backward_tiles(const AttentionBackwardParams& p, cudaStream_t stream) {
   const size_t dq_smem = sizeof(T) * 2 * C::BM * C::LD + KvStages<T, C>::bytes();
   const dim3 dq_grid((p.Sq + C::BM - 1) / C::BM, p.H, p.B);
-  cudaError_t err = mma::launch(attention_backward_dq_mma<T, C>, dq_grid, dim3(C::kThreads), dq_smem, stream, p);
-  if (err != cudaSuccess) return err;
   const size_t kv_smem = sizeof(T) * 2 * C::BM * C::LD + QStages<T, C>::bytes();
   const dim3 kv_grid((p.Sk + C::BM - 1) / C::BM, p.Hkv, p.B);
-  return mma::launch(attention_backward_dkdv_mma<T, C>, kv_grid, dim3(C::kThreads), kv_smem, stream, p);
+  if (p.has_features()) {
+    cudaError_t err = mma::launch(attention_backward_dq_mma<T, C, true>, dq_grid, dim3(C::kThreads), dq_smem, stream, p);
+    if (err != cudaSuccess) return err;
+    return mma::launch(attention_backward_dkdv_mma<T, C, true>, kv_grid, dim3(C::kThreads), kv_smem, stream, p);
+  }
+  cudaError_t err = mma::launch(attention_backward_dq_mma<T, C, false>, dq_grid, dim3(C::kThreads), dq_smem, stream, p);
+  if (err != cudaSuccess) return err;
+  return mma::launch(attention_backward_dkdv_mma<T, C, false>, kv_grid, dim3(C::kThreads), kv_smem, stream, p);
 }
 
 template <typename T>
@@ -557,8 +778,13 @@ bool attention_backward_mma_supported(const AttentionBackwardParams& p, FloatTyp
   return attention_mma_supported(p, dtype) && rows_aligned(p.dout, p.dout_stride, p.B, p.H, p.Sq);
 }
 
+size_t attention_tile_info_bytes(const AttentionParams& p) {
+  return sizeof(int64_t) * doc_info_count(p) + (p.attn_mask ? (size_t)p.am_B * p.am_H * granules(p.Sq) * granules(p.Sk) : 0);
+}
+
 cudaError_t launch_attention_forward_mma(const AttentionParams& p, FloatType dtype, cudaStream_t stream) {
   if ((int64_t)p.B * p.H * p.Sq == 0) return cudaSuccess;
+  if (const cudaError_t err = launch_tile_info(p, stream); err != cudaSuccess) return err;
   if (dtype == FloatType::kBFloat16) return forward_typed<__nv_bfloat16>(p, stream);
   if (dtype == FloatType::kFloat16) return forward_typed<__half>(p, stream);
   return cudaErrorInvalidValue;
@@ -576,6 +802,7 @@ cudaError_t launch_attention_delta(const AttentionBackwardParams& p, FloatType d
 
 cudaError_t launch_attention_backward_mma(const AttentionBackwardParams& p, FloatType dtype, cudaStream_t stream) {
   if ((int64_t)p.B * p.H * p.Sq == 0 || p.Sk == 0) return cudaSuccess;
+  if (const cudaError_t err = launch_tile_info(p, stream); err != cudaSuccess) return err;
   if (dtype == FloatType::kBFloat16) return backward_typed<__nv_bfloat16>(p, stream);
   if (dtype == FloatType::kFloat16) return backward_typed<__half>(p, stream);
   return cudaErrorInvalidValue;

@@ -26,6 +26,23 @@ struct AttentionParams {
   int B, H, Hkv, Sq, Sk, D;
   bool causal;                   // bottom-right: query i sees keys j <= i + Sk - Sq
   double scale;
+  // The keyword features (gencore/ops/reference/attention.py defines them). A launch with every
+  // one at its default runs the plain kernels, which never read these; any other runs the
+  // kernels built with them (kFeat).
+  int window_left = -1, window_right = -1;  // keys i + Sk - Sq - left <= j <= i + Sk - Sq + right; -1 unbounded
+  float softcap = 0.f;                      // > 0: scores -> softcap tanh(scores / softcap)
+  const int64_t* document_ids = nullptr;    // (B, Sk) contiguous (Sq == Sk): keys of the query's document only
+  const bool* attn_mask = nullptr;          // True = take part, at b am_stride[0] + h am_stride[1] + i am_stride[2] + j
+  int64_t am_stride[3] = {0, 0, 0};         // 0 on a broadcast dim; the key dim contiguous
+  float dropout_p = 0.f;                    // > 0: keep where Philox uniform >= dropout_p (float32)
+  float dropout_scale = 1.f;                // 1 / (1 - dropout_p), for the kept
+  uint64_t seed = 0, rng_offset = 0;        // Philox key of the keep-mask (element ((b H + h) Sq + i) Sk + j)
+  int am_B = 1, am_H = 1;                   // attn_mask's batch and head sizes (1 where broadcast)
+  void* tile_info = nullptr;                // workspace of attention_tile_info_bytes() with documents or attn_mask
+  bool has_features() const {
+    return window_left >= 0 || window_right >= 0 || softcap > 0.f || document_ids != nullptr ||
+           attn_mask != nullptr || dropout_p > 0.f;
+  }
 };
 
 struct AttentionBackwardParams : AttentionParams {
@@ -44,6 +61,11 @@ bool attention_mma_covers(FloatType dtype, int head_dim);
 // (cp.async moves 16 bytes); for the backward also grad_out.
 bool attention_mma_supported(const AttentionParams& p, FloatType dtype);
 bool attention_backward_mma_supported(const AttentionBackwardParams& p, FloatType dtype);
+
+// The workspace the launches need with document_ids or attn_mask (0 without): per 64 keys the
+// range of document ids, per 64 x 64 block of attn_mask whether it has a True entry, so that
+// tiles they empty are skipped. The launchers fill it (each launch anew).
+size_t attention_tile_info_bytes(const AttentionParams& p);
 
 cudaError_t launch_attention_forward_mma(const AttentionParams& p, FloatType dtype, cudaStream_t stream);
 

@@ -5,7 +5,10 @@
 //   attention_driver DIR
 // DIR/params.txt: B H Hkv Sq Sk D dtype(bf16|fp16) causal has_mask scale, then the (batch, head,
 // seq) strides in elements of q, k, v, dout, then the element counts of q.bin, k.bin, v.bin,
-// dout.bin (each a buffer the strided tensor lives in); mask.bin: B*Sk bytes when has_mask.
+// dout.bin (each a buffer the strided tensor lives in), then the keyword features: window_left
+// window_right (-1 unbounded) softcap (0 none) has_docs has_attn_mask am_B am_H dropout_p seed
+// offset. mask.bin: B*Sk bytes when has_mask; docs.bin: B*Sk int64 when has_docs; am.bin:
+// am_B*am_H*Sq*Sk bytes (contiguous; am_B, am_H 1 where broadcast) when has_attn_mask.
 // Writes out.bin, lse.bin (float32), dq.bin, dk.bin, dv.bin (contiguous) and prints one JSON line
 // of emulator statistics. Outputs start as NaN with NaN guard zones around them: an unwritten
 // element or a write out of bounds shows. What the kernels read (inputs, the forward's out and lse
@@ -35,6 +38,10 @@ int main(int argc, char** argv) {
   pf >> B >> H >> Hkv >> Sq >> Sk >> D >> dtype_name >> causal >> has_mask >> scale;
   for (auto& s : strides) pf >> s[0] >> s[1] >> s[2];
   for (auto& c : counts) pf >> c;
+  int window_left, window_right, has_docs, has_am, am_B, am_H;
+  double softcap, dropout_p;
+  unsigned long long seed, offset;
+  pf >> window_left >> window_right >> softcap >> has_docs >> has_am >> am_B >> am_H >> dropout_p >> seed >> offset;
   if (!pf) gencore_emu::fail("bad params.txt");
   const bool bf16 = dtype_name == "bf16";
   const FloatType dtype = bf16 ? FloatType::kBFloat16 : FloatType::kFloat16;
@@ -45,6 +52,9 @@ int main(int argc, char** argv) {
   auto dout = read_file(dir + "/dout.bin", 2 * counts[3]);
   std::vector<unsigned char> mask;
   if (has_mask) mask = read_file(dir + "/mask.bin", (size_t)B * Sk);
+  std::vector<unsigned char> docs, am;
+  if (has_docs) docs = read_file(dir + "/docs.bin", (size_t)B * Sk * 8);
+  if (has_am) am = read_file(dir + "/am.bin", (size_t)am_B * am_H * Sq * Sk);
   for (auto* buf : {&q, &k, &v, &dout}) gencore_emu::register_buffer(buf->data(), buf->size());
 
   gencore::cuda::AttentionBackwardParams p{};
@@ -60,6 +70,19 @@ int main(int argc, char** argv) {
   p.causal = causal != 0;
   p.scale = scale;
   p.dout = dout.data();
+  p.window_left = window_left, p.window_right = window_right;
+  p.softcap = (float)softcap;
+  p.document_ids = has_docs ? reinterpret_cast<const int64_t*>(docs.data()) : nullptr;
+  p.attn_mask = has_am ? reinterpret_cast<const bool*>(am.data()) : nullptr;
+  p.am_stride[0] = am_B == 1 ? 0 : (int64_t)am_H * Sq * Sk;
+  p.am_stride[1] = am_H == 1 ? 0 : (int64_t)Sq * Sk;
+  p.am_stride[2] = Sk;
+  p.dropout_p = (float)dropout_p;
+  p.dropout_scale = (float)(1.0 / (1.0 - dropout_p));
+  p.seed = seed, p.rng_offset = offset;
+  p.am_B = am_B, p.am_H = am_H;
+  std::vector<unsigned char> tile_info(gencore::cuda::attention_tile_info_bytes(p));  // exactly sized
+  p.tile_info = tile_info.empty() ? nullptr : tile_info.data();
 
   const size_t n_q = (size_t)B * H * Sq * D, n_k = (size_t)B * Hkv * Sk * D, rows = (size_t)B * H * Sq;
   Guarded out(2 * n_q), lse(4 * rows), dq(2 * n_q), dk(2 * n_k), dv(2 * n_k);

@@ -84,7 +84,7 @@ RULES = (
     Rule("attention", "cpu-avx2", "float32 causal", FUSED, _CPU_ATTENTION["float32 causal"]),
     Rule("attention", "cpu-avx2", "bfloat16 causal", FUSED, _CPU_ATTENTION["bfloat16 causal"]),
     Rule("attention", "cpu-avx2", "float32 decode", BUILTIN, _CPU_ATTENTION["float32 decode"]),
-    Rule("attention", "cpu-avx2", "bfloat16 decode", BUILTIN, _CPU_ATTENTION["bfloat16 decode"]),
+    Rule("attention", "cpu-avx2", "bfloat16 decode", FUSED, _CPU_ATTENTION["bfloat16 decode"]),
     Rule("attention", "cpu-avx2", "float32 decode small", BUILTIN, _CPU_ATTENTION["float32 decode small"]),
     Rule("attention", "cpu-avx2", "bfloat16 decode small", BUILTIN, _CPU_ATTENTION["bfloat16 decode small"]),
     Rule("attention", "cpu-avx2", "*", BUILTIN, _CPU_ATTENTION["*"]),

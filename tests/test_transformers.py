@@ -307,7 +307,7 @@ def test_calls_auto_gives_to_sdpa_get_transformers_mask(monkeypatch):
                         lambda *a, **k: calls.append("sdpa") or real_sdpa(*a, **k))
     monkeypatch.setattr(gt.ops, "attention",
                         lambda *a, **k: calls.append("gencore") or real_attention(*a, **k))
-    monkeypatch.setattr(gt, "_auto_runs_fused", lambda q, causal, kpm, args: kpm is None)
+    monkeypatch.setattr(gt, "_auto_runs_fused", lambda q, k, causal, kpm, args: kpm is None)
     _, ours = _pair("qwen2")
     ids, mask, _ = _batch(padded=True)
     ours(ids, attention_mask=mask)
@@ -315,7 +315,7 @@ def test_calls_auto_gives_to_sdpa_get_transformers_mask(monkeypatch):
     assert calls == ["sdpa"] * 2 + ["gencore"] * 2
     monkeypatch.undo()
     q = torch.randn(2, 4, 16, 8)
-    assert gt._auto_runs_fused(q, True, None, {}) == (
+    assert gt._auto_runs_fused(q, q, True, None, {}) == (
         gencore.ops.auto.pick("attention", "cpu", "float32 causal") == "fused")
 
 

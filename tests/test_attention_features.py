@@ -299,6 +299,12 @@ def test_auto_case_names():
     assert _auto_case(one, torch.zeros(1, 2, 512, 64), True, None) == "float32 decode"
     assert _auto_case(one, torch.zeros(1, 2, 511, 64), True, None) == "float32 decode small"
     assert _auto_case(one, torch.zeros(1, 2, 64, 64), True, pad[:, :1].expand(1, 64)) == "*"
+    # decoding with features: rows of their own (none measured yet: the built-in), not the
+    # training rows' ("float32 window" rests on 2048-token training calls)
+    assert _auto_case(one, torch.zeros(1, 2, 512, 64), True, None, window=(4, 0)) == "float32 decode+window"
+    assert _auto_case(one[:, :, :1].expand(1, 2, 4, 64), q, True, pad, softcap=2.0) == \
+        "float32 decode+softcap+padding"
+    assert _auto_case(torch.zeros(1, 2, 5, 64), q, True, None, softcap=2.0) == "float32 softcap"
 
 
 def test_document_ids_from_cu_seqlens():

@@ -122,8 +122,18 @@ def test_gpt2_dropout_runs_and_repeats_under_a_seed():
     assert not torch.equal(first, _train(plain, padded=True, steps=4, seed=7))  # dropout acted
 
 
+@pytest.mark.parametrize("every_call_fused", [False, True], ids=["auto", "fused"])
 @pytest.mark.parametrize("name", ["llama", "mistral", "gemma2", "qwen2", "gpt2"])
-def test_greedy_generation_from_left_padded_batch(name):
+def test_greedy_generation_from_left_padded_batch(name, every_call_fused, monkeypatch):
+    """Under auto (this machine's table) and with every call sent to gencore.ops.attention
+    (decoding steps with a window, softcap and padding included: auto may send those to SDPA)."""
+    if every_call_fused:
+        monkeypatch.setattr(gt, "_auto_runs_fused", lambda *a: True)
+        monkeypatch.setattr(gt, "_MAY_RUN_FUSED", {})
+    _check_greedy_generation(name)
+
+
+def _check_greedy_generation(name):
     ref, ours = _pair(name)
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(3, V, (3, 12), generator=g)
@@ -308,6 +318,7 @@ def test_calls_auto_gives_to_sdpa_get_transformers_mask(monkeypatch):
     monkeypatch.setattr(gt.ops, "attention",
                         lambda *a, **k: calls.append("gencore") or real_attention(*a, **k))
     monkeypatch.setattr(gt, "_auto_runs_fused", lambda q, k, causal, kpm, args: kpm is None)
+    monkeypatch.setattr(gt, "_MAY_RUN_FUSED", {})
     _, ours = _pair("qwen2")
     ids, mask, _ = _batch(padded=True)
     ours(ids, attention_mask=mask)
@@ -317,6 +328,33 @@ def test_calls_auto_gives_to_sdpa_get_transformers_mask(monkeypatch):
     q = torch.randn(2, 4, 16, 8)
     assert gt._auto_runs_fused(q, q, True, None, {}) == (
         gencore.ops.auto.pick("attention", "cpu", "float32 causal") == "fused")
+
+
+def test_decoding_steps_auto_sends_to_sdpa_skip_the_mask_description(monkeypatch):
+    """A forward whose every call auto gives to transformers' path (here: decoding steps) never
+    describes its mask; the prefill, which may run fused, does, once for both layers."""
+    monkeypatch.setattr(gt, "_auto_runs_fused", lambda q, k, causal, kpm, args: q.shape[2] > 4)
+    monkeypatch.setattr(gt, "_MAY_RUN_FUSED", {})
+    described, real = [], gt._describe
+    monkeypatch.setattr(gt, "_describe", lambda dense, *a: described.append(dense.shape) or real(dense, *a))
+    ref, ours = _pair("qwen2")
+    ids = torch.randint(3, V, (2, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(ours.eval().generate(ids, **kw), ref.eval().generate(ids, **kw))
+    assert described == [(2, 1, 12, 12)]
+
+
+def test_mask_checks_on_bytes_match_bool_reductions():
+    m = torch.rand(3, 5, 7) < 0.5
+    assert gt._any(m) == bool(m.any()) and not gt._any(torch.zeros(2, 3, dtype=torch.bool))
+    assert not gt._any(m[:0])
+    assert torch.equal(gt._any(m, 1), m.any(1))
+    assert torch.equal(gt._any(m.transpose(0, 2), -1), m.transpose(0, 2).any(-1))
+    assert gt._same(m, m.clone()) and not gt._same(m, m ^ (torch.arange(7) == 6))
+    assert gt._same(m[:1].expand(3, -1, -1), m[:1].repeat(3, 1, 1))
 
 
 def test_register_again_under_another_name():
@@ -371,6 +409,7 @@ def issue20_api(monkeypatch):
     monkeypatch.setattr(gt.ops, "attention", _spec_attention)
     monkeypatch.setattr(gt, "ATTENTION_ARGS", frozenset(inspect.signature(_spec_attention).parameters))
     monkeypatch.setattr(gt, "_auto_runs_fused", lambda *a: True)   # every call to the stand-in
+    monkeypatch.setattr(gt, "_MAY_RUN_FUSED", {})
     monkeypatch.setattr(gt, "_WARNED", set())
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="gencore.integrations.transformers")
@@ -386,7 +425,7 @@ def test_issue20_arguments_training(issue20_api, name, padded):
 
 @pytest.mark.parametrize("name", ["mistral", "gemma2"])
 def test_issue20_arguments_generation(issue20_api, name):
-    test_greedy_generation_from_left_padded_batch(name)
+    _check_greedy_generation(name)
 
 
 @pytest.mark.parametrize("cu_seqlens", [False, True])

@@ -64,7 +64,8 @@ class GencoreMask:
 
     `mask` attaches one to the mask tensor it returns (attribute `gencore_mask`), once per forward;
     every layer of that forward reads it. A mask tensor without one (built elsewhere, or sliced by
-    the model) is described per call.
+    the model) is described per call. The description is made on first use: a forward whose
+    layers all run transformers' path (auto's pick for their case) never pays for it.
     exact: whether the fields below reproduce the mask (checked element for element); if not, the
         layers pass the mask itself as attn_mask.
     causal, window_left, key_padding_mask (bool (B, kv_len), True = ignore, None if nothing is
@@ -72,17 +73,25 @@ class GencoreMask:
         Keys from kv_len on are seen by no query (a static cache's unused tail): they are cut off.
     """
 
-    __slots__ = ("shape", "exact", "causal", "window_left", "key_padding_mask", "document_ids",
-                 "kv_len")
+    _FIELDS = ("exact", "causal", "window_left", "key_padding_mask", "document_ids", "kv_len")
+    __slots__ = ("shape", "_source") + _FIELDS
 
     def __init__(self, dense: torch.Tensor, diag: int, window: bool = True):
         assert dense.dtype == torch.bool and dense.dim() == 4, (dense.dtype, dense.shape)
         self.shape = tuple(dense.shape)
+        self._source = (dense, diag, window)
+
+    def __getattr__(self, name):      # only reached for a field not yet set: describe now
+        if name not in GencoreMask._FIELDS or self._source is None:
+            raise AttributeError(name)
+        dense, diag, window = self._source
         plan = _describe(dense, diag, window)
         self.exact = plan is not None
         if plan is None:
             plan = (False, None, None, None, dense.shape[-1])
         self.causal, self.window_left, self.key_padding_mask, self.document_ids, self.kv_len = plan
+        self._source = None
+        return getattr(self, name)
 
     def __repr__(self):
         if not self.exact:
@@ -90,6 +99,22 @@ class GencoreMask:
         return (f"GencoreMask(causal={self.causal}, window_left={self.window_left}, "
                 f"padding={self.key_padding_mask is not None}, "
                 f"documents={self.document_ids is not None}, kv_len={self.kv_len})")
+
+
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    # Bool reductions on CPU are not vectorised (m.any() on 8 x 256 x 256: 456 us; as uint8:
+    # 10 us): the checks below reduce bool tensors as bytes.
+    return x.view(torch.uint8)
+
+
+def _any(x: torch.Tensor, dim=None):
+    if dim is None:
+        return x.numel() > 0 and bool(_bytes(x).max())                        # host read
+    return _bytes(x).amax(dim=dim).bool()
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return not _any(a ^ b)
 
 
 def _describe(dense: torch.Tensor, diag: int, window: bool = True):
@@ -104,7 +129,7 @@ def _describe(dense: torch.Tensor, diag: int, window: bool = True):
     m = dense[:, 0]                                                            # (B, Sq, Sk)
     dev = m.device
     back = torch.arange(Sq, device=dev)[:, None] + diag - torch.arange(Sk, device=dev)  # (Sq, Sk)
-    causal = not bool((m & (back < 0)).any())                                  # host read
+    causal = not _any(m & (back < 0))
     kv_len, lefts = Sk, [None]
     if causal:
         kv_len = Sq + diag                  # keys from kv_len on come after every query
@@ -112,20 +137,20 @@ def _describe(dense: torch.Tensor, diag: int, window: bool = True):
             return None                     # no bottom-right frame holds this diagonal
         m, back = m[:, :, :kv_len], back[:, :kv_len]
         if window:
-            first = m.to(torch.uint8).argmax(-1)             # (B, Sq): first key each query sees
-            far = (torch.arange(Sq, device=dev) + diag - first).masked_fill(~m.any(-1), -1)
+            first = _bytes(m).argmax(-1)                     # (B, Sq): first key each query sees
+            far = (torch.arange(Sq, device=dev) + diag - first).masked_fill(~_any(m, -1), -1)
             far = int(far.amax()) if far.numel() else -1                       # host read
             if 0 <= far < kv_len - 1:       # else a window would never bind
                 lefts.append(far)
-    unseen = ~m.any(dim=1)                                  # (B, kv_len): keys no query sees
-    padded = bool(unseen.any())                                                # host read
+    unseen = ~_any(m, 1)                                    # (B, kv_len): keys no query sees
+    padded = _any(unseen)
     kpm = unseen if padded else None
     base = back >= 0 if causal else torch.ones_like(back, dtype=torch.bool)    # (Sq, kv_len)
     if padded:
         base = base & ~unseen[:, None, :]                                      # (B, Sq, kv_len)
     for left in lefts:
         cand = base if left is None else base & (back <= left)
-        if torch.equal(cand.expand_as(m), m):                                  # host read
+        if _same(cand, m):
             return causal, left, kpm, None, kv_len
     if causal and diag == 0 and Sq == Sk and Sq > 1:
         # Packed documents (position_ids restarting): query i starts one where it cannot see key i-1.
@@ -135,7 +160,7 @@ def _describe(dense: torch.Tensor, diag: int, window: bool = True):
         base = base & (docs[:, :, None] == docs[:, None, :])
         for left in lefts:
             cand = base if left is None else base & (back <= left)
-            if torch.equal(cand, m):                                           # host read
+            if _same(cand, m):
                 return causal, left, kpm, docs, kv_len
     return None
 
@@ -170,6 +195,11 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     """
     reason = _unmappable(query, key, value, kwargs)
     cu_docs = _cu_seqlens_documents(kwargs, query.shape[0], query.shape[2], key.shape[2])
+    if reason is None and cu_docs is None and not _may_run_fused(query, key, softcap, dropout):
+        # no mask this call could carry makes auto pick the fused kernel (a decoding step in
+        # float32, say): transformers' path at once, without describing the mask
+        return _transformers_path(module, query, key, value, attention_mask, dropout, scaling,
+                                  softcap, is_causal, kwargs)
     if reason is None:
         plan, reason = _plan(module, query, key, attention_mask, is_causal, cu_docs)
     if reason is None:
@@ -220,6 +250,31 @@ def _auto_runs_fused(query, key, causal, kpm, args) -> bool:
     try:
         case = _ATTENTION_MODULE._auto_case(query, key, causal, kpm, **features)
         return ops.auto.pick("attention", query.device.type, case) == ops.auto.FUSED
+    except (AttributeError, TypeError):
+        return True
+
+
+_SOME = object()   # stands for a tensor argument where only its presence names the case
+_MAY_RUN_FUSED: dict = {}
+
+
+def _may_run_fused(query, key, softcap, dropout) -> bool:
+    """Whether auto picks the fused kernel for a call like this one with any of the arguments a
+    mask can become (causal or not; key padding, window, documents, a dense mask or none): a
+    dictionary read after the first call of a kind. True where that cannot be told."""
+    try:
+        plain = _ATTENTION_MODULE._auto_case(query, key, True, None)   # dtype, decoding, cache size
+        kind = (plain, query.device.type, query.shape[2] <= 4, softcap is not None, bool(dropout))
+        known = _MAY_RUN_FUSED.get(kind)
+        if known is None:
+            known = _MAY_RUN_FUSED[kind] = any(
+                _auto_runs_fused(query, key, causal, kpm, {
+                    name: value for name, value in (
+                        ("window", window), ("document_ids", docs), ("attn_mask", dense),
+                        ("softcap", softcap), ("dropout_p", dropout or None)) if value is not None})
+                for causal in (True, False) for kpm in (None, _SOME) for window in (None, (1, 0))
+                for docs in (None, _SOME) for dense in (None, _SOME))
+        return known
     except (AttributeError, TypeError):
         return True
 
@@ -343,11 +398,24 @@ def _transformers_path(module, query, key, value, attention_mask, dropout, scali
                 ~mask, torch.finfo(query.dtype).min)
             mask.gencore_additive = additive
         mask = additive
-    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-    if fn is None or (softcap is not None and "softcap" not in inspect.signature(fn).parameters):
-        fn = _eager
+    fn = _model_eager(type(module), softcap is not None)
     return fn(module, query, key, value, mask, dropout=dropout, scaling=scaling, softcap=softcap,
               **kwargs)
+
+
+_MODEL_EAGER: dict = {}
+
+
+def _model_eager(module_type, softcap: bool):
+    """The eager attention function of the module's model (`eager_attention_forward` in its
+    modeling file) if it takes what the call needs, else `_eager`; looked up once per module type."""
+    fn = _MODEL_EAGER.get((module_type, softcap))
+    if fn is None:
+        fn = getattr(sys.modules.get(module_type.__module__), "eager_attention_forward", None)
+        if fn is None or (softcap and "softcap" not in inspect.signature(fn).parameters):
+            fn = _eager
+        _MODEL_EAGER[(module_type, softcap)] = fn
+    return fn
 
 
 def _eager(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None,

@@ -172,9 +172,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     Returns (B, H, S_q, D) in q's dtype. Rows that see no key (all keys masked, or causal with
     S_q > S_k) are zeros and get zero gradients.
     """
-    if (impl == "auto" and key_padding_mask is None and scale is None and not dropout_p
-            and window is None and softcap is None and document_ids is None and attn_mask is None
-            and type(q) is torch.Tensor and type(k) is torch.Tensor and not torch.compiler.is_compiling()):
+    if (impl == "auto" and key_padding_mask is scale is window is softcap is document_ids is attn_mask is None
+            and not dropout_p and type(q) is _Tensor and type(k) is _Tensor and not _is_compiling()):
         fast = _fast_builtin(q, k, causal)
         if fast is not None:  # SDPA's own checks stand in for ours: the same call would pass them
             return _sdpa(q, k, v, is_causal=True) if fast else _sdpa(q, k, v)
@@ -198,7 +197,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
                                **features)[0]
 
 
-_sdpa = F.scaled_dot_product_attention  # (a global read, not an attribute chain, per call)
+# (global reads, not attribute chains, per call)
+_sdpa, _Tensor, _is_compiling = F.scaled_dot_product_attention, torch.Tensor, torch.compiler.is_compiling
 # (dtype, on CPU, causal, decoding) -> whether auto runs SDPA for such a call.
 _BUILTIN_CALLS: dict = {}
 
@@ -207,17 +207,18 @@ def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal) -> Optional[bool]:
     """For a call with no mask, feature or scale that auto sends to SDPA and whose semantics are
     SDPA's own (equal head counts; causal only where gencore's bottom-right mask is torch's
     is_causal or no mask at all): the is_causal to call SDPA with. None: take the checked path.
-    This path is the whole cost of auto for a decoding step (a few us: parity with SDPA)."""
-    qs, ks = q.shape, k.shape
-    if len(qs) != 4 or len(ks) != 4 or qs[1] != ks[1] or qs[0] == 0 or qs[3] == 0:
+    This path is the whole cost of auto for a decoding step (about a microsecond, on a call of
+    10 us and more), so it reads as few attributes as it can."""
+    try:
+        B, H, Sq, D = q.shape
+        _, Hk, Sk, _ = k.shape
+    except ValueError:
         return None
-    Sq, Sk = qs[2], ks[2]
-    if causal is True and Sq != 1 and Sq != Sk:
+    if H != Hk or B == 0 or D == 0 or (causal is True and Sq != 1 and Sq != Sk):
         return None
     # CPU calls only (q.device costs more than the rest together): there Python's cost is the
     # call's; a GPU call's runs ahead of the device anyway.
-    decode = 0 if Sq > 4 else (2 if qs[0] * ks[1] * Sk * qs[3] >= _SMALL_DECODE else 1)
-    key = (q.dtype, q.is_cpu, causal is True, decode)
+    key = (q.dtype, q.is_cpu, causal is True, 0 if Sq > 4 else 1 + (B * Hk * Sk * D >= _SMALL_DECODE))
     builtin = _BUILTIN_CALLS.get(key)
     if builtin is None:
         if not q.is_cpu or q.dtype not in _FLOATING or (causal is not True and causal is not False):
@@ -249,13 +250,15 @@ def _auto_case(q: torch.Tensor, k: torch.Tensor, causal: bool, key_padding_mask:
                attn_mask=None) -> str:
     """The row of the auto table (ops/auto.py) a call falls in.
 
-    Without the keyword features: "<dtype> decode" (a few queries against a KV cache of at least
-    _SMALL_DECODE elements of K; "<dtype> decode small" below), without key padding, "<dtype> causal", "<dtype> causal+padding" (a padded training
-    batch), or "*" (the rest: no mask at all, or key padding alone). With them: "<dtype> " and the
-    features present joined by "+" in this order: mask, documents, window, softcap, dropout, then
-    "padding" for a key padding mask ("float32 window", "bfloat16 window+softcap",
+    Without the keyword features: "<dtype> decode" (at most 4 queries against a KV cache of at
+    least _SMALL_DECODE elements of K), "<dtype> decode small" (a smaller cache), "<dtype> causal",
+    "<dtype> causal+padding" (a padded training batch), or "*" (the rest: no mask at all, or key
+    padding alone, decoding included). With them: "<dtype> " and the features present joined by
+    "+" in this order: decode (at most 4 queries), mask, documents, window, softcap, dropout, then
+    padding for a key padding mask ("float32 window", "bfloat16 decode+window+softcap",
     "float32 documents+dropout+padding"). Causal is not part of these names."""
     name = _CASE_DTYPES.get(q.dtype)
+    decode = q.shape[2] <= 4
     features = [f for f, on in (("mask", attn_mask is not None), ("documents", document_ids is not None),
                                 ("window", window is not None), ("softcap", softcap is not None),
                                 ("dropout", dropout_p > 0)) if on]
@@ -264,8 +267,8 @@ def _auto_case(q: torch.Tensor, k: torch.Tensor, causal: bool, key_padding_mask:
     if features:
         if key_padding_mask is not None:
             features.append("padding")
-        return f"{name} {'+'.join(features)}"
-    if q.shape[2] <= 4:
+        return f"{name} {'decode+' if decode else ''}{'+'.join(features)}"
+    if decode:
         if key_padding_mask is not None:
             return "*"
         B, Hkv, Sk, D = k.shape

@@ -263,8 +263,14 @@ def _may_run_fused(query, key, softcap, dropout) -> bool:
     mask can become (causal or not; key padding, window, documents, a dense mask or none): a
     dictionary read after the first call of a kind. True where that cannot be told."""
     try:
-        plain = _ATTENTION_MODULE._auto_case(query, key, True, None)   # dtype, decoding, cache size
-        kind = (plain, query.device.type, query.shape[2] <= 4, softcap is not None, bool(dropout))
+        # what the case name can depend on besides the mask: dtype, device, decoding and the KV
+        # cache's size class (ops/attention.py's _auto_case), softcap, dropout; read cheaply (this
+        # runs in every layer)
+        B, _, Sq, D = query.shape
+        _, Hkv, Sk, _ = key.shape
+        big = B * Hkv * Sk * D >= _ATTENTION_MODULE._SMALL_DECODE
+        kind = (query.dtype, query.is_cpu, query.is_cuda, Sq <= 4, big, softcap is not None,
+                bool(dropout))
         known = _MAY_RUN_FUSED.get(kind)
         if known is None:
             known = _MAY_RUN_FUSED[kind] = any(
@@ -275,7 +281,7 @@ def _may_run_fused(query, key, softcap, dropout) -> bool:
                 for causal in (True, False) for kpm in (None, _SOME) for window in (None, (1, 0))
                 for docs in (None, _SOME) for dense in (None, _SOME))
         return known
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError, ValueError):
         return True
 
 
@@ -286,11 +292,12 @@ def _unmappable(query, key, value, kwargs) -> Optional[str]:
         return "a position_bias"
     if kwargs.get("output_attentions"):
         return "output_attentions=True (gencore returns no attention weights)"
-    if key.shape[-1] != query.shape[-1] or value.shape[-1] != query.shape[-1]:
+    qs, ks, vs = query.shape, key.shape, value.shape
+    if ks[-1] != qs[-1] or vs[-1] != qs[-1]:
         return "q, k and v with different head dims"
-    if key.shape[0] != query.shape[0] or value.shape[:3] != key.shape[:3]:
+    if ks[0] != qs[0] or vs[:3] != ks[:3]:
         return "k/v batch or shape differing from q's"
-    if key.shape[1] == 0 or query.shape[1] % key.shape[1]:
+    if ks[1] == 0 or qs[1] % ks[1]:
         return "query heads not a multiple of k/v heads"
     return None
 

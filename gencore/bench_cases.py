@@ -145,6 +145,8 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
         with that mask. Here "fused"/"auto" go through gencore.ops.scaled_dot_product_attention.
     "causal+padding": a right-padded causal batch (each row's length drawn in [S/2, S]), as a
         padded fine-tuning batch; torch = SDPA with the dense bool mask (causal and key padding).
+    "dropout+padding": the same batch with dropout 0.1 (GPT-2's padded training); torch = SDPA
+        with that mask and its own dropout.
     "softcap": causal with scores soft-capped at 50 (Gemma-2's attention), "window+softcap": with
         a (256, 0) window too (Gemma-2's local layers); no built-in caps scores, so torch = the
         eager composition transformers runs for them (matmul, tanh, mask, softmax, matmul)."""
@@ -152,7 +154,8 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
     auto_case = f"{dname} {kind}"
     mode = "fwd+bwd" if train else "fwd"
     extra = {"window": "-w256", "documents": "-docs4", "dropout": "-p0.1", "mask": "-prefix",
-             "softcap": "-cap50", "window+softcap": "-w256-cap50", "causal+padding": "-pad"}[kind]
+             "softcap": "-cap50", "window+softcap": "-w256-cap50", "causal+padding": "-pad",
+             "dropout+padding": "-pad-p0.1"}[kind]
     cid = f"attention/{device}/{auto_case}/B{B}-H{H}-Sq{S}-Sk{S}-D{D}{extra}/{mode}"
     band_pairs = 257 * S - 256 * 257 // 2
     visible = {"window": band_pairs, "window+softcap": band_pairs,
@@ -194,12 +197,13 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
                 out = out.index_copy(1, flat, y.transpose(0, 1)[:, valid])
                 return out[None]
             kw = dict(causal=True, document_ids=ids)
-        elif kind == "causal+padding":
+        elif kind in ("causal+padding", "dropout+padding"):
             lengths = torch.randint(S // 2, S + 1, (B,), generator=g).to(device)
             pad = pos[None, :] >= lengths[:, None]                       # (B, S), True = padding
             dense = ((pos[None, :] <= pos[:, None]) & ~pad[:, None, None, :])  # (B, 1, S, S)
-            kw = dict(causal=True, key_padding_mask=pad)
-            builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+            p = 0.1 if kind == "dropout+padding" else 0.0
+            kw = dict(causal=True, key_padding_mask=pad, dropout_p=p)
+            builtin = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense, dropout_p=p)
         elif kind in ("softcap", "window+softcap"):
             allowed = pos[None, :] <= pos[:, None]
             kw = dict(causal=True, softcap=50.0)
@@ -241,7 +245,8 @@ GQA_TRAIN_SHAPES = ((4, 8, 2, 256, 64), (8, 4, 2, 256, 32))
 # issue 20's feature cases: (kind, B, H, S, D).
 FEATURE_CASES = (("window", 1, 8, 2048, 64), ("documents", 1, 8, 2048, 64),
                  ("dropout", 8, 8, 512, 64), ("mask", 2, 8, 1024, 64), ("softcap", 4, 8, 512, 64),
-                 ("window+softcap", 1, 8, 2048, 64), ("causal+padding", 8, 8, 512, 64))
+                 ("window+softcap", 1, 8, 2048, 64), ("causal+padding", 8, 8, 512, 64),
+                 ("dropout+padding", 8, 8, 512, 64))
 
 
 def cases(device: str = "cpu") -> List[BenchCase]:

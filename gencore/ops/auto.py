@@ -65,11 +65,12 @@ _CPU_ATTENTION = {
 }
 # The keyword features (issue 20): one case each, the built-in being SDPA with the equivalent mask
 # (window, bool mask), SDPA's own dropout, SDPA on the same tokens padded per document, or the
-# eager composition for soft-capped scores (no built-in caps them); a padded causal batch too.
+# eager composition for soft-capped scores (no built-in caps them); a padded causal batch too,
+# with and without dropout.
 _FEATURES = {"window": "B1-H8-Sq2048-Sk2048-D64-w256", "documents": "B1-H8-Sq2048-Sk2048-D64-docs4",
              "dropout": "B8-H8-Sq512-Sk512-D64-p0.1", "mask": "B2-H8-Sq1024-Sk1024-D64-prefix",
              "softcap": "B4-H8-Sq512-Sk512-D64-cap50", "window+softcap": "B1-H8-Sq2048-Sk2048-D64-w256-cap50",
-             "causal+padding": "B8-H8-Sq512-Sk512-D64-pad"}
+             "causal+padding": "B8-H8-Sq512-Sk512-D64-pad", "dropout+padding": "B8-H8-Sq512-Sk512-D64-pad-p0.1"}
 for _dtype in ("float32", "bfloat16"):
     for _name, _shape in _FEATURES.items():
         _CPU_ATTENTION[f"{_dtype} {_name}"] = _ids("attention", "cpu", f"{_dtype} {_name}", (_shape,), "fwd+bwd")

@@ -25,7 +25,7 @@ endif
 
 setup: $(STAMP)
 
-# Rebuilt every time: ninja makes a no-change rebuild take a second.
+# Run every time: setup.py keeps its objects in build/temp, so ninja recompiles only what changed.
 build: setup
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 

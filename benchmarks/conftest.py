@@ -46,11 +46,13 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Every suite's timings become benchmark records (gencore.records) of this machine, under
-    benchmarks/records/ (GENCORE_RECORDS_OUT overrides the folder): case "<group>", impl from
-    extra_info. Set GENCORE_NO_RECORDS=1 for a run that should leave no trace."""
+    """Only when asked (GENCORE_RECORDS_OUT=<folder>): every suite's timings become benchmark
+    records (gencore.records) of this machine in that folder, case "suite/<group>", impl from
+    extra_info. They name no auto case, so they are never evidence for impl="auto" (that is
+    `gencore bench --record`'s job); a plain perf run leaves no file behind."""
     bs = getattr(session.config, "_benchmarksession", None)
-    if bs is None or not bs.benchmarks or os.environ.get("GENCORE_NO_RECORDS") == "1":
+    out = os.environ.get("GENCORE_RECORDS_OUT")
+    if bs is None or not bs.benchmarks or not out:
         return
     from gencore import records
     by_machine = {}
@@ -65,7 +67,6 @@ def pytest_sessionfinish(session, exitstatus):
         rec = records.make_record(op, f"suite/{group}", impl, st, device)
         rec["extra"] = {k: v for k, v in b.extra_info.items() if k != "impl"}
         by_machine.setdefault(rec["machine"], []).append(rec)
-    out = os.environ.get("GENCORE_RECORDS_OUT") or records.REPO_DIR
     for machine, recs in by_machine.items():
         path = records.save(recs, machine, out)
         print(f"\nbenchmark records: {len(recs)} written to {path}")

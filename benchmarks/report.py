@@ -1,6 +1,6 @@
-"""Turns benchmark records (benchmarks/records/*.json) or pytest-benchmark JSON into ratio tables.
+"""Turns benchmark records (gencore/project_records/*.json) or pytest-benchmark JSON into ratio tables.
 
-    python benchmarks/report.py --records benchmarks/records [--markdown]   # RESULTS.md's tables
+    python benchmarks/report.py --records gencore/project_records [--markdown]   # RESULTS.md's tables
 
 Records (gencore.records): for the auto table's cases (gencore/bench_cases.py) one row per case:
 the fused kernel, what auto runs instead, auto itself and PyTorch's own built-in, with ratios
@@ -60,7 +60,8 @@ def _limit(info: dict, rec: dict) -> str:
 
 
 def record_tables(directory: Path, markdown: bool) -> None:
-    from gencore import bench_cases, records
+    from gencore import records
+    from gencore.ops import auto
     for path in sorted(Path(directory).glob("*.json")):
         machine = path.stem
         recs = records.load(machine, directory)
@@ -81,7 +82,7 @@ def record_tables(directory: Path, markdown: bool) -> None:
         for (op, case), impls in sorted(by_case.items()):
             if case.startswith("suite/") or "fused" not in impls:
                 continue
-            alt = bench_cases.ALTERNATIVE.get(op, "reference")
+            alt = auto.builtin_impl(op)
             f, a = impls["fused"]["median_s"], impls.get(alt, {}).get("median_s")
             auto = impls.get("auto", {}).get("median_s")
             torch_ = impls.get("torch", {}).get("median_s")
@@ -112,7 +113,7 @@ def _print_table(head, lines, markdown: bool) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="?", help="file written by pytest --benchmark-json")
-    ap.add_argument("--records", type=Path, default=None, help="a records folder (benchmarks/records)")
+    ap.add_argument("--records", type=Path, default=None, help="a records folder (gencore/project_records)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args(argv)
     if args.records is not None:

@@ -74,6 +74,18 @@ def load():
     return _module
 
 
+def cpu_capability() -> str:
+    """The ISA path the CPU kernels run with: "AVX512", "AVX2" or "DEFAULT" (without the compiled
+    core, the widest this CPU has, as torch reports it)."""
+    mod = load()
+    if mod is not None and hasattr(mod, "cpu_capability"):
+        return mod.cpu_capability()
+    if mod is not None:
+        return build_info()["cpu_capability"]
+    cpu = torch.backends.cpu.get_cpu_capability()
+    return cpu if cpu in _ISA_RANK else "DEFAULT"
+
+
 def reason() -> Optional[str]:
     load()
     return _reason

@@ -4,12 +4,15 @@ through this one function, so a wrong name fails the same way everywhere, before
 """
 from __future__ import annotations
 
+import functools
 import os
+import platform
 from typing import List, Union
 
 import torch
 
-__all__ = ["available_devices", "describe_device", "resolve_device"]
+__all__ = ["available_devices", "cpu_isa_path", "cpu_model", "describe_device", "machine_class",
+           "resolve_device"]
 
 
 def _backend(device_type: str):
@@ -79,3 +82,30 @@ def describe_device(dev: torch.device) -> str:
         n = torch.get_num_threads()
         return f"cpu ({n} thread{'s' if n > 1 else ''})"
     return str(dev)
+
+
+def cpu_isa_path() -> str:
+    """The vector ISA gencore's CPU kernels run with here: "AVX512", "AVX2" or "DEFAULT"."""
+    from . import _backend
+    return _backend.cpu_capability()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine_class(device_type: str) -> str:
+    """Which benchmark records speak for this machine: "cpu-avx512", "cpu-avx2", "cpu-default"
+    (the ISA path the CPU kernels run with), or "cuda-sm90" etc. (the current device's compute
+    capability). A measurement on one class is no evidence for another."""
+    if device_type == "cpu":
+        return f"cpu-{cpu_isa_path().lower()}"
+    if device_type == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        return f"cuda-sm{major}{minor}"
+    return device_type

@@ -1,29 +1,32 @@
-"""The benchmark cases behind the auto table (gencore/ops/auto.py): each one a stable id, the
-auto case it stands for, and a zero-argument call per implementation.
+"""The benchmark cases: the project's evidence for impl="auto" (gencore/ops/auto.py). Each one a
+stable id, the auto case it falls in (named by auto itself from the case's shapes), and a
+zero-argument call per implementation.
 
 `gencore bench --record` times them with gencore.timing (round-robin medians) and writes records
-(gencore.records); the project's records under benchmarks/records/ come from the same command.
-Implementations: "fused" (the kernel), the op's alternative under auto ("sdpa" for attention,
-"reference" for gan_loss and gumbel_softmax: what auto runs where it does not run the kernel),
-"auto" itself, and PyTorch's own built-in called directly ("torch": F.scaled_dot_product_attention,
-F.gumbel_softmax, F.binary_cross_entropy_with_logits; "softmax", the floor a Gumbel-softmax cannot
-beat): auto / torch is the promise that importing gencore never costs speed.
+(gencore.records); the project's records (gencore/project_records/) come from the same command.
+Implementations: "fused" (the kernel), the op's built-in under auto (`auto.builtin_impl`: "sdpa"
+for attention, "builtin" for gan_loss (the composed built-ins), "torch" for gumbel_softmax),
+"reference" where it differs, "auto" itself, and PyTorch's own function called directly
+("torch": F.scaled_dot_product_attention, F.gumbel_softmax, F.binary_cross_entropy_with_logits;
+"softmax", the floor a Gumbel-softmax cannot beat): auto / torch is the promise that importing
+gencore never costs speed.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .ops import attention, gan_loss, gumbel_softmax
+from .ops import attention, auto, gan_loss, gumbel_softmax
 
-_attention_module = sys.modules[attention.__module__]  # (gencore.ops.attention is the function)
 
-# What auto runs for an op where it does not run the fused kernel.
-ALTERNATIVE = {"attention": "sdpa", "gan_loss": "reference", "gumbel_softmax": "reference"}
+def _meta(*shape, dtype=torch.float32, grad=False, integer=False, boolean=False):
+    """A meta tensor standing for a call's argument where auto names the case (shapes only)."""
+    if boolean or integer:
+        return torch.empty(shape, device="meta", dtype=torch.bool if boolean else torch.int64)
+    return torch.empty(shape, device="meta", dtype=dtype).requires_grad_(grad)
 
 
 @dataclass
@@ -31,7 +34,7 @@ class BenchCase:
     id: str                      # "<op>/<device>/<auto case>/<shape>/<pass>", stable across runs
     op: str
     device: str                  # torch device type
-    auto_case: str               # the auto table's case (ops/auto.py) this case stands for
+    auto_case: str               # the case ops/auto.py names for this benchmark's call
     make: Callable[[], Dict[str, Callable[[], object]]] = field(repr=False)
     bytes: float = 0.0
     flops: float = 0.0
@@ -67,15 +70,12 @@ def _attention_case(device, dtype, B, H, Sq, Sk, D, causal, train, Hkv=None) -> 
     dname = str(dtype).replace("torch.", "")
     decode = Sq <= 4
     Hkv = H if Hkv is None else Hkv
-    # the case attention(impl="auto") itself names for such a call (shapes only: meta tensors)
-    auto_case = _attention_module._auto_case(torch.empty(B, H, Sq, D, device="meta", dtype=dtype),
-                                             torch.empty(B, Hkv, Sk, D, device="meta", dtype=dtype),
-                                             causal, None)
+    auto_case = auto.case_name("attention", q=_meta(B, H, Sq, D, dtype=dtype, grad=train),
+                               k=_meta(B, Hkv, Sk, D, dtype=dtype, grad=train), causal=causal)
     mode = "fwd+bwd" if train else "fwd"
     heads = f"H{H}" if Hkv == H else f"H{H}-Hkv{Hkv}"
-    cid = f"attention/{device}/{auto_case}/B{B}-{heads}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
-    if not decode and not causal:
-        cid = f"attention/{device}/{dname} full/B{B}-{heads}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
+    kind = "decode" if decode else ("causal" if causal else "full")
+    cid = f"attention/{device}/{dname} {kind}/B{B}-{heads}-Sq{Sq}-Sk{Sk}-D{D}/{mode}"
     flops = 4 * B * H * Sq * Sk * D * (0.5 if causal and Sq == Sk else 1.0) * (3.5 if train else 1.0)
 
     def make():
@@ -100,11 +100,12 @@ def _gan_case(device, n, kind="bce", role="discriminator") -> BenchCase:
         ones, zeros = torch.ones(n, device=device), torch.zeros(n, device=device)
         bce = F.binary_cross_entropy_with_logits
         fns = {impl: (lambda impl=impl: gan_loss(real, fake, kind, role, impl=impl))
-               for impl in ("fused", "reference", "auto")}
+               for impl in ("fused", "builtin", "auto")}
         fns["torch"] = lambda: bce(real, ones) + bce(fake, zeros)
         return {impl: _backward_call(fn, (real, fake), None) for impl, fn in fns.items()}
-    return BenchCase(f"gan_loss/{device}/*/{kind}-{role}-n{n}/fwd+bwd", "gan_loss", device, "*", make,
-                     bytes=2 * n * 4 * 2)
+    auto_case = auto.case_name("gan_loss", fake_logits=_meta(n, grad=True))
+    return BenchCase(f"gan_loss/{device}/*/{kind}-{role}-n{n}/fwd+bwd", "gan_loss", device, auto_case,
+                     make, bytes=2 * n * 4 * 2)
 
 
 def _gumbel_case(device, rows, cols, train) -> BenchCase:
@@ -130,8 +131,9 @@ def _gumbel_case(device, rows, cols, train) -> BenchCase:
         return {impl: forward(fn) for impl, fn in fns.items()}
     # Bytes: one read of the logits and one write of the sample (forward), plus the backward's
     # read of the saved sample and the upstream gradient and write of the gradient.
-    return BenchCase(f"gumbel_softmax/{device}/*/{rows}x{cols}/{mode}", "gumbel_softmax", device, "*",
-                     make, bytes=rows * cols * 4 * (5 if train else 2))
+    auto_case = auto.case_name("gumbel_softmax", logits=_meta(rows, cols, grad=train))
+    return BenchCase(f"gumbel_softmax/{device}/*/{rows}x{cols}/{mode}", "gumbel_softmax", device,
+                     auto_case, make, bytes=rows * cols * 4 * (5 if train else 2))
 
 
 def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
@@ -151,12 +153,18 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
         a (256, 0) window too (Gemma-2's local layers); no built-in caps scores, so torch = the
         eager composition transformers runs for them (matmul, tanh, mask, softmax, matmul)."""
     dname = str(dtype).replace("torch.", "")
-    auto_case = f"{dname} {kind}"
+    facts = {"window": dict(window=(256, 0)), "documents": dict(document_ids=_meta(B, S, integer=True)),
+             "dropout": dict(dropout_p=0.1), "mask": dict(attn_mask=_meta(B, 1, S, S, boolean=True)),
+             "softcap": dict(softcap=50.0), "window+softcap": dict(window=(256, 0), softcap=50.0),
+             "causal+padding": dict(key_padding_mask=_meta(B, S, boolean=True)),
+             "dropout+padding": dict(key_padding_mask=_meta(B, S, boolean=True), dropout_p=0.1)}[kind]
+    q = _meta(B, H, S, D, dtype=dtype, grad=train)
+    auto_case = auto.case_name("attention", q=q, k=q, causal=kind != "mask", **facts)
     mode = "fwd+bwd" if train else "fwd"
     extra = {"window": "-w256", "documents": "-docs4", "dropout": "-p0.1", "mask": "-prefix",
              "softcap": "-cap50", "window+softcap": "-w256-cap50", "causal+padding": "-pad",
              "dropout+padding": "-pad-p0.1"}[kind]
-    cid = f"attention/{device}/{auto_case}/B{B}-H{H}-Sq{S}-Sk{S}-D{D}{extra}/{mode}"
+    cid = f"attention/{device}/{dname} {kind}/B{B}-H{H}-Sq{S}-Sk{S}-D{D}{extra}/{mode}"
     band_pairs = 257 * S - 256 * 257 // 2
     visible = {"window": band_pairs, "window+softcap": band_pairs,
                "mask": S * (S + 1) // 2 + (S // 4) ** 2 // 2}
@@ -289,8 +297,9 @@ def record(device: str = "cpu", select: str | None = None, out=None, log=print):
         fns = case.make()
         stats = timing.round_robin(fns, device)
         rows += [records.make_record(case.op, case.id, impl, st, device, bytes_moved=case.bytes,
-                                     flops=case.flops) for impl, st in stats.items()]
-        alt = ALTERNATIVE[case.op]
+                                     flops=case.flops, auto_case=case.auto_case)
+                 for impl, st in stats.items()]
+        alt = auto.builtin_impl(case.op)
         log(f"{case.id:<62} " + "  ".join(f"{impl} {st['median'] * 1e6:9.1f} us" for impl, st in stats.items())
             + f"   {alt}/fused {stats[alt]['median'] / stats['fused']['median']:.2f}x")
     return records.save(rows, records.machine_class(device), out or records.local_dir())

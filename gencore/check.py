@@ -13,11 +13,12 @@ one rounding of the reduction behind it (gencore.tolerance: an implementation ca
 beat rounding the result once).
 Gumbel-softmax hard samples are one-hots: they must equal the reference's exactly.
 
-Each row also says what impl="auto" runs for that case on that device (gencore/ops/auto.py).
+impl="auto" runs a kernel only once it has passed these checks on the machine (gencore/ops/auto.py
+runs `gencore check --op OP` in a child process before it first calibrates an op); `gencore info`
+says what auto runs.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import _backend
-from .ops import attention, auto, gan_loss, gumbel_softmax
+from .ops import attention, gan_loss, gumbel_softmax
+from .ops.attention import cuda_kernel_covers
 from .ops.reference.gan_loss import FAKE_ONLY, KINDS, ROLES
 from .ops.reference.attention import attention_reference
 from .ops.reference.gumbel_softmax import gumbel_noise
@@ -37,9 +39,6 @@ __all__ = ["CASES", "DTYPES", "FACTOR", "OPS", "Result", "check_case", "main", "
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 OPS = ("gumbel_softmax", "attention", "gan_loss")  # every compiled op, by its schema name
-# What impl="auto" runs where the table does not pick the fused kernel (gencore/ops/auto.py).
-_BUILTIN_NAME = {"attention": "sdpa"}
-_attention_mod = importlib.import_module("gencore.ops.attention")
 
 Tensors = Dict[str, torch.Tensor]
 
@@ -50,7 +49,6 @@ class Trial:
     with impl ("fused" or "reference") on the inputs in the checked dtype, or (gold=True) on
     the same inputs in float64. `exact`: names that must equal the reference's bit for bit."""
     run: Callable[[str, bool], Tensors]
-    auto_case: str = "*"
     exact: Tuple[str, ...] = ()
     # L1 sizes of the reductions behind each output (gencore.tolerance), by name; |gold| where absent.
     l1: Callable[[], Tensors] = dict
@@ -72,7 +70,6 @@ class Result:
     error: float = 0.0        # the worst tensor's error against the gold (or the reference)
     tolerance: float = 0.0
     tensor: str = ""          # which output or gradient that was
-    auto: str = ""
     passed: bool = True
     note: str = ""            # why a check could not run
 
@@ -144,9 +141,9 @@ def _attention(shapes: Sequence[Tuple[int, int, int, int, int, int]], causal: bo
         out = []
         for i, (B, H, Hkv, Sq, Sk, D) in enumerate(shapes):
             if device.type == "cuda":
-                if not _attention_mod.cuda_kernel_covers(dtype, 64):
+                if not cuda_kernel_covers(dtype, 64):
                     break
-                D = D if _attention_mod.cuda_kernel_covers(dtype, D) else 64
+                D = D if cuda_kernel_covers(dtype, D) else 64
             g = torch.Generator().manual_seed(i)
             q, dout = _randn((B, H, Sq, D), g, device, dtype), _randn((B, H, Sq, D), g, device, dtype)
             k, v = _randn((B, Hkv, Sk, D), g, device, dtype), _randn((B, Hkv, Sk, D), g, device, dtype)
@@ -167,7 +164,7 @@ def _attention(shapes: Sequence[Tuple[int, int, int, int, int, int]], causal: bo
                 eye = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(*k.shape[:2], -1, -1)
                 probs = attention_reference(q, k, eye, causal, mask, **kw)[0]
                 return attention_l1(q, k, v, dout, probs, 1.0 / math.sqrt(q.shape[-1]))
-            out.append(Trial(run, auto_case=_attention_mod._auto_case(q, k, causal, mask, **kw), l1=l1))
+            out.append(Trial(run, l1=l1))
         return out
     return trials
 
@@ -235,32 +232,17 @@ CASES: Tuple[Case, ...] = (
 
 # ----------------------------------------------------------------------------- running them
 
-def _auto_label(op: str, device_type: str, cases: Sequence[str]) -> str:
-    picks = []
-    for case in cases:
-        pick = auto.pick(op, device_type, case)
-        if pick == auto.FUSED and not _backend.has_kernel(op, device_type):
-            pick = auto.BUILTIN
-        label = pick if pick == auto.FUSED else _BUILTIN_NAME.get(op, "reference")
-        if label not in picks:
-            picks.append(label)
-    return "/".join(picks)
-
-
 def check_case(case: Case, device: torch.device, dtype: torch.dtype) -> Result:
     res = Result(case.op, str(device), dtype, case.name)
     if not _backend.has_kernel(case.op, device.type):
         res.passed, res.note = False, "no fused kernel built for this device"
-        res.auto = _auto_label(case.op, device.type, ["*"])
         return res
     worst = -1.0
     try:
         trials = case.trials(device, dtype)
         if not trials:
             res.note = "no fused kernel for this dtype on this device"
-            res.auto = _auto_label(case.op, device.type, ["*"])
             return res
-        res.auto = _auto_label(case.op, device.type, [t.auto_case for t in trials])
         for t in trials:
             fused, ref, gold = t.run("fused", False), t.run("reference", False), t.run("reference", True)
             l1 = t.l1()
@@ -297,16 +279,16 @@ def run_checks(devices: Sequence[torch.device], ops: Sequence[str] = OPS,
 
 
 _HEADER = (f"{'op':<15} {'device':<7} {'dtype':<9} {'case':<17} {'max error':>9} {'(of)':<7} "
-           f"{'tolerance':>9}  {'result':<6} auto")
+           f"{'tolerance':>9}  result")
 
 
 def format_row(r: Result) -> str:
     dtype = str(r.dtype).replace("torch.", "")
     verdict = "pass" if r.passed else "FAIL"
     if r.note:
-        return f"{r.op:<15} {r.device:<7} {dtype:<9} {r.case:<17} {r.note}  {verdict}  {r.auto}"
+        return f"{r.op:<15} {r.device:<7} {dtype:<9} {r.case:<17} {r.note}  {verdict}"
     return (f"{r.op:<15} {r.device:<7} {dtype:<9} {r.case:<17} {r.error:9.2e} {r.tensor:<7} "
-            f"{r.tolerance:9.2e}  {verdict:<6} {r.auto}")
+            f"{r.tolerance:9.2e}  {verdict}")
 
 
 def main(devices: Sequence[str], ops: Sequence[str] = OPS, out=print) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import _backend, check
-from ._device import available_devices, describe_device, resolve_device
+from ._device import available_devices, cpu_model, describe_device, resolve_device
 from .ops import auto
 from .train.trainer import STOPPED_EXIT_STATUS
 
@@ -21,8 +21,8 @@ from .train.trainer import STOPPED_EXIT_STATUS
 def cmd_info(args) -> int:
     print(f"gencore {__import__('gencore').__version__}  python {platform.python_version()}  "
           f"torch {torch.__version__}")
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, vector ISA {torch.backends.cpu.get_cpu_capability()}")
+    print(f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+          f"vector ISA {torch.backends.cpu.get_cpu_capability()}, gencore kernels {_backend.cpu_capability()}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -44,33 +44,35 @@ def cmd_info(args) -> int:
 
 
 def _print_auto_table() -> None:
-    """The auto table's rows for this machine's classes, each with what runs here and the records
-    behind it (this machine's own from `gencore bench --record`, else the project's)."""
-    from . import bench_cases, records
-    classes = {"cpu": auto.machine("cpu")}
-    if torch.cuda.is_available():
-        classes["cuda"] = auto.machine("cuda")
-    print("impl='auto' runs (gencore/ops/auto.py: fused only where a benchmark record shows it at "
-          "least as fast as the alternative on this machine class):")
-    for device, machine in classes.items():
-        local = records.medians(records.load(machine, records.local_dir()))
-        repo = records.medians(records.load(machine, records.REPO_DIR))
-        rows = [r for r in auto.RULES if r.machine == machine]
+    """Per op, device and case: what impl="auto" runs here and where that came from (your
+    records, the project's, calibrated here on DATE, a failed check, or no evidence)."""
+    from .ops import calibration
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    tune = "on" if auto.autotune_enabled() else "off (GENCORE_AUTOTUNE=0)"
+    print(f"impl='auto' (gencore/ops/auto.py): the fused kernel where it passed its check here and "
+          f"evidence about this machine shows it >= {auto.MARGIN:.2f}x the built-in's speed; "
+          f"first-use calibration {tune}; cache {calibration.cache_dir()}")
+    print("  gumbel_softmax's built-in is torch's F.gumbel_softmax: torch's noise (other samples, "
+          "the same distribution); impl='fused'/'reference' keep gencore's samples")
+    for device in devices:
+        print(f"  {device}: machine class {auto.machine(device)}")
+        for op in check.OPS:
+            outcome = calibration.check_outcome(op, device)
+            if outcome is not None:
+                verdict = "passed" if outcome["passed"] else "FAILED: " + "; ".join(outcome["failures"][:2])
+                print(f"    {op}: kernel check in a child process {outcome['when']}: {verdict}")
+        rows = auto.decisions(device)
         if not rows:
-            print(f"  {machine}: no rows: every op runs its built-in (`gencore bench --record` "
-                  f"measures this machine)")
-        for rule in rows:
-            runs = auto.pick(rule.op, device, rule.case)
-            built = _backend.has_kernel(rule.op, device)
-            runs = "fused" if runs == auto.FUSED and built else "builtin"
-            alt = bench_cases.ALTERNATIVE[rule.op]
-            source, times = ("local records", local) if all((rule.op, c, "fused") in local for c in rule.cases) \
-                else ("project records", repo)
-            ratios = [times[(rule.op, c, alt)] / times[(rule.op, c, "fused")] for c in rule.cases
-                      if (rule.op, c, "fused") in times and (rule.op, c, alt) in times]
-            evidence = (f"{alt}/fused {min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} cases "
-                        f"({source})" if ratios else (rule.note or "no record here"))
-            print(f"  {rule.op:<15} {machine:<11} {rule.case:<16} {runs:<8} {evidence}")
+            print("    no evidence yet: auto calibrates each case on first use" if auto.autotune_enabled()
+                  else "    no evidence: auto runs the built-ins")
+        for (op, case), d in rows.items():
+            ratio = (f"{d['builtin_s'] / d['fused_s']:.2f}x" if d.get("fused_s") else "")
+            where = {"calibrated": f"calibrated here {d.get('when', '')}",
+                     "project records": f"project records {d.get('when', '')} {d.get('commit', '')}",
+                     "your records": f"your records {d.get('when', '')}",
+                     "check failed": "the kernel failed its check here",
+                     "none": "no evidence"}[d["source"]]
+            print(f"    {op:<15} {case:<44} {d['pick']:<8} {ratio:>7}  {where.strip()}")
 
 
 def cmd_check(args) -> int:
@@ -198,7 +200,7 @@ def cmd_bench(args) -> int:
             print(f"gencore bench: error: {exc}", file=sys.stderr)
             return 2
         print(f"gencore bench: records written to {path}; impl='auto' follows them on this "
-              f"machine (`gencore info` shows the table)")
+              f"machine (`gencore info` shows what it runs)")
         return 0
     root = Path(__file__).resolve().parent.parent / "benchmarks"
     if not root.is_dir():
@@ -267,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", **device)
     b.add_argument("--markdown", action="store_true", help="print Markdown tables")
     b.add_argument("--record", action="store_true",
-                   help="time the auto table's cases and write this machine's benchmark records "
-                        "(impl='auto' then follows them here)")
+                   help="time the benchmark cases (gencore/bench_cases.py) and write this machine's "
+                        "records (impl='auto' then follows them here)")
     b.add_argument("--out", default=None, help="with --record: the records folder (default "
                                               "$GENCORE_RECORDS_DIR or ~/.cache/gencore/records)")
     b.add_argument("--threads", type=int, default=None, help="with --record: torch threads")

@@ -2,14 +2,16 @@
 
 A record is one implementation's time on one benchmark case, on one machine class, with what
 produced it: {"op", "case", "impl", "median_s", "iqr_s", "reps", "machine", "machine_info",
-"torch", "commit", "dirty", "sources", "bytes", "flops", "time"}. `sources` is the digest of the
-files that make up the op's kernel on that device and its Python entry point (`sources_digest`),
-so a record older than the code it measured is recognisable without reading commit dates.
+"torch", "commit", "dirty", "sources", "bytes", "flops", "time", "auto_case"}. `sources` is the
+digest of the files that make up the op's kernel on that device and its Python entry point
+(`sources_digest`), so a record older than the code it measured is recognisable without reading
+commit dates, and is no evidence. `auto_case` is the case ops/auto.py names for the benchmark's
+call: records decide that case (`decision`).
 
-Records of a machine class live in one JSON file, `<machine>.json`: the project's own under
-benchmarks/records/ (tests/test_auto.py checks the auto table against them), a user's own under
-`local_dir()` (written by `gencore bench --record`; where they cover an auto row they take
-precedence on that machine).
+Records of a machine class live in one JSON file, `<machine>.json`: the project's own inside the
+package (gencore/project_records/, so an installed wheel has them; written there only by
+`gencore bench --record --out gencore/project_records`), a user's own under `local_dir()` (written
+by `gencore bench --record`; they take precedence on that machine).
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import re
 import subprocess
 import time
@@ -26,42 +27,18 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from . import _atomic, _backend
+from . import _atomic, _device
 
 _ROOT = Path(__file__).resolve().parent
-REPO_DIR = _ROOT.parent / "benchmarks" / "records"
-# A fused median within this factor of the built-in's counts as "at least as fast": two equal
-# implementations measured in one round-robin run read 0.95-1.05 of each other on a quiet machine.
-NOISE = 0.95
-
-
-def machine_class(device_type: str, index: Optional[int] = None) -> str:
-    """"cpu-avx2", "cpu-avx512", "cpu-default" (the ISA the CPU kernels were built for; without a
-    compiled core, the CPU's own), or "cuda-sm90" etc. (the device's compute capability)."""
-    if device_type == "cpu":
-        info = _backend.build_info()
-        isa = info["cpu_capability"] if info else torch.backends.cpu.get_cpu_capability()
-        return f"cpu-{isa.lower()}"
-    if device_type == "cuda":
-        major, minor = torch.cuda.get_device_capability(index)
-        return f"cuda-sm{major}{minor}"
-    return device_type
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+PACKAGE_DIR = _ROOT / "project_records"
+machine_class = _device.machine_class
 
 
 def machine_info(device_type: str) -> dict:
     if device_type == "cuda":
         return {"gpu": torch.cuda.get_device_name(), "torch_cuda": torch.version.cuda}
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "cpu_isa": torch.backends.cpu.get_cpu_capability()}
+    return {"cpu": _device.cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cpu_isa": _device.cpu_isa_path()}
 
 
 # The files each op's kernel is made of, per device (relative to the repository root), and every
@@ -160,12 +137,12 @@ def save(records: Iterable[dict], machine: str, directory: Path) -> Path:
 
 
 def make_record(op: str, case: str, impl: str, stats: dict, device_type: str, *,
-                bytes_moved: float = 0.0, flops: float = 0.0) -> dict:
+                bytes_moved: float = 0.0, flops: float = 0.0, auto_case: Optional[str] = None) -> dict:
     return {"op": op, "case": case, "impl": impl, "median_s": stats["median"],
             "iqr_s": stats["iqr"], "reps": stats["reps"], "machine": machine_class(device_type),
             "machine_info": machine_info(device_type), **provenance(),
             "sources": sources_digest(op, device_type), "bytes": bytes_moved, "flops": flops,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "auto_case": auto_case}
 
 
 def medians(records: Iterable[dict]) -> Dict[tuple, float]:
@@ -173,44 +150,69 @@ def medians(records: Iterable[dict]) -> Dict[tuple, float]:
     return {(r["op"], r["case"], r["impl"]): r["median_s"] for r in records}
 
 
-def fused_wins(times: Dict[tuple, float], op: str, cases: Iterable[str], builtin: str) -> Optional[bool]:
-    """True where every case has both timings and fused is at least as fast as `builtin` (within
-    NOISE), False where one case shows it slower, None where a timing is missing."""
-    verdict = True
-    for case in cases:
-        fused, base = times.get((op, case, "fused")), times.get((op, case, builtin))
-        if fused is None or base is None:
-            return None
-        if fused * NOISE > base:
-            verdict = False
-    return verdict
+@functools.lru_cache(maxsize=None)
+def _digest(op: str, device_type: str) -> Optional[str]:
+    return sources_digest(op, device_type)
 
 
-def table_problems(rules, directory: Path, alternative: Dict[str, str]) -> List[str]:
-    """What is wrong between the auto table's rows and the records in `directory`: a FUSED row
-    that cites no case, a cited case without both timings, a fused median slower than the
-    alternative's, or a record older than the kernel sources it measured."""
-    problems = []
-    by_machine: Dict[str, List[dict]] = {}
-    for r in rules:
-        if r.pick != "fused":
+def is_current(record: dict) -> bool:
+    """Whether a record measured the kernel sources of this checkout (True outside a source
+    checkout, where the package's records came with its kernels)."""
+    digest = _digest(record["op"], record.get("machine", "cpu").split("-")[0])
+    return digest is None or record.get("sources") == digest
+
+
+_LOADED: Dict[tuple, List[dict]] = {}
+
+
+def _current(machine: str, directory: Path) -> List[dict]:
+    """The records of `directory` for the machine class that can decide auto: current, and
+    naming their auto case; read once per file version."""
+    path = Path(directory) / f"{machine}.json"
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return []
+    key = (str(path), stamp)
+    if key not in _LOADED:
+        _LOADED[key] = [r for r in load(machine, directory) if r.get("auto_case") and is_current(r)]
+    return _LOADED[key]
+
+
+def cases(machine: str, directory: Path) -> set:
+    """{(op, auto case)} that the current records of `directory` time."""
+    return {(r["op"], r["auto_case"]) for r in _current(machine, directory)}
+
+
+def decision(op: str, auto_case: str, builtin: str, machine: str, directory: Path,
+             margin: float) -> Optional[dict]:
+    """What the records of `directory` say auto should run for an op's case: {"pick": "fused"}
+    where every benchmark of the case has the kernel faster than `builtin` by `margin`,
+    {"pick": "builtin"} where one does not, None where no benchmark of the case has both."""
+    by_bench: Dict[str, dict] = {}
+    for r in _current(machine, directory):
+        if r["op"] == op and r["auto_case"] == auto_case and r["impl"] in ("fused", builtin):
+            by_bench.setdefault(r["case"], {})[r["impl"]] = r
+    pairs = [(b["fused"], b[builtin]) for b in by_bench.values() if "fused" in b and builtin in b]
+    if not pairs:
+        return None
+    wins = all(f["median_s"] * margin <= b["median_s"] for f, b in pairs)
+    slowest = max(pairs, key=lambda p: p[0]["median_s"] / p[1]["median_s"])
+    return {"pick": "fused" if wins else "builtin", "fused_s": slowest[0]["median_s"],
+            "builtin_s": slowest[1]["median_s"], "benchmarks": len(pairs),
+            "commit": slowest[0].get("commit", "")[:10], "when": slowest[0].get("time", "")[:10]}
+
+
+def promise_breaks(machine: str, directory: Path, slack: float = 1.05) -> List[str]:
+    """The current records where impl="auto" took more than `slack` times PyTorch's own function
+    ("torch"): DESIGN.md's promise, whatever auto picked."""
+    times = medians(_current(machine, directory))
+    out = []
+    for (op, case, impl), t in sorted(times.items()):
+        if impl != "auto" or (op, case, "torch") not in times:
             continue
-        if not r.cases:
-            problems.append(f"{r.op} {r.machine} {r.case!r}: a fused row that cites no record")
-            continue
-        recs = by_machine.setdefault(r.machine, load(r.machine, directory))
-        found = {(x["op"], x["case"], x["impl"]): x for x in recs}
-        digest = sources_digest(r.op, r.machine)
-        alt = alternative[r.op]
-        for case in r.cases:
-            fused, base = found.get((r.op, case, "fused")), found.get((r.op, case, alt))
-            if fused is None or base is None:
-                problems.append(f"{r.op} {r.machine} {r.case!r}: no fused and {alt} record of {case}")
-                continue
-            if fused["median_s"] * NOISE > base["median_s"]:
-                problems.append(f"{r.op} {r.machine} {r.case!r}: {case}: fused {fused['median_s'] * 1e6:.1f} us "
-                                f"slower than {alt} {base['median_s'] * 1e6:.1f} us")
-            if digest is not None and fused.get("sources") != digest:
-                problems.append(f"{r.op} {r.machine} {r.case!r}: the record of {case} (commit "
-                                f"{fused.get('commit', '?')[:10]}) is older than the kernel sources")
-    return problems
+        base = times[(op, case, "torch")]
+        if t > base * slack:
+            out.append(f"{machine} {case}: auto {t * 1e6:.1f} us vs torch {base * 1e6:.1f} us "
+                       f"({base / t:.2f}x)")
+    return out

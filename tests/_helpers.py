@@ -15,6 +15,26 @@ ALL_DEVICES = [
 ]
 
 
+# A Gumbel-softmax CPU kernel 1% off (more than a bfloat16 rounding): the reference's soft sample
+# scaled by 1.01. Hard one-hots stay right; their straight-through gradient, computed from that
+# soft sample, does not.
+# (Python source: run it in a child process, or as its sitecustomize; registrations cannot be undone.)
+WRONG_GUMBEL = """
+import torch
+import gencore
+from gencore.ops.reference import gumbel_softmax_reference
+
+def off_by_a_little(logits, seed_offset, tau, hard, dim):
+    soft = gumbel_softmax_reference(logits, seed_offset[0], seed_offset[1], tau, False, dim) * 1.01
+    if not hard:
+        return soft, logits.new_empty((0,))
+    return gumbel_softmax_reference(logits, seed_offset[0], seed_offset[1], tau, True, dim), soft
+
+_lib = torch.library.Library("gencore", "IMPL")
+_lib.impl("gumbel_softmax", off_by_a_little, "CPU")
+"""
+
+
 def need_fused(op: str, device: str) -> None:
     """Skips a fused-kernel test where the kernel is not built, unless GENCORE_REQUIRE_C=1 (set by
     `make test` and CI), where a missing kernel is a failure: CI must test the kernels."""
@@ -24,3 +44,14 @@ def need_fused(op: str, device: str) -> None:
     if os.environ.get("GENCORE_REQUIRE_C") == "1":
         pytest.fail(f"GENCORE_REQUIRE_C=1 but the fused {op} kernel is unavailable: {why}")
     pytest.skip(why)
+
+
+def auto_picks(monkeypatch, fused) -> None:
+    """Makes impl="auto" decide every case by `fused(op, case) -> bool` (True: the fused kernel),
+    as if records said so: a test of what follows from auto's pick brings its own evidence
+    instead of reading this machine's."""
+    from gencore.ops import auto
+    monkeypatch.setattr(auto, "decide", lambda op, device_type, case, **_: {
+        "pick": auto.FUSED if fused(op, case) else auto.BUILTIN, "source": "your records"})
+    auto.clear()
+    monkeypatch.setattr(auto, "_CHOSEN", {})

@@ -280,31 +280,26 @@ def test_builtin_path_matches_reference():
 
 
 def test_auto_case_names():
+    """auto's case for a call names the dtype, the kind and every feature present, so evidence
+    about one never decides another (the pass and size class: tests/test_auto.py)."""
     q = torch.zeros(1, 2, 16, 8)
-    assert _auto_case(q, q, True, None) == "float32 causal"
-    assert _auto_case(q, q, True, None, window=(4, 0)) == "float32 window"
-    assert _auto_case(q.bfloat16(), q, False, None, document_ids=torch.zeros(1, 16, dtype=torch.long)) == "bfloat16 documents"
-    assert _auto_case(q, q, True, None, dropout_p=0.1) == "float32 dropout"
-    assert _auto_case(q, q, False, None, attn_mask=torch.ones(1, 1, 16, 16, dtype=torch.bool)) == "float32 mask"
-    assert _auto_case(q, q, True, None, softcap=2.0) == "float32 softcap"
+    name = lambda *a, **kw: " ".join(_auto_case(*a, **kw).split()[:2])
+    assert name(q, q, True, None) == "float32 causal"
+    assert name(q, q, True, None, window=(4, 0)) == "float32 causal+window"
+    assert name(q.bfloat16(), q, False, None, document_ids=torch.zeros(1, 16, dtype=torch.long)) == "bfloat16 full+documents"
+    assert name(q, q, True, None, dropout_p=0.1) == "float32 causal+dropout"
+    assert name(q, q, False, None, attn_mask=torch.ones(1, 1, 16, 16, dtype=torch.bool)) == "float32 full+mask"
+    assert name(q, q, True, None, softcap=2.0) == "float32 causal+softcap"
     pad = torch.zeros(1, 16, dtype=torch.bool)
-    assert _auto_case(q, q, True, pad) == "float32 causal+padding"
-    assert _auto_case(q, q, False, pad) == "*"
-    assert _auto_case(q[:, :, :1], q, True, pad) == "*"
-    assert _auto_case(q, q, True, torch.zeros(1, 16, dtype=torch.bool), window=(4, 0), softcap=2.0) == \
-        "float32 window+softcap+padding"
-    assert _auto_case(q.half(), q, True, None, window=(4, 0)) == "*"
-    # decoding: the KV cache's size (B * H_kv * S_k * D elements of K) picks the row
+    assert name(q, q, True, pad) == "float32 causal+padding"
+    assert name(q, q, False, pad) == "float32 full+padding"
+    assert name(q[:, :, :1], q, True, pad) == "float32 decode+padding"
+    assert name(q, q, True, pad, window=(4, 0), softcap=2.0) == "float32 causal+window+softcap+padding"
+    assert name(q.half(), q, True, None, window=(4, 0)) == "float16 causal+window"
     one = torch.zeros(1, 2, 1, 64)
-    assert _auto_case(one, torch.zeros(1, 2, 512, 64), True, None) == "float32 decode"
-    assert _auto_case(one, torch.zeros(1, 2, 511, 64), True, None) == "float32 decode small"
-    assert _auto_case(one, torch.zeros(1, 2, 64, 64), True, pad[:, :1].expand(1, 64)) == "*"
-    # decoding with features: rows of their own (none measured yet: the built-in), not the
-    # training rows' ("float32 window" rests on 2048-token training calls)
-    assert _auto_case(one, torch.zeros(1, 2, 512, 64), True, None, window=(4, 0)) == "float32 decode+window"
-    assert _auto_case(one[:, :, :1].expand(1, 2, 4, 64), q, True, pad, softcap=2.0) == \
-        "float32 decode+softcap+padding"
-    assert _auto_case(torch.zeros(1, 2, 5, 64), q, True, None, softcap=2.0) == "float32 softcap"
+    assert name(one, torch.zeros(1, 2, 512, 64), True, None, window=(4, 0)) == "float32 decode+window"
+    assert name(one[:, :, :1].expand(1, 2, 4, 64), q, True, pad, softcap=2.0) == "float32 decode+softcap+padding"
+    assert name(torch.zeros(1, 2, 5, 64), q, True, None, softcap=2.0) == "float32 causal+softcap"
 
 
 def test_document_ids_from_cu_seqlens():

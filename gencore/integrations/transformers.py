@@ -235,23 +235,15 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return out.transpose(1, 2).contiguous(), None
 
 
-_ATTENTION_MODULE = sys.modules[ops.attention.__module__]
-
-
 _FEATURES = ("dropout_p", "window", "softcap", "document_ids", "attn_mask")
 
 
 def _auto_runs_fused(query, key, causal, kpm, args) -> bool:
-    """Whether gencore.ops.attention(impl="auto") picks the fused kernel for this call (the auto
-    table's row for its case, gencore/ops/auto.py; the case from the op's own `_auto_case`, which
-    names the features present). True where that cannot be told (a gencore whose case function
-    differs): then gencore.ops.attention decides, which is right, if slower."""
+    """Whether gencore.ops.attention(impl="auto") runs the fused kernel for this call: auto's own
+    answer (gencore/ops/auto.py), which this call would get inside the op."""
     features = {name: args[name] for name in _FEATURES if name in args}
-    try:
-        case = _ATTENTION_MODULE._auto_case(query, key, causal, kpm, **features)
-        return ops.auto.pick("attention", query.device.type, case) == ops.auto.FUSED
-    except (AttributeError, TypeError):
-        return True
+    return ops.auto.choose("attention", "auto", query.device.type, q=query, k=key, causal=causal,
+                           key_padding_mask=kpm, **features) == ops.auto.FUSED
 
 
 _SOME = object()   # stands for a tensor argument where only its presence names the case
@@ -259,30 +251,25 @@ _MAY_RUN_FUSED: dict = {}
 
 
 def _may_run_fused(query, key, softcap, dropout) -> bool:
-    """Whether auto picks the fused kernel for a call like this one with any of the arguments a
+    """Whether auto may run the fused kernel for a call like this one with any of the arguments a
     mask can become (causal or not; key padding, window, documents, a dense mask or none): a
-    dictionary read after the first call of a kind. True where that cannot be told."""
-    try:
-        # what the case name can depend on besides the mask: dtype, device, decoding and the KV
-        # cache's size class (ops/attention.py's _auto_case), softcap, dropout; read cheaply (this
-        # runs in every layer)
-        B, _, Sq, D = query.shape
-        _, Hkv, Sk, _ = key.shape
-        big = B * Hkv * Sk * D >= _ATTENTION_MODULE._SMALL_DECODE
-        kind = (query.dtype, query.is_cpu, query.is_cuda, Sq <= 4, big, softcap is not None,
-                bool(dropout))
-        known = _MAY_RUN_FUSED.get(kind)
-        if known is None:
-            known = _MAY_RUN_FUSED[kind] = any(
-                _auto_runs_fused(query, key, causal, kpm, {
-                    name: value for name, value in (
-                        ("window", window), ("document_ids", docs), ("attn_mask", dense),
-                        ("softcap", softcap), ("dropout_p", dropout or None)) if value is not None})
-                for causal in (True, False) for kpm in (None, _SOME) for window in (None, (1, 0))
-                for docs in (None, _SOME) for dense in (None, _SOME))
-        return known
-    except (AttributeError, TypeError, ValueError):
-        return True
+    dictionary read after the first call of a kind. True where auto has yet to decide (it
+    calibrates on the real call)."""
+    B, H, Sq, D = query.shape
+    work = B * H * Sq * key.shape[2] * D
+    kind = (query.dtype, query.is_cpu, query.is_cuda, Sq <= 4, (work.bit_length() - 1) // 2, D,
+            softcap is not None, bool(dropout), query.requires_grad and torch.is_grad_enabled())
+    cached = _MAY_RUN_FUSED.get(kind)
+    if cached is not None and cached[0] == ops.auto.generation():
+        return cached[1]
+    known = any(
+        ops.auto.peek("attention", query.device.type, q=query, k=key, causal=causal,
+                      key_padding_mask=kpm, window=window, document_ids=docs, attn_mask=dense,
+                      softcap=softcap, dropout_p=float(dropout or 0.0)) != ops.auto.BUILTIN
+        for causal in (True, False) for kpm in (None, _SOME) for window in (None, (1, 0))
+        for docs in (None, _SOME) for dense in (None, _SOME))
+    _MAY_RUN_FUSED[kind] = (ops.auto.generation(), known)
+    return known
 
 
 def _unmappable(query, key, value, kwargs) -> Optional[str]:

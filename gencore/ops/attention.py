@@ -184,8 +184,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     window = None if left < 0 and right < 0 else (left, right)
     features = dict(dropout_p=dropout_p, window=window, softcap=softcap,
                     document_ids=document_ids, attn_mask=attn_mask)
-    case = _auto_case(q, k, causal, key_padding_mask, **features) if impl == "auto" else "*"
-    choice = auto.resolve("attention", impl, q.device.type, case, builtin_name="sdpa")
+    choice = auto.choose("attention", impl, q.device.type, q=q, k=k, causal=causal,
+                         key_padding_mask=key_padding_mask, **features)
     if choice == auto.BUILTIN:
         return attention_sdpa(q, k, v, causal, key_padding_mask, scale, generator=generator, **features)
     seed_offset = philox_seed_offset(generator) if dropout_p > 0 else None
@@ -199,8 +199,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 
 # (global reads, not attribute chains, per call)
 _sdpa, _Tensor, _is_compiling = F.scaled_dot_product_attention, torch.Tensor, torch.compiler.is_compiling
-# (dtype, on CPU, causal, decoding) -> whether auto runs SDPA for such a call.
-_BUILTIN_CALLS: dict = {}
+_choose, _BUILTIN = auto.choose, auto.BUILTIN
 
 
 def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal) -> Optional[bool]:
@@ -218,14 +217,11 @@ def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal) -> Optional[bool]:
         return None
     # CPU calls only (q.device costs more than the rest together): there Python's cost is the
     # call's; a GPU call's runs ahead of the device anyway.
-    key = (q.dtype, q.is_cpu, causal is True, 0 if Sq > 4 else 1 + (B * Hk * Sk * D >= _SMALL_DECODE))
-    builtin = _BUILTIN_CALLS.get(key)
-    if builtin is None:
-        if not q.is_cpu or q.dtype not in _FLOATING or (causal is not True and causal is not False):
-            return None
-        case = _auto_case(q, k, causal, None)
-        builtin = _BUILTIN_CALLS[key] = auto.pick("attention", "cpu", case) == auto.BUILTIN
-    return (causal is True and Sq > 1) if builtin else None
+    if not q.is_cpu or (causal is not True and causal is not False):
+        return None
+    if _choose("attention", "auto", "cpu", q=q, k=k, causal=causal) == _BUILTIN:
+        return causal is True and Sq > 1
+    return None
 
 
 def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
@@ -240,45 +236,66 @@ def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: Optional[int] 
     return (torch.searchsorted(cu[1:], pos, right=True))[None, :]
 
 
-# KV-cache decoding splits at this many elements of K (B * H_kv * S_k * D): below it a call is a
-# few microseconds of fixed cost, where the fused kernel does not pay on every machine.
-_SMALL_DECODE = 65536
+# -- what auto sees (ops/auto.py) -------------------------------------------------------------------
+
+def _trains(q: torch.Tensor, k: torch.Tensor) -> bool:
+    return (q.requires_grad or k.requires_grad) and torch.is_grad_enabled()
 
 
-def _auto_case(q: torch.Tensor, k: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor], *,
+def _auto_key(q, k, causal, key_padding_mask=None, dropout_p=0.0, window=None, softcap=None,
+              document_ids=None, attn_mask=None):
+    B, H, Sq, D = q.shape
+    work = B * H * Sq * k.shape[2] * D
+    return (q.dtype, q.is_cuda, Sq <= 4, causal is True, key_padding_mask is None, dropout_p > 0,
+            window is None, softcap is None, document_ids is None, attn_mask is None,
+            _trains(q, k), (work.bit_length() - 1) // 2, D)
+
+
+def _auto_case(q: torch.Tensor, k: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor] = None,
                dropout_p: float = 0.0, window=None, softcap=None, document_ids=None,
-               attn_mask=None) -> str:
-    """The row of the auto table (ops/auto.py) a call falls in.
-
-    Without the keyword features: "<dtype> decode" (at most 4 queries against a KV cache of at
-    least _SMALL_DECODE elements of K), "<dtype> decode small" (a smaller cache), "<dtype> causal",
-    "<dtype> causal+padding" (a padded training batch), or "*" (the rest: no mask at all, or key
-    padding alone, decoding included). With them: "<dtype> " and the features present joined by
-    "+" in this order: decode (at most 4 queries), mask, documents, window, softcap, dropout, then
-    padding for a key padding mask ("float32 window", "bfloat16 decode+window+softcap",
-    "float32 documents+dropout+padding"). Causal is not part of these names."""
-    name = _CASE_DTYPES.get(q.dtype)
-    decode = q.shape[2] <= 4
-    features = [f for f, on in (("mask", attn_mask is not None), ("documents", document_ids is not None),
-                                ("window", window is not None), ("softcap", softcap is not None),
-                                ("dropout", dropout_p > 0)) if on]
-    if name is None:
-        return "*"
-    if features:
-        if key_padding_mask is not None:
-            features.append("padding")
-        return f"{name} {'decode+' if decode else ''}{'+'.join(features)}"
-    if decode:
-        if key_padding_mask is not None:
-            return "*"
-        B, Hkv, Sk, D = k.shape
-        return f"{name} decode" if B * Hkv * Sk * D >= _SMALL_DECODE else f"{name} decode small"
-    if not causal:
-        return "*"
-    return f"{name} causal" if key_padding_mask is None else f"{name} causal+padding"
+               attn_mask=None) -> Optional[str]:
+    """The case auto names for a call: "<dtype> <kind>[+<features>] <pass> <size class>", the kind
+    being decode (at most 4 queries), causal or full, the features those present in this order:
+    mask, documents, window, softcap, dropout, padding (a key padding mask); the pass fwd or
+    fwd+bwd; the size class that of B * H * S_q * S_k * D. E.g. "float32 causal fwd+bwd 1G-4G",
+    "bfloat16 decode+window fwd 1M-4M". None for a CUDA call the kernel does not run (dtype or
+    head dim, `cuda_kernel_covers`)."""
+    B, H, Sq, D = q.shape
+    if q.is_cuda and not cuda_kernel_covers(q.dtype, D):
+        return None
+    parts = ["decode" if Sq <= 4 else ("causal" if causal else "full")]
+    parts += [f for f, on in (("mask", attn_mask is not None), ("documents", document_ids is not None),
+                              ("window", window is not None), ("softcap", softcap is not None),
+                              ("dropout", dropout_p > 0), ("padding", key_padding_mask is not None)) if on]
+    dtype = str(q.dtype).replace("torch.", "")
+    size = auto.size_class(B * H * Sq * k.shape[2] * D)
+    return f"{dtype} {'+'.join(parts)} {'fwd+bwd' if _trains(q, k) else 'fwd'} {size}"
 
 
-_CASE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+def _auto_calls(device_type, q, k, causal, key_padding_mask=None, dropout_p=0.0, window=None,
+                softcap=None, document_ids=None, attn_mask=None):
+    """The call's own shapes and masks, fresh random q, k, v: fused against SDPA."""
+    dev, dtype = q.device, q.dtype
+    qi, ki, vi = (torch.randn(t.shape, device=dev).to(dtype) for t in (q, k, k))
+    kw = dict(causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p, window=window,
+              softcap=softcap, document_ids=document_ids, attn_mask=attn_mask)
+    if not _trains(q, k):
+        def forward(impl):
+            def call():
+                with torch.no_grad():
+                    attention(qi, ki, vi, impl=impl, **kw)
+            return call
+        return {"fused": forward("fused"), "builtin": forward("sdpa")}
+    leaves = [t.requires_grad_(True) for t in (qi, ki, vi)]
+    dout = torch.randn(q.shape, device=dev).to(dtype)
+
+    def train(impl):
+        def call():
+            for t in leaves:
+                t.grad = None
+            attention(*leaves, impl=impl, **kw).backward(dout)
+        return call
+    return {"fused": train("fused"), "builtin": train("sdpa")}
 
 
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -360,8 +377,8 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         mask = torch.ones(Sq, Sk, dtype=torch.bool, device=query.device).tril()[None, None]
         causal = False
     if impl == "auto":
-        case = _auto_case(query, key, causal, None, dropout_p=float(dropout_p), attn_mask=mask)
-        if auto.resolve("attention", impl, query.device.type, case, builtin_name="sdpa") == auto.BUILTIN:
+        if auto.choose("attention", impl, query.device.type, q=query, k=key, causal=causal,
+                       dropout_p=float(dropout_p), attn_mask=mask) == auto.BUILTIN:
             return _torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
         impl = "fused"
     return attention(query, key, value, causal=causal, scale=scale, dropout_p=dropout_p,
@@ -442,6 +459,7 @@ def _backward(ctx, grad_out, _grad_lse):
     return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
 
 
+auto.register("attention", key=_auto_key, case=_auto_case, calls=_auto_calls, builtin="sdpa")
 _backend.register_autograd_and_fake(
     "attention", fake=_fake_forward, setup_context=_setup_context, backward=_backward)
 _backend.register_fake("attention_backward", _fake_backward)

@@ -1,170 +1,151 @@
-"""What `impl="auto"` runs: one table, per op, machine class and case, each row resting on
-benchmark records.
+"""What `impl="auto"` runs: the one place that names a call's case and answers, from evidence
+about this machine, whether the fused kernel or the built-in runs it.
 
-DESIGN.md's rule: auto is never slower than PyTorch. It takes the fused kernel only where a record
-of the project's benchmarks (benchmarks/records/<machine>.json, made by `gencore bench --record`
-from gencore/bench_cases.py) shows it at least as fast as what auto would run instead, on that
-machine class and case; everywhere else it runs:
-- attention: `F.scaled_dot_product_attention` (ops/attention.py's `attention_sdpa`),
-- gan_loss: the composed built-ins (the reference: softplus, relu, means),
-- gumbel_softmax: the reference, since no built-in draws gencore's counter-based noise
-  (`F.gumbel_softmax` samples other noise, so it cannot stand in for the op).
+DESIGN.md's rule: auto is never slower than PyTorch. It runs the fused kernel for a case only
+where the kernel has passed its check on this machine and evidence about this machine shows it
+faster than the built-in beyond the noise margin (`MARGIN`); everywhere else the built-in with the
+op's semantics (attention: `F.scaled_dot_product_attention`; gan_loss: the composed built-ins;
+gumbel_softmax: torch's own `F.gumbel_softmax`, which draws torch's noise, not gencore's).
 
-Machine classes: "cpu-avx2", "cpu-avx512", "cpu-default" (the ISA the CPU kernels were built
-for) and "cuda-sm80", "cuda-sm90", ...: a measurement on one is no evidence for another. A class
-with no row of its own runs the built-in. Each row names the bench cases it rests on (`cases`);
-tests/test_auto.py fails when a FUSED row's records show the fused median slower, when a FUSED
-row cites no record, or when a record is older than the kernel sources it measured.
+A case is what an op's `case` function names for a call: dtype, features, pass (fwd or fwd+bwd)
+and a size class (powers of 4 of the work), e.g. "float32 causal fwd+bwd 1G-4G". Evidence for a
+case, in order (`decide`):
+1. the user's records (`gencore bench --record`, gencore.records.local_dir()),
+2. the project's records for this machine class, shipped in the package (gencore/records/),
+3. this machine's calibration cache (gencore/ops/calibration.py, keyed by CPU model or GPU,
+   threads, torch, ISA path and the kernel sources),
+4. a first-use calibration: the op's `gencore check` cases in a child process (once per op and
+   device), then the kernel timed against the built-in on the call's own shapes, about a second;
+   its answer goes to the cache,
+5. none (calibration off: GENCORE_AUTOTUNE=0 or `set_autotune(False)`): the built-in.
 
-A user's own records (`gencore bench --record`, written to gencore.records.local_dir()) take
-precedence on that machine: where they time every case of a row, the row's pick follows them.
-`gencore info` prints the table and what this machine runs.
+Records and cache entries older than the kernel sources they measured are no evidence.
+`gencore info` prints, per op, device and case, what auto runs and where that came from.
 """
 from __future__ import annotations
 
-import warnings
-from typing import Dict, NamedTuple, Tuple
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
 
 import torch
 
-from .. import _backend
+from .. import _backend, _device
 
 FUSED, BUILTIN, REFERENCE = "fused", "builtin", "reference"
+# The fused kernel is picked only where it is at least this much faster than the built-in: two
+# equal implementations timed in one round-robin run read within 0.95-1.05 of each other.
+MARGIN = 1.05
 
 
-class Rule(NamedTuple):
+@dataclass(frozen=True)
+class OpSpec:
+    """How auto sees one op (registered by the op's own module).
+
+    key(**facts): a cheap hashable of what the pick depends on (the per-call cache key).
+    case(**facts): the case's name (dtype, features, pass, size class): evidence is kept per name;
+        None for a call the kernel does not cover (auto runs the built-in).
+    calls(device, **facts): {"fused": f, "builtin": f} zero-argument calls that time this case
+        on the call's own shapes (fresh random inputs; the call's masks where it has some).
+    builtin: the op's impl name for its built-in ("sdpa", "torch", "builtin"): what records call
+        the alternative to the kernel.
+    """
     op: str
-    machine: str              # machine class, e.g. "cpu-avx2", "cuda-sm90"
-    case: str                 # a case name the op computes for a call, or "*" for the rest
-    pick: str                 # FUSED or BUILTIN
-    cases: Tuple[str, ...]    # the bench case ids (gencore/bench_cases.py) the pick rests on
-    note: str = ""            # for a BUILTIN row without records: why
+    key: Callable[..., tuple]
+    case: Callable[..., str]
+    calls: Callable[..., Dict[str, Callable[[], object]]]
+    builtin: str
 
 
-def _ids(op: str, device: str, case: str, shapes, mode: str) -> Tuple[str, ...]:
-    return tuple(f"{op}/{device}/{case}/{s}/{mode}" for s in shapes)
+_SPECS: Dict[str, OpSpec] = {}
+_CHOSEN: Dict[tuple, str] = {}        # (op, device type, key) -> FUSED or BUILTIN
+_BY_CASE: Dict[tuple, dict] = {}      # (op, device type, case) -> the decision with its source
+_LOCK = threading.RLock()
+_UNDECIDED: set = set()               # (op, device type, case) with no evidence yet
+_generation = [0]                     # counts the decisions made since start (see generation())
+_autotune: Optional[bool] = None      # None: GENCORE_AUTOTUNE decides
 
 
-_TRAIN = ("B8-H8-Sq512-Sk512-D64", "B4-H8-Sq256-Sk256-D64", "B12-H4-Sq64-Sk64-D32")
-_GQA_TRAIN = ("B4-H8-Hkv2-Sq256-Sk256-D64", "B8-H4-Hkv2-Sq256-Sk256-D32")  # grouped-query
-_DECODE = ("B1-H8-Sq1-Sk128-D64", "B1-H12-Sq1-Sk1024-D64", "B8-H12-Sq1-Sk1024-D64",
-           "B8-H12-Sq1-Sk64-D64", "B1-H12-Sq1-Sk4096-D64")
-_DECODE_SMALL = ("B1-H4-Sq1-Sk64-D32", "B1-H4-Sq1-Sk128-D32", "B4-H4-Sq1-Sk64-D32")
-_GUMBEL = tuple(f"gumbel_softmax/cpu/*/{s}/{m}" for s in ("64x100", "256x32000", "1280x5000")
-                for m in ("fwd", "fwd+bwd"))
-_GAN = _ids("gan_loss", "cpu", "*", ("bce-discriminator-n64", "bce-discriminator-n4096",
-                                     "bce-discriminator-n1048576"), "fwd+bwd")
-_CPU_ATTENTION = {
-    "float32 causal": _ids("attention", "cpu", "float32 causal", _TRAIN + _GQA_TRAIN, "fwd+bwd"),
-    "bfloat16 causal": _ids("attention", "cpu", "bfloat16 causal", _TRAIN + _GQA_TRAIN, "fwd+bwd"),
-    "float32 decode": _ids("attention", "cpu", "float32 decode", _DECODE, "fwd"),
-    "bfloat16 decode": _ids("attention", "cpu", "bfloat16 decode", _DECODE, "fwd"),
-    "float32 decode small": _ids("attention", "cpu", "float32 decode small", _DECODE_SMALL, "fwd"),
-    "bfloat16 decode small": _ids("attention", "cpu", "bfloat16 decode small", _DECODE_SMALL, "fwd"),
-    "*": _ids("attention", "cpu", "float32 full", _TRAIN[1:], "fwd+bwd"),
-}
-# The keyword features (issue 20): one case each, the built-in being SDPA with the equivalent mask
-# (window, bool mask), SDPA's own dropout, SDPA on the same tokens padded per document, or the
-# eager composition for soft-capped scores (no built-in caps them); a padded causal batch too,
-# with and without dropout.
-_FEATURES = {"window": "B1-H8-Sq2048-Sk2048-D64-w256", "documents": "B1-H8-Sq2048-Sk2048-D64-docs4",
-             "dropout": "B8-H8-Sq512-Sk512-D64-p0.1", "mask": "B2-H8-Sq1024-Sk1024-D64-prefix",
-             "softcap": "B4-H8-Sq512-Sk512-D64-cap50", "window+softcap": "B1-H8-Sq2048-Sk2048-D64-w256-cap50",
-             "causal+padding": "B8-H8-Sq512-Sk512-D64-pad", "dropout+padding": "B8-H8-Sq512-Sk512-D64-pad-p0.1"}
-for _dtype in ("float32", "bfloat16"):
-    for _name, _shape in _FEATURES.items():
-        _CPU_ATTENTION[f"{_dtype} {_name}"] = _ids("attention", "cpu", f"{_dtype} {_name}", (_shape,), "fwd+bwd")
+def register(op: str, *, key, case, calls, builtin: str = "builtin") -> None:
+    _SPECS[op] = OpSpec(op, key, case, calls, builtin)
 
-_NO_GPU = ("no record: this kernel has not run on a GPU since it was written (no GPU lent since "
-           "the tensor-core rewrite)")
 
-RULES = (
-    # AVX2 (2-core AMD EPYC): benchmarks/records/cpu-avx2.json.
-    Rule("gumbel_softmax", "cpu-avx2", "*", FUSED, _GUMBEL),
-    Rule("gan_loss", "cpu-avx2", "*", FUSED, _GAN),
-    Rule("attention", "cpu-avx2", "float32 causal", FUSED, _CPU_ATTENTION["float32 causal"]),
-    Rule("attention", "cpu-avx2", "bfloat16 causal", FUSED, _CPU_ATTENTION["bfloat16 causal"]),
-    Rule("attention", "cpu-avx2", "float32 decode", BUILTIN, _CPU_ATTENTION["float32 decode"]),
-    Rule("attention", "cpu-avx2", "bfloat16 decode", FUSED, _CPU_ATTENTION["bfloat16 decode"]),
-    Rule("attention", "cpu-avx2", "float32 decode small", BUILTIN, _CPU_ATTENTION["float32 decode small"]),
-    Rule("attention", "cpu-avx2", "bfloat16 decode small", BUILTIN, _CPU_ATTENTION["bfloat16 decode small"]),
-    Rule("attention", "cpu-avx2", "*", BUILTIN, _CPU_ATTENTION["*"]),
-    *(Rule("attention", "cpu-avx2", f"{d} {f}", FUSED, _CPU_ATTENTION[f"{d} {f}"])
-      for d in ("float32", "bfloat16") for f in _FEATURES),
-    # AVX-512: no record of the current kernels yet (the machines of this session were AVX2):
-    # the built-ins until one is made (`gencore bench --record --out benchmarks/records`).
-    *(Rule(op, "cpu-avx512", "*", BUILTIN, (), "no record of the current kernels on AVX-512")
-      for op in ("gumbel_softmax", "gan_loss", "attention")),
-    *(Rule(op, f"cuda-sm{arch}", "*", BUILTIN, (), _NO_GPU)
-      for arch in (80, 90) for op in ("gumbel_softmax", "gan_loss", "attention")),
-)
+def builtin_impl(op: str) -> str:
+    """The impl name of the op's built-in (what records compare the kernel with)."""
+    return _SPECS[op].builtin
 
-_TABLE: Dict[tuple, Rule] = {(r.op, r.machine, r.case): r for r in RULES}
-_MACHINE: Dict[str, str] = {}       # device type -> machine class, filled on first use
-_PICKS: Dict[tuple, str] = {}       # (op, device type, case) -> pick, after local records
+
+def set_autotune(enabled: Optional[bool]) -> None:
+    """Turns first-use calibration on or off for this process (None: back to GENCORE_AUTOTUNE).
+    Off, auto decides from records and the calibration cache only: deterministic."""
+    global _autotune
+    _autotune = enabled
+    clear()
+
+
+def autotune_enabled() -> bool:
+    if _autotune is not None:
+        return _autotune
+    return os.environ.get("GENCORE_AUTOTUNE", "1") != "0"
+
+
+def clear() -> None:
+    """Forgets this process's decisions (they are made again from the evidence on next use)."""
+    _CHOSEN.clear()
+    _BY_CASE.clear()
+    _UNDECIDED.clear()
+    _generation[0] += 1
+
+
+def generation() -> int:
+    """A number that changes whenever a decision is made or forgotten: a caller that caches what
+    it derived from `peek` keeps it while this stays the same."""
+    return _generation[0]
 
 
 def machine(device_type: str) -> str:
-    """This process's machine class for a device type (CUDA: the current device's)."""
-    m = _MACHINE.get(device_type)
-    if m is None:
-        from .. import records
-        m = _MACHINE[device_type] = records.machine_class(device_type)
-    return m
+    return _device.machine_class(device_type)
 
 
-def rule(op: str, machine_class: str, case: str = "*"):
-    """The table's row for a call, or None (the built-in)."""
-    return _TABLE.get((op, machine_class, case)) or _TABLE.get((op, machine_class, "*"))
+def size_class(n: int) -> str:
+    """The power-of-4 range a size falls in: 4096 -> "4K-16K", 5000 -> "4K-16K"."""
+    k = max(0, (max(int(n), 1).bit_length() - 1) // 2)
+    return f"{_short(4 ** k)}-{_short(4 ** (k + 1))}"
 
 
-def _local_pick(r: Rule, device_type: str):
-    """The pick a user's own records make for the row, or None where they do not time it all."""
-    from .. import bench_cases, records
-    if not r.cases:
-        return None
-    try:
-        times = records.medians(records.load(r.machine, records.local_dir()))
-    except ValueError as exc:
-        warnings.warn(f"gencore: ignoring local benchmark records: {exc}", RuntimeWarning)
-        return None
-    wins = records.fused_wins(times, r.op, r.cases, bench_cases.ALTERNATIVE[r.op])
-    return None if wins is None else (FUSED if wins else BUILTIN)
+def _short(n: int) -> str:
+    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= unit:
+            return f"{n // unit}{suffix}"
+    return str(n)
 
 
-# A constant under torch.compile: traced code gets the pick eager code gets, without tracing the
-# records' file reads.
-@torch.compiler.assume_constant_result
-def pick(op: str, device_type: str, case: str = "*") -> str:
-    """FUSED or BUILTIN: what auto runs for this op, device type and case on this machine."""
-    key = (op, device_type, case)
-    choice = _PICKS.get(key)
-    if choice is None:
-        if device_type not in ("cpu", "cuda"):
-            choice = BUILTIN
-        else:
-            r = rule(op, machine(device_type), case)
-            choice = BUILTIN if r is None else (_local_pick(r, device_type) or r.pick)
-        _PICKS[key] = choice
-    return choice
+def case_name(op: str, **facts) -> str:
+    return _SPECS[op].case(**facts)
 
 
-def resolve(op: str, impl: str, device_type: str, case: str = "*",
-            builtin_name: str = "builtin") -> str:
+# -- the decision --------------------------------------------------------------------------------
+
+def choose(op: str, impl: str, device_type: str, **facts) -> str:
     """What one call runs: FUSED, BUILTIN or REFERENCE.
 
-    impl is "auto", "fused", "reference" or the op's name for its built-in (`builtin_name`, e.g.
-    "sdpa" for attention). "fused" demands the compiled kernel (a clear error without it); "auto"
-    follows the table, and where the table says fused but this build has no kernel for the device,
-    runs the built-in with one warning (see _backend.warn_fallback).
-    """
+    impl is "auto", "fused", "reference" or the op's built-in name ("sdpa" for attention, "torch"
+    for gumbel_softmax, "builtin" for gan_loss). "fused" demands the compiled kernel (a clear
+    error without it); "auto" decides from the evidence (see the module docstring), once per call
+    key and process: after the first call of a kind this is a dictionary read."""
     if impl == "auto":
-        if pick(op, device_type, case) == BUILTIN:
-            return BUILTIN
-        if _backend.has_kernel(op, device_type):
-            return FUSED
-        _backend.warn_fallback(op, device_type)
-        return BUILTIN
+        spec = _SPECS[op]
+        if torch.compiler.is_compiling():  # traced code gets the pick eager code has, no I/O
+            case = spec.case(**facts)
+            if case is None or not _backend.has_kernel(op, device_type):
+                return BUILTIN
+            return _known(op, device_type, case)
+        key = (op, device_type, spec.key(**facts))
+        pick = _CHOSEN.get(key)
+        if pick is None:
+            pick = _CHOSEN[key] = FUSED if _pick(spec, device_type, facts) == FUSED else BUILTIN
+        return pick
     if impl == "fused":
         if _backend.has_kernel(op, device_type):
             return FUSED
@@ -172,7 +153,106 @@ def resolve(op: str, impl: str, device_type: str, case: str = "*",
         raise RuntimeError(f"gencore.ops: impl='fused' asked for {op} on {device_type}, but {why}")
     if impl == "reference":
         return REFERENCE
-    if impl == builtin_name:
+    spec = _SPECS[op]
+    if impl == spec.builtin:
         return BUILTIN
-    names = ("auto", "fused", "reference") + ((builtin_name,) if builtin_name != "builtin" else ())
+    names = ("auto", "fused", "reference", spec.builtin)
     raise ValueError(f"impl must be one of {', '.join(repr(n) for n in names)}, got {impl!r}")
+
+
+@torch.compiler.assume_constant_result
+def _known(op: str, device_type: str, case: str) -> str:
+    found = _BY_CASE.get((op, device_type, case))
+    if found is None:
+        found = decide(op, device_type, case, calibrate=False)
+    return found["pick"]
+
+
+def _pick(spec: OpSpec, device_type: str, facts: dict) -> str:
+    if device_type not in ("cpu", "cuda"):
+        return BUILTIN
+    if not _backend.has_kernel(spec.op, device_type):
+        _backend.warn_fallback(spec.op, device_type)
+        return BUILTIN
+    case = spec.case(**facts)
+    if case is None:  # a call the kernel does not cover (e.g. float32 attention on CUDA)
+        return BUILTIN
+    found = _BY_CASE.get((spec.op, device_type, case))
+    if found is None:
+        found = decide(spec.op, device_type, case, facts=facts)
+    return found["pick"]
+
+
+def peek(op: str, device_type: str, **facts) -> Optional[str]:
+    """What auto would run for such a call from the evidence at hand, without calibrating: FUSED,
+    BUILTIN, or None where a calibration would decide (auto is on and there is no evidence)."""
+    if device_type not in ("cpu", "cuda") or not _backend.has_kernel(op, device_type):
+        return BUILTIN
+    spec = _SPECS[op]
+    key = (op, device_type, spec.key(**facts))
+    if key in _CHOSEN:
+        return _CHOSEN[key]
+    case = spec.case(**facts)
+    if case is None:
+        return BUILTIN
+    found = decide(op, device_type, case, calibrate=False)
+    if found["source"] == "none" and autotune_enabled():
+        return None
+    return found["pick"]
+
+
+def decide(op: str, device_type: str, case: str, *, facts: Optional[dict] = None,
+           calibrate: bool = True) -> dict:
+    """The decision for a case, from the first evidence found (module docstring): a dict with
+    "pick", "source" ("your records", "project records", "calibrated", "check failed", "none"),
+    and where timed, "fused_s" and "builtin_s". Calibrates only with `facts` and autotune on."""
+    from .. import records
+    from . import calibration
+    memo = (op, device_type, case)
+    found = _BY_CASE.get(memo)
+    if found is not None:
+        return found
+    if memo in _UNDECIDED and not (calibrate and facts is not None and autotune_enabled()):
+        return {"pick": BUILTIN, "source": "none"}
+    spec = _SPECS[op]
+    with _LOCK:
+        cls = machine(device_type)
+        found = None
+        for source, directory in (("your records", records.local_dir()),
+                                  ("project records", records.PACKAGE_DIR)):
+            found = records.decision(op, case, spec.builtin, cls, directory, MARGIN)
+            if found is not None:
+                found["source"] = source
+                break
+        if found is None:
+            found = calibration.cached(op, device_type, case)
+        if found is None and calibrate and facts is not None and autotune_enabled():
+            found = calibration.calibrate(spec, device_type, case, facts, MARGIN)
+        if found is None:
+            found = {"pick": BUILTIN, "source": "none"}
+        if found["source"] == "none" and not calibrate:
+            _UNDECIDED.add(memo)
+        else:
+            _UNDECIDED.discard(memo)
+            _BY_CASE[memo] = found
+            _generation[0] += 1
+    return found
+
+
+def decisions(device_type: str) -> Dict[tuple, dict]:
+    """Every decision this process knows or can find for the device type, {(op, case): decision}:
+    the cases with records (yours, the project's) or calibrated here, and those used so far."""
+    from .. import records
+    from . import calibration
+    out = {}
+    cls = machine(device_type)
+    cases = set()
+    for directory in (records.local_dir(), records.PACKAGE_DIR):
+        cases |= records.cases(cls, directory)
+    cases |= set(calibration.cached_cases(device_type))
+    cases |= {(op, case) for (op, dev, case) in _BY_CASE if dev == device_type}
+    for op, case in sorted(cases):
+        if op in _SPECS:
+            out[(op, case)] = decide(op, device_type, case, calibrate=False)
+    return out
+

@@ -26,9 +26,7 @@ _REDUCTION = {r: i for i, r in enumerate(REDUCTIONS)}
 _FAKE_ONLY_CODES = frozenset((_KIND[k], _ROLE[r]) for k, r in FAKE_ONLY)
 _CODES = {(k, r, red): (_KIND[k], _ROLE[r], _REDUCTION[red])
           for k in KINDS for r in ROLES for red in REDUCTIONS}
-# (impl, device type) pairs that resolved to the kernel: such a call tries the kernel first,
-# before any Python-side check.
-_fused_ok = set()
+_Tensor, _is_compiling = torch.Tensor, torch.compiler.is_compiling
 
 
 def _check(real_logits, fake_logits, kind, role, reduction) -> None:
@@ -87,30 +85,56 @@ def gan_loss(real_logits: Optional[torch.Tensor], fake_logits: torch.Tensor, kin
         role: "discriminator" or "generator".
         reduction: "mean" (each term averaged over its own tensor, then added), "sum", or "none"
             (the per-element loss; not for ragan).
-        impl: "auto" (the fused kernel where built and measured faster, else the composed
-            built-ins of the reference: see gencore/ops/auto.py), "fused", "reference".
+        impl: "auto" (the fused kernel where it passed its check here and evidence about this
+            machine shows it faster, else the composed built-ins of the reference: see
+            gencore/ops/auto.py), "fused", "reference", or "builtin" (the composed built-ins).
 
     Returns the loss in the logits' dtype (float32 math; float64 for float64), a scalar unless
     reduction is "none". Gradients flow to both inputs. See reference/gan_loss.py for formulas.
     """
-    # Fast path (GAN losses run on tiny tensors, where Python costs more than the kernel): once the
-    # kernel has run, call it directly; it checks everything again in C++. Any error sends the call
-    # down the checked path, which raises the clear Python error or falls back to the reference.
-    if _fused_ok and not torch.compiler.is_compiling():
-        codes = _CODES.get((kind, role, reduction))
-        where = getattr(getattr(fake_logits, "device", None), "type", None)
-        if codes is not None and (impl, where) in _fused_ok:
+    # Fast path (GAN losses run on tiny tensors, where Python costs more than the kernel): where
+    # auto picks the kernel, call it before any Python-side check; it checks everything again in
+    # C++, and any error sends the call down the checked path, which raises the clear error.
+    codes = _CODES.get((kind, role, reduction))
+    if codes is not None and type(fake_logits) is _Tensor and not _is_compiling():
+        if auto.choose("gan_loss", impl, fake_logits.device.type, fake_logits=fake_logits) == auto.FUSED:
             try:
                 return torch.ops.gencore.gan_loss.default(real_logits, fake_logits, *codes)[0]
             except (RuntimeError, TypeError):
                 pass
     _check(real_logits, fake_logits, kind, role, reduction)
-    dev = fake_logits.device.type
-    if (impl, dev) in _fused_ok or auto.resolve("gan_loss", impl, dev) == auto.FUSED:
-        _fused_ok.add((impl, dev))
+    if auto.choose("gan_loss", impl, fake_logits.device.type, fake_logits=fake_logits) == auto.FUSED:
         return torch.ops.gencore.gan_loss.default(
             real_logits, fake_logits, _KIND[kind], _ROLE[role], _REDUCTION[reduction])[0]
     return gan_loss_reference(real_logits, fake_logits, kind, role, reduction)
+
+
+# -- what auto sees (ops/auto.py): the size of the fake logits, the pass ------------------------------
+
+def _auto_key(fake_logits):
+    return fake_logits.dtype, (fake_logits.numel().bit_length() - 1) // 2
+
+
+def _auto_case(fake_logits) -> str:
+    dtype = str(fake_logits.dtype).replace("torch.", "")
+    return f"{dtype} fwd+bwd {auto.size_class(fake_logits.numel())}"
+
+
+def _auto_calls(device_type, fake_logits):
+    """The discriminator's non-saturating loss on real and fake logits of the call's size."""
+    n = fake_logits.numel()
+    real, fake = ((torch.randn(n, device=fake_logits.device) * 2).to(fake_logits.dtype).requires_grad_(True)
+                  for _ in range(2))
+
+    def call(impl):
+        def run():
+            real.grad = fake.grad = None
+            gan_loss(real, fake, "bce", "discriminator", impl=impl).backward()
+        return run
+    return {"fused": call("fused"), "builtin": call("builtin")}
+
+
+auto.register("gan_loss", key=_auto_key, case=_auto_case, calls=_auto_calls, builtin="builtin")
 
 
 # -- torch.library: fake kernel for the compiled op ---------------------------------

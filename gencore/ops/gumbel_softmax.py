@@ -3,6 +3,8 @@
 The fused kernels (csrc/cpu/gumbel_softmax.cpp, csrc/cuda/gumbel_softmax*.cu) generate the noise
 in-kernel with Philox keyed by (seed, offset, element index), so they match the reference
 (reference/gumbel_softmax.py) sample for sample: soft outputs to rounding, hard one-hots exactly.
+Where impl="auto" does not run the kernel it runs torch's own `F.gumbel_softmax` (impl="torch"):
+the same distribution drawn with torch's RNG, so other samples than gencore's.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import operator
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .. import _backend
 from . import auto
@@ -56,20 +59,81 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
         dim: the category dimension.
         generator: torch generator for the noise; default: torch's default CPU generator, so
             `torch.manual_seed` repeats runs and CPU and CUDA give the same samples.
-        impl: "auto" (the fused kernel where built and measured faster, else the reference: see
-            gencore/ops/auto.py), "fused", "reference".
+        impl: "auto" (the fused kernel where it passed its check here and evidence about this
+            machine shows it faster than torch's, else torch's `F.gumbel_softmax`: see
+            gencore/ops/auto.py), "fused", "reference", or "torch". "fused" and "reference" draw
+            gencore's counter-based noise (the same samples on every device for a seed); "torch",
+            and "auto" where it runs torch's, draw torch's noise: the same distribution, other
+            samples (and torch's `exponential_`, not gencore's never-infinite noise).
 
     Returns a tensor of the shape and dtype of `logits`. Math is float32 (float64 for float64).
     Rows holding NaN or +inf, or only -inf, come out as NaN rows, as with torch.softmax.
     """
     dim = _check(logits, tau, dim)
-    seed_offset = philox_seed_offset(generator)
     if logits.numel() == 0:
         return logits.clone()  # empty in, empty out (still attached to the graph)
-    if auto.resolve("gumbel_softmax", impl, logits.device.type) == auto.FUSED:
+    choice = auto.choose("gumbel_softmax", impl, logits.device.type, logits=logits, tau=tau,
+                         hard=hard, dim=dim)
+    if choice == auto.BUILTIN:
+        return gumbel_softmax_torch(logits, tau, hard, dim, generator)
+    seed_offset = philox_seed_offset(generator)
+    if choice == auto.FUSED:
         out, _ = torch.ops.gencore.gumbel_softmax(logits, seed_offset, float(tau), bool(hard), dim)
         return out
     return gumbel_softmax_reference(logits, seed_offset[0], seed_offset[1], tau, hard, dim)
+
+
+def gumbel_softmax_torch(logits: torch.Tensor, tau: float, hard: bool, dim: int,
+                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """torch's Gumbel-softmax (`F.gumbel_softmax`), with `generator` where one is given."""
+    if generator is None:
+        return F.gumbel_softmax(logits, tau=tau, hard=hard, dim=dim)
+    noise = -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(
+        generator=generator).log()
+    soft = ((logits + noise) / tau).softmax(dim)
+    if not hard:
+        return soft
+    index = soft.argmax(dim, keepdim=True)
+    return torch.zeros_like(soft).scatter_(dim, index, 1.0) - soft.detach() + soft
+
+
+# -- what auto sees (ops/auto.py) -------------------------------------------------------------------
+
+def _trains(t: torch.Tensor) -> bool:
+    return t.requires_grad and torch.is_grad_enabled()
+
+
+def _auto_key(logits, **_):
+    return logits.dtype, (logits.numel().bit_length() - 1) // 2, _trains(logits)
+
+
+def _auto_case(logits, **_) -> str:
+    dtype = str(logits.dtype).replace("torch.", "")
+    return f"{dtype} {'fwd+bwd' if _trains(logits) else 'fwd'} {auto.size_class(logits.numel())}"
+
+
+def _auto_calls(device_type, logits, tau=1.0, hard=False, dim=-1):
+    x = torch.randn(logits.shape, device=logits.device).to(logits.dtype)
+    impls = {"fused": lambda t: gumbel_softmax(t, tau, hard, dim, impl="fused"),
+             "builtin": lambda t: gumbel_softmax_torch(t, tau, hard, dim)}
+    if not _trains(logits):
+        def forward(fn):
+            def call():
+                with torch.no_grad():
+                    fn(x)
+            return call
+        return {name: forward(fn) for name, fn in impls.items()}
+    leaf, grad = x.clone().requires_grad_(True), torch.randn_like(x)
+
+    def train(fn):
+        def call():
+            leaf.grad = None
+            fn(leaf).backward(grad)
+        return call
+    return {name: train(fn) for name, fn in impls.items()}
+
+
+auto.register("gumbel_softmax", key=_auto_key, case=_auto_case, calls=_auto_calls, builtin="torch")
 
 
 # -- torch.library: fake kernels and autograd for the compiled op ---------------------------------

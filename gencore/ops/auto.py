@@ -218,8 +218,7 @@ def decide(op: str, device_type: str, case: str, *, facts: Optional[dict] = None
     with _LOCK:
         cls = machine(device_type)
         found = None
-        for source, directory in (("your records", records.local_dir()),
-                                  ("project records", records.PACKAGE_DIR)):
+        for source, directory in _record_folders():
             found = records.decision(op, case, spec.builtin, cls, directory, MARGIN)
             if found is not None:
                 found["source"] = source
@@ -239,6 +238,16 @@ def decide(op: str, device_type: str, case: str, *, facts: Optional[dict] = None
     return found
 
 
+def _record_folders():
+    """(source, folder) of the records auto reads, in order; GENCORE_PROJECT_RECORDS=0 leaves out
+    the project's (to see what a machine class never measured gets)."""
+    from .. import records
+    folders = [("your records", records.local_dir())]
+    if os.environ.get("GENCORE_PROJECT_RECORDS", "1") != "0":
+        folders.append(("project records", records.PACKAGE_DIR))
+    return folders
+
+
 def decisions(device_type: str) -> Dict[tuple, dict]:
     """Every decision this process knows or can find for the device type, {(op, case): decision}:
     the cases with records (yours, the project's) or calibrated here, and those used so far."""
@@ -247,7 +256,7 @@ def decisions(device_type: str) -> Dict[tuple, dict]:
     out = {}
     cls = machine(device_type)
     cases = set()
-    for directory in (records.local_dir(), records.PACKAGE_DIR):
+    for _, directory in _record_folders():
         cases |= records.cases(cls, directory)
     cases |= set(calibration.cached_cases(device_type))
     cases |= {(op, case) for (op, dev, case) in _BY_CASE if dev == device_type}

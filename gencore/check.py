@@ -29,11 +29,11 @@ import torch
 from . import _backend
 from .ops import attention, gan_loss, gumbel_softmax
 from .ops.attention import cuda_kernel_covers
-from .ops.reference.gan_loss import FAKE_ONLY, KINDS, ROLES
+from .ops.reference.gan_loss import FAKE_ONLY, KINDS, ROLES, loss_terms
 from .ops.reference.attention import attention_reference
 from .ops.reference.gumbel_softmax import gumbel_noise
 from .ops.rng import philox_seed_offset
-from .tolerance import FACTOR, attention_l1, max_abs_err, softmax_l1, within_2x
+from .tolerance import FACTOR, attention_l1, loss_l1, max_abs_err, softmax_l1, within_2x
 
 __all__ = ["CASES", "DTYPES", "FACTOR", "OPS", "Result", "check_case", "main", "run_checks"]
 
@@ -197,11 +197,14 @@ def _gan(kind: str):
                 loss = gan_loss(ri, fi, kind, role, red, impl=impl)
                 return _grads(loss, {"real": ri, "fake": fi}, up.double() if gold else up)
 
-            def l1(run=run, real=real, fake=fake):  # sigmoid(x) rounds its exponent: 1 + |x|
+            def l1(run=run, real=real, fake=fake, role=role, red=red):  # sigmoid(x) rounds its exponent: 1 + |x|
                 gold = run("reference", True)
                 sizes = {"dfake": gold["dfake"].abs() * (1 + fake.double().abs())}
                 if real is not None:
                     sizes["dreal"] = gold["dreal"].abs() * (1 + real.double().abs())
+                # The loss is a sum: sized by its terms, not its result (they cancel: loss_l1).
+                ri, fi = _leaf(real, True), _leaf(fake, True)
+                sizes["out"] = loss_l1(loss_terms(ri, fi, kind, role), [x for x in (ri, fi) if x is not None], red)
                 return sizes
             out.append(Trial(run, l1=l1))
         return out

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _toy import lm_setup  # noqa: E402
 
 from gencore.recipes import build_run, get_recipe, load_run, resolve_config  # noqa: E402
+from gencore.tolerance import within_2x  # noqa: E402
 from gencore.train import (STOPPED_EXIT_STATUS, CheckpointError, CheckpointManager,  # noqa: E402
                            Trainer, TrainerConfig, load_checkpoint)
 
@@ -65,11 +66,25 @@ def test_ddp_fsdp_and_dcp_resume_across_world_sizes(tmp_path):
         assert _vals(run) == pytest.approx(ref, rel=1e-4), run
     assert CheckpointManager(fsdp / "checkpoints").list()[-1][1].is_dir()
     assert (ddp / "checkpoints" / "ckpt-00000006.pt").is_file()
-    # the sharded checkpoint, loaded by one process, holds the weights DDP trained
+    # The sharded checkpoint, loaded by one process, holds the weights DDP trained, up to float32
+    # rounding: FSDP2 and DDP take the same steps on the same global batch, but the gradient norm
+    # for clipping sums its squares in another order (per shard, then across processes; without
+    # clipping the two runs end bitwise equal), and training amplifies a rounding difference by
+    # an amount that depends on the machine: Muon orthogonalises in bfloat16 where the CPU has
+    # native bf16 (AVX512-BF16), turning a one-ulp float32 difference into bf16 roundings (2^-8)
+    # of the update: 2.1e-5 after 6 steps on Zen 4, 6e-8 with float32 Newton-Schulz (AVX2). So the
+    # bound is measured here, by the 2x rule: the one-process run reorders the same sums (one batch
+    # instead of two halves, 1.2e-6 to 2.7e-4 from DDP per tensor on Zen 4), and FSDP2 must be at
+    # most twice as far from DDP, plus one float32 rounding of each weight. Measured: at most 0.33
+    # of that distance on Zen 4 with either Newton-Schulz dtype; a skipped gradient sync (FSDP2's
+    # reduce-scatter keeping each process's own shard) moves the weights by 7e-3 to 3e-2.
     _, _, t = load_run(fsdp, device="cpu")
+    _, _, alone = load_run(one, device="cpu")
+    alone = alone.modules["model"].state_dict()
     saved = load_checkpoint(ddp / "checkpoints" / "ckpt-00000006.pt")["modules"]["model"]
     for k, v in t.modules["model"].state_dict().items():
-        torch.testing.assert_close(v, saved[k], rtol=1e-4, atol=1e-5)
+        verdict = within_2x(saved[k], alone[k], v)
+        assert verdict.passed, (k, verdict)
     # 2 -> 1 and fsdp -> ddp: resumed at step 4 by one process, without sharding
     _keep_until(fsdp, tmp_path / "fsdp-to-1", 4)
     p = _gencore(tmp_path / "fsdp-to-1", "parallel=ddp", resume=True)

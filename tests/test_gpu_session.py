@@ -17,7 +17,7 @@ def steps():
 def test_step_limits_fit_the_budget():
     budget = int(re.search(r"^BUDGET=(\d+)$", SCRIPT.read_text(), re.M).group(1))
     assert budget <= 540
-    assert len(steps()) == 8 and sum(limit for _, limit in steps()) <= budget, steps()
+    assert len(steps()) == 9 and sum(limit for _, limit in steps()) <= budget, steps()
 
 
 def test_dry_run_prints_a_summary_line_per_step(tmp_path):

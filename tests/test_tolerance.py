@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from gencore.tolerance import accumulation_eps, attention_l1, within_2x
+from gencore.ops.reference.gan_loss import loss_terms
+from gencore.tolerance import accumulation_eps, attention_l1, loss_l1, within_2x
 from test_attention import make, probs, ref, run
 
 
@@ -46,3 +47,45 @@ def test_real_errors_fail():
 def test_accumulation_eps():
     assert accumulation_eps(torch.bfloat16) == torch.finfo(torch.float32).eps
     assert accumulation_eps(torch.float64) == torch.finfo(torch.float64).eps
+
+
+def _lanes_mean(t: torch.Tensor, lanes: int) -> torch.Tensor:
+    """The fused gan_loss's order for a mean: `lanes` running sums, folded by halves, / n."""
+    flat = torch.cat([t.reshape(-1), t.new_zeros(-t.numel() % lanes)]).reshape(-1, lanes)
+    acc = t.new_zeros(lanes)
+    for row in flat:
+        acc = acc + row
+    while acc.numel() > 1:
+        acc = acc[: acc.numel() // 2] + acc[acc.numel() // 2:]
+    return acc[0] / t.numel()
+
+
+def test_a_cancelling_sum_is_sized_by_its_terms():
+    # gencore check's float64 wasserstein generator mean (issue 31): -fake over 60 logits is 0.0311
+    # while sum |t| / n is 2.02. Two summation orders of the same terms, 4 lanes (AVX2's kernel;
+    # torch's mean lands on the same bits on Zen 4) and 8 (AVX-512's), land 3.1e-17 apart; sized by
+    # |loss| the slack allowed 1.4e-17, sized by the terms it passes, and an error of 1e-6
+    # relative still fails by orders of magnitude. Pure float64 adds: the same on every ISA.
+    fake = (torch.randn((4, 1, 3, 5), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+            * 3).requires_grad_(True)
+    four, eight = _lanes_mean(-fake.detach(), 4), _lanes_mean(-fake.detach(), 8)
+    assert 0 < (four - eight).abs() < 1e-16
+    assert not within_2x(four, four, eight).passed
+    l1 = loss_l1(loss_terms(None, fake, "wasserstein", "generator"), [fake], "mean")
+    assert l1 > 60 * four.abs()
+    assert within_2x(four, four, eight, l1).passed
+    assert not within_2x(four, four, eight * (1 + 1e-6), l1).passed
+
+
+def test_loss_l1_reductions():
+    # "none": element by element (|t_r| + |t_f| and their arguments' roundings); "sum" the total;
+    # "mean" each side over its own count.
+    g = torch.Generator().manual_seed(0)
+    r, f = (torch.randn(5, 7, generator=g, dtype=torch.float64).requires_grad_(True) for _ in range(2))
+    terms = loss_terms(r, f, "hinge", "discriminator")
+    none = loss_l1(terms, [r, f], "none")
+    assert none.shape == (5, 7) and (none >= sum(t.detach().abs() for t in terms)).all()
+    total = loss_l1(loss_terms(r, f, "hinge", "discriminator"), [r, f], "sum")
+    torch.testing.assert_close(total, none.sum())
+    mean = loss_l1(loss_terms(r, f, "hinge", "discriminator"), [r, f], "mean")
+    torch.testing.assert_close(mean, none.sum() / 35)

@@ -12,6 +12,9 @@
 #   2. the CUDA tests (argument errors included)        6. Gumbel-softmax / GAN-loss check + timings
 #   3. compute-sanitizer memcheck                       7. gencore check (every kernel vs reference)
 #   4. compute-sanitizer racecheck                      8. the GPT-2-small train step, auto/fused/sdpa
+#                                                       9. auto's first use on CUDA: each op's check in
+#                                                          a child process, then calibration, then
+#                                                          auto vs torch (benchmarks/auto_first_use.py)
 # One summary line per step is printed (and appended to $OUT/summary.txt) as the step finishes; the
 # whole summary comes again at the end. No CPU timings: every step times the GPU only. Record the
 # figures in benchmarks/RESULTS.md with the device named. GENCORE_SESSION_DRY=1 runs the script's
@@ -53,11 +56,11 @@ if [ "$DRY" != 1 ]; then
   cat "$OUT/device.txt"
 fi
 
-# Limits: 90 + 120 + 60 + 60 + 70 + 40 + 30 + 40 = 510 s (tests/test_gpu_session.py keeps the sum
-# within BUDGET).
+# Limits: 90 + 100 + 60 + 60 + 70 + 40 + 30 + 40 + 50 = 540 s (tests/test_gpu_session.py keeps the
+# sum within BUDGET).
 step build 90 env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 GENCORE_CUDA=1 \
   python3 setup.py build_ext --inplace || { echo "=== summary"; printf '%s\n' "${summary[@]}"; exit 1; }
-step tests 120 python3 -m pytest -q -p no:cacheprovider -n 8 -k cuda tests
+step tests 100 python3 -m pytest -q -p no:cacheprovider -n 8 -k cuda tests
 step memcheck 60 compute-sanitizer --tool memcheck \
   python3 -m pytest -q -p no:cacheprovider tests/test_attention.py -k test_cuda_mma_small
 step racecheck 60 compute-sanitizer --tool racecheck --racecheck-report hazard \
@@ -66,6 +69,8 @@ step attention 70 python3 benchmarks/gpu/attention_check.py --quick --json "$OUT
 step ops 40 python3 benchmarks/gpu/ops_check.py --device cuda
 step check 30 python3 -m gencore check --device cuda
 step gpt 40 python3 benchmarks/bench_gpt.py --device cuda --rounds 5
+step autotune 50 python3 benchmarks/auto_first_use.py --device cuda \
+  -k "bfloat16 causal/B8-H8-Sq512" "1280x5000/fwd+bwd" "n4096"
 
 echo "=== summary ($((SECONDS - start)) s of ${BUDGET})"
 printf '%s\n' "${summary[@]}"

@@ -33,7 +33,11 @@ REDUCTIONS = ("none", "mean", "sum")
 FAKE_ONLY = {("bce", "generator"), ("hinge", "generator"), ("wasserstein", "generator")}
 
 
-def _terms(r: Optional[torch.Tensor], f: torch.Tensor, kind: str, disc: bool):
+def loss_terms(r: Optional[torch.Tensor], f: torch.Tensor, kind: str, role: str):
+    """The loss of `kind` for `role` before its reduction: a list of elementwise terms (one per
+    side), in the dtype of r and f. The reference adds their reductions; `gencore check` sizes
+    its tolerance by them (gencore.tolerance.loss_l1)."""
+    disc = role == "discriminator"
     sp = F.softplus
     if kind == "bce":
         return [sp(-r), sp(f)] if disc else [sp(-f)]
@@ -56,7 +60,7 @@ def gan_loss_reference(real_logits: Optional[torch.Tensor], fake_logits: torch.T
     acc = torch.float64 if fake_logits.dtype == torch.float64 else torch.float32
     f = fake_logits.to(acc)
     r = None if (kind, role) in FAKE_ONLY else real_logits.to(acc)
-    terms = _terms(r, f, kind, role == "discriminator")
+    terms = loss_terms(r, f, kind, role)
     if reduction == "none":
         out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
     elif reduction == "mean":

@@ -174,7 +174,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     """
     if (impl == "auto" and key_padding_mask is scale is window is softcap is document_ids is attn_mask is None
             and not dropout_p and type(q) is _Tensor and type(k) is _Tensor and not _is_compiling()):
-        fast = _fast_builtin(q, k, causal)
+        call = (q.shape, k.shape, q.dtype, causal, q.requires_grad, _grad_enabled())
+        fast = _FAST.get(call, _MISSING)
+        if fast is _MISSING:
+            fast = _fast_builtin(q, k, causal, call)
         if fast is not None:  # SDPA's own checks stand in for ours: the same call would pass them
             return _sdpa(q, k, v, is_causal=True) if fast else _sdpa(q, k, v)
     scale = _check(q, k, v, key_padding_mask, scale)
@@ -199,15 +202,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 
 # (global reads, not attribute chains, per call)
 _sdpa, _Tensor, _is_compiling = F.scaled_dot_product_attention, torch.Tensor, torch.compiler.is_compiling
-_choose, _BUILTIN = auto.choose, auto.BUILTIN
+_choose, _BUILTIN, _grad_enabled = auto.choose, auto.BUILTIN, torch.is_grad_enabled
+# The fast path's memo of auto's answer per call shape (auto forgets it with its decisions):
+# (q.shape, k.shape, dtype, causal, q.requires_grad, grad mode) -> SDPA's is_causal, or None for
+# the checked path. At a decoding step of a few microseconds, auto's own key would cost more.
+_FAST: dict = {}
+_MISSING = object()
 
 
-def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal) -> Optional[bool]:
+def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal, call: tuple) -> Optional[bool]:
     """For a call with no mask, feature or scale that auto sends to SDPA and whose semantics are
     SDPA's own (equal head counts; causal only where gencore's bottom-right mask is torch's
     is_causal or no mask at all): the is_causal to call SDPA with. None: take the checked path.
-    This path is the whole cost of auto for a decoding step (about a microsecond, on a call of
-    10 us and more), so it reads as few attributes as it can."""
+    The answer is kept in _FAST under `call`, so the next call of that shape reads one dict."""
     try:
         B, H, Sq, D = q.shape
         _, Hk, Sk, _ = k.shape
@@ -219,9 +226,13 @@ def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal) -> Optional[bool]:
     # call's; a GPU call's runs ahead of the device anyway.
     if not q.is_cpu or (causal is not True and causal is not False):
         return None
+    fast = None
     if _choose("attention", "auto", "cpu", q=q, k=k, causal=causal) == _BUILTIN:
-        return causal is True and Sq > 1
-    return None
+        fast = causal is True and Sq > 1
+    if len(_FAST) > 4096:  # a long generation makes a shape per step: keep the memo small
+        _FAST.clear()
+    _FAST[call] = fast
+    return fast
 
 
 def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
@@ -459,7 +470,8 @@ def _backward(ctx, grad_out, _grad_lse):
     return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
 
 
-auto.register("attention", key=_auto_key, case=_auto_case, calls=_auto_calls, builtin="sdpa")
+auto.register("attention", key=_auto_key, case=_auto_case, calls=_auto_calls, builtin="sdpa",
+              memo=_FAST)
 _backend.register_autograd_and_fake(
     "attention", fake=_fake_forward, setup_context=_setup_context, backward=_backward)
 _backend.register_fake("attention_backward", _fake_backward)

@@ -67,8 +67,15 @@ _generation = [0]                     # counts the decisions made since start (s
 _autotune: Optional[bool] = None      # None: GENCORE_AUTOTUNE decides
 
 
-def register(op: str, *, key, case, calls, builtin: str = "builtin") -> None:
+_MEMOS: list = []                     # ops' own memos of choose's answers (cleared with it)
+
+
+def register(op: str, *, key, case, calls, builtin: str = "builtin", memo: Optional[dict] = None) -> None:
+    """Registers an op with auto. `memo`: a dict where the op keeps choose's answers by a key of
+    its own (a fast path's), cleared whenever auto forgets its decisions."""
     _SPECS[op] = OpSpec(op, key, case, calls, builtin)
+    if memo is not None:
+        _MEMOS.append(memo)
 
 
 def builtin_impl(op: str) -> str:
@@ -95,6 +102,8 @@ def clear() -> None:
     _CHOSEN.clear()
     _BY_CASE.clear()
     _UNDECIDED.clear()
+    for memo in _MEMOS:
+        memo.clear()
     _generation[0] += 1
 
 

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(__file__))
 from _toy import lm_setup  # noqa: E402
 
-from gencore.recipes import build_run, get_recipe, load_run, resolve_config  # noqa: E402
+from gencore.recipes import build_run, get_recipe, load_run, resolve_settings  # noqa: E402
 from gencore.tolerance import within_2x  # noqa: E402
 from gencore.train import (STOPPED_EXIT_STATUS, CheckpointError, CheckpointManager,  # noqa: E402
                            Trainer, TrainerConfig, load_checkpoint)
@@ -28,7 +28,8 @@ SCRIPT = ROOT / "tests" / "_train_toy.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 RUN = [sys.executable, "-m", "torch.distributed.run"]
 GPT = ["n_layer=2", "n_head=2", "n_embd=32", "block_size=16", "batch_size=4", "val_every=2",
-       "val_batches=2", "eval_batches=2", "sample_tokens=20", "warmup_steps=1", "precision=fp32"]
+       "ckpt_every=1", "val_batches=2", "eval_batches=2", "sample_tokens=20", "warmup_steps=1",
+       "precision=fp32"]
 
 
 def _gencore(out, *args, procs=1, steps=6, resume=False):
@@ -220,7 +221,7 @@ class _CountReads(TorchDispatchMode):
 def test_at_most_one_host_read_per_logging_interval(optimizer):
     recipe = get_recipe("gpt-text")
     overrides = dict(a.split("=") for a in GPT)
-    config = resolve_config(recipe, {**overrides, "optimizer": optimizer, "steps": "20"})
+    config = resolve_settings(recipe, {**overrides, "optimizer": optimizer, "steps": "20"})
     plan, t = build_run(recipe, config, "cpu", log=lambda m: None, out_dir=None, log_every=5,
                         val_every=None, sample_every=None, ckpt_every=None, progress="none")
     step_fn = plan.task.training_step

@@ -68,7 +68,7 @@ def test_mlp_kinds(kind):
     m = tiny(mlp=kind)
     mlp = m.blocks[0].mlp
     hidden = 4 * 32 if kind != "swiglu" else 86  # ceil(8/3 * 32): the params of the 4x MLP
-    assert m.config.mlp_hidden == hidden and mlp.fc.weight.shape == (hidden, 32)
+    assert m.config.hidden == hidden and mlp.fc.weight.shape == (hidden, 32)
     assert mlp.proj.weight.shape == (32, hidden)
     assert (mlp.gate is None) == (kind != "swiglu")
     n_mlp = sum(p.numel() for p in mlp.parameters())
@@ -410,13 +410,13 @@ def test_lm_task_muon_groups():
 def test_recipe_smoke(tmp_path, name, extra):
     from gencore.recipes import build_run
     from gencore.recipes.gpt import RECIPES
+    from gencore.recipes import resolve_settings
     recipe = {r.name: r for r in RECIPES}[name]
-    assert {"steps", "seed", "batch_size"} <= set(recipe.defaults)
-    for key, value in {**recipe.demo, **extra}.items():
-        assert key in recipe.defaults and type(value) is type(recipe.defaults[key])
-    config = {**recipe.defaults, **extra, "steps": 4, "batch_size": 4, "n_layer": 1, "n_embd": 32,
-              "block_size": 16, "val_batches": 2, "eval_batches": 2, "sample_tokens": 16}
-    plan, trainer = build_run(recipe, config, out_dir=str(tmp_path), progress="none")
+    settings = resolve_settings(recipe, {**extra, "steps": 4, "batch_size": 4, "n_layer": 1,
+                                         "n_embd": 32, "block_size": 16, "val_batches": 2,
+                                         "eval_batches": 2, "sample_tokens": 16})
+    assert settings.model.n_layer == 1 and settings.trainer.precision == "auto"
+    plan, trainer = build_run(recipe, settings, out_dir=str(tmp_path), progress="none")
     summary = trainer.fit()
     assert summary["step"] == 4 and math.isfinite(summary["val"]["val_loss"])
     metrics = plan.task.evaluate()
@@ -432,10 +432,11 @@ def test_recipe_resume_is_exact(tmp_path):
     of an uninterrupted run (fused AdamW state, data stream and RNG all restored)."""
     from gencore.recipes import build_run
     from gencore.recipes.gpt import RECIPES
+    from gencore.recipes import resolve_settings
     recipe = {r.name: r for r in RECIPES}["gpt-text"]
-    config = {**recipe.defaults, "steps": 6, "batch_size": 4, "n_layer": 1, "n_embd": 32,
-              "block_size": 16, "val_batches": 1, "eval_batches": 1, "sample_tokens": 8,
-              "dropout": 0.1, "warmup_steps": 2}
+    config = resolve_settings(recipe, {
+        "steps": 6, "batch_size": 4, "n_layer": 1, "n_embd": 32, "block_size": 16,
+        "val_batches": 1, "eval_batches": 1, "sample_tokens": 8, "dropout": 0.1, "warmup_steps": 2})
 
     def trainer(out, **kw):
         plan, t = build_run(recipe, config, out_dir=str(out), progress="none", ckpt_every=3, **kw)

@@ -287,7 +287,7 @@ def test_bf16_autocast_trains(tmp_path):
 
 
 def test_config_errors_list_valid_values(tmp_path):
-    with pytest.raises(ValueError, match=r"precision='fp8'.*\['fp32', 'bf16', 'fp16'\]"):
+    with pytest.raises(ValueError, match=r"precision='fp8'.*\['fp32', 'bf16', 'fp16', 'auto'\]"):
         TrainerConfig(max_steps=1, precision="fp8").validate()
     with pytest.raises(ValueError, match="nonfinite"):
         TrainerConfig(max_steps=1, nonfinite="ignore").validate()

@@ -125,7 +125,7 @@ class LanguageModelTask(Task):
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor], step: int):
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self.training_module("model")(x, y)
         return {"loss": loss}
 
     def validation_step(self, batch: Tuple[torch.Tensor, torch.Tensor]):

@@ -66,7 +66,7 @@ def test_demo_writes_report_with_every_section(tmp_path, capsys):
     demo, = tmp_path.glob("demo-*")  # the demo's own new folder
     html = (demo / "report.html").read_text()
     for part in ('id="summary"', 'id="run-toy-char"', "Loss curves", "<svg", "<polyline",
-                 "Metrics", "floor (real data", "Samples", "<pre>"):
+                 "Metrics", "floor (real data", "Samples", "<pre>", "commit ", "command: "):
         assert part in html, part
     assert json.loads((demo / "toy-char" / "results.json").read_text())["steps"] == 6
     assert str((demo / "report.html").resolve()) in capsys.readouterr().out

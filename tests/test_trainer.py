@@ -294,7 +294,7 @@ def test_config_errors_list_valid_values(tmp_path):
     with pytest.raises(ValueError, match="max_steps"):
         TrainerConfig(max_steps=0).validate()
     task, train, val = lm_setup()
-    with pytest.raises(ValueError, match="exactly one optimizer"):
+    with pytest.raises(ValueError, match="must not share parameters"):
         task.configure_optimizers = lambda: {"a": torch.optim.SGD(task.model.parameters(), 0.1),
                                              "b": torch.optim.SGD(task.model.parameters(), 0.1)}
         Trainer(task, TrainerConfig(max_steps=1), train).setup()

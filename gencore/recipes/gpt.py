@@ -46,7 +46,8 @@ class GPTSettings(RecipeSettings):
     """The gpt recipes' settings: the model's GPTConfig and the TrainerConfig as they are, and
     the optimizer, evaluation and sampling of LanguageModelTask."""
     model: GPTConfig = setting(help="the model", factory=GPTConfig)
-    optimizer: str = setting("adamw", "muon: Muon for the hidden matrices, AdamW for the rest",
+    optimizer: str = setting("adamw", "muon: gencore's Muon for the hidden matrices, AdamW for "
+                                      "the rest; muon_torch: torch.optim.Muon + fused AdamW",
                              choices=OPTIMIZERS)
     lr: float = setting(1e-3, "peak learning rate (every parameter group)")
     weight_decay: float = setting(0.1, "decoupled weight decay of the matrices and embeddings")

@@ -122,7 +122,7 @@ class Parallel:
     world_size == 1 of the same code.
 
     - replicated (`mode="ddp"`): every process holds the whole model. A module that the task's
-      one optimizer steps is wrapped in `DistributedDataParallel` (`wrapped[name]`, what
+      optimizers step after its one backward per step is wrapped in `DistributedDataParallel` (`wrapped[name]`, what
       `Task.training_module(name)` returns), whose forward arms the bucketed all-reduce that
       averages the gradients while the backward still runs. Under accumulation every micro-batch
       but the last sets `require_backward_grad_sync = False` before its forward, as nanoGPT's
@@ -132,10 +132,10 @@ class Parallel:
       `set_requires_gradient_sync`. Checkpoints: torch.distributed.checkpoint (DCP), at any
       world size, so that a run moves between 1 and N processes.
 
-    Tasks with several optimizers (GANs: `automatic_optimization = False`) are replicated
-    without DDP, for three reasons in their steps: R1's penalty takes gradients of gradients
-    (`torch.autograd.grad(create_graph=True)` inside the discriminator's step), which DDP's
-    reducer does not support; the text GAN's generator is used through methods other than
+    Tasks that step their optimizers themselves (GANs: `automatic_optimization = False`) are
+    replicated without DDP, for three reasons in their steps: R1's penalty takes gradients of
+    gradients (`torch.autograd.grad(create_graph=True)` inside the discriminator's step), which
+    DDP's reducer does not support; the text GAN's generator is used through methods other than
     forward (`gumbel_sample`, `mle_loss`), and DDP only prepares its reducer in forward; and the
     discriminator runs, frozen, inside the generator's step, so one module takes part in
     backwards that must and must not average its gradients. So after each optimizer's backward,
@@ -178,7 +178,7 @@ class Parallel:
 
     def wrap(self, modules: Dict[str, nn.Module], stepped: Iterable[str], automatic: bool) -> None:
         """Replicated, several processes: the modules an optimizer steps (`stepped`) in DDP when
-        the task has one optimizer (`automatic`), else kept for `average_gradients`."""
+        the task takes one backward per step (`automatic`), else kept for `average_gradients`."""
         if self.world_size == 1 or self.sharded:
             return
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -5,9 +5,9 @@ A task owns its modules and says how one training step goes. Two styles:
 - automatic (`automatic_optimization = True`, the default): `training_step(batch, step)` calls
   its modules as `self.training_module(name)(...)` (under several processes: the DDP wrapper)
   and returns a dict with a scalar `'loss'` tensor (and any other numbers to log); the Trainer
-  does backward
-  (with gradient accumulation), the cross-process gradient average, clipping, the optimizer step
-  (`configure_optimizers` must return exactly one optimizer), LR schedule and EMA updates.
+  does backward (with gradient accumulation), the cross-process gradient average, clipping (the
+  global norm), the step of every optimizer (`configure_optimizers`: one, or several over
+  disjoint parameters, e.g. torch's Muon and AdamW), LR schedules and EMA updates.
 - manual (`automatic_optimization = False`, e.g. a GAN with two optimizers): `training_step`
   calls `self.trainer.optimizer_step(name, loss)` for each update it wants; the Trainer still does
   the NaN/inf guard, backward (with the GradScaler for fp16), gradient average, clipping and step.

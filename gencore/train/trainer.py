@@ -259,10 +259,11 @@ class Trainer:
         self.parallel.place(self.modules, task.automatic_optimization, self.precision)
         self._container = nn.ModuleDict(self.modules)  # one tree of names for DCP
         self.optimizers = dict(task.configure_optimizers())
-        if task.automatic_optimization and len(self.optimizers) != 1:
-            raise ValueError(f"automatic optimization needs exactly one optimizer, the task "
-                             f"has {sorted(self.optimizers)}; set automatic_optimization = "
-                             "False and call trainer.optimizer_step(name, loss) for several")
+        if task.automatic_optimization and self._shared_params():
+            raise ValueError(f"automatic optimization steps every optimizer after the one "
+                             f"backward, so they must not share parameters; the task's "
+                             f"{sorted(self.optimizers)} do. Set automatic_optimization = False "
+                             "and call trainer.optimizer_step(name, loss) for each")
         if not task.automatic_optimization and cfg.grad_accum != 1:
             raise ValueError("grad_accum > 1 needs automatic optimization (a manual task "
                              "accumulates itself)")
@@ -275,6 +276,10 @@ class Trainer:
                              for n in self.optimizers}
         stepped = dict.fromkeys(mn for names in self._opt_modules.values() for mn in names)
         self.parallel.wrap(self.modules, stepped, task.automatic_optimization)
+
+    def _shared_params(self) -> bool:
+        ids = [id(p) for o in self.optimizers.values() for g in o.param_groups for p in g["params"]]
+        return len(ids) != len(set(ids))
 
     def _new_guard(self) -> Dict[str, torch.Tensor]:
         """The NaN/inf guard's counters, on the device (read at logging intervals)."""
@@ -489,20 +494,22 @@ class Trainer:
                 else contextlib.nullcontext():
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward(**kw)
 
-    def _apply(self, name: str, bad: torch.Tensor) -> torch.Tensor:
-        """Clip, guard and step optimizer `name` (gradients already averaged). `bad`: this
-        process's loss was not finite. Returns the gradient norm before clipping (a tensor)."""
-        opt, params = self.optimizers[name], self._opt_params[name]
+    def _apply(self, names: List[str], bad: torch.Tensor) -> torch.Tensor:
+        """Clip, guard and step the optimizers `names` (one backward's gradients, already
+        averaged), together: clipping by the global norm of all their parameters, and a skip
+        of one is a skip of all. `bad`: this process's loss was not finite. Returns the gradient
+        norm before clipping (a tensor)."""
+        opts = [self.optimizers[n] for n in names]
+        params = [p for n in names for p in self._opt_params[n] if p.grad is not None]
         if self.scaler is not None:
-            self.scaler.unscale_(opt)
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
+            for opt in opts:
+                self.scaler.unscale_(opt)
+        if not params:
             norm = torch.zeros((), device=self.device)
         elif self.config.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
-                                                  self.config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         else:
-            norm = torch.nn.utils.get_total_norm(grads)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if hasattr(norm, "full_tensor"):  # FSDP2: the norm of the sharded gradients, replicated
             norm = norm.full_tensor()
         if self.world_size > 1:  # a bad loss on any process skips the step on all of them
@@ -510,21 +517,24 @@ class Trainer:
         if self.scaler is None:
             bad = bad | ~torch.isfinite(norm)
         skip = bad | self._guard["halt"]
-        if self.scaler is not None:
+        skip_read = None  # the host's copy of `skip`, read at most once per step
+        for opt in opts:
+            if self.scaler is None and getattr(opt, "_step_supports_amp_scaling", False):
+                opt.found_inf = skip.to(torch.float32)  # the step is a no-op where it is 1
+                try:
+                    opt.step()
+                finally:
+                    del opt.found_inf
+                continue
             # fp16: the scaler skips inf/NaN gradients itself (and lowers its scale: not counted
             # as a skip); a bad loss or a halted run is read on the host, as GradScaler reads its
-            # own flag for optimizers without found_inf.
-            if not bool(skip):
-                self.scaler.step(opt)
+            # own flag for optimizers without found_inf. Such an optimizer (torch's Muon) cannot
+            # skip a step on the device either: a host read.
+            skip_read = bool(skip) if skip_read is None else skip_read
+            if not skip_read:
+                self.scaler.step(opt) if self.scaler is not None else opt.step()
+        if self.scaler is not None:
             self.scaler.update()
-        elif getattr(opt, "_step_supports_amp_scaling", False):
-            opt.found_inf = skip.to(torch.float32)  # the step is a no-op where it is 1
-            try:
-                opt.step()
-            finally:
-                del opt.found_inf
-        elif not bool(skip):  # a host read: this optimizer cannot skip a step on the device
-            opt.step()
         self._step_bad = bad if self._step_bad is None else self._step_bad | bad
         self._step_skip = skip if self._step_skip is None else self._step_skip | skip
         return norm.detach()
@@ -539,7 +549,7 @@ class Trainer:
         bad = self._nonfinite(loss)
         self._backward(loss, retain_graph=retain_graph)
         self.parallel.after_backward(self._opt_modules[name])  # averaged across processes
-        return self._apply(name, bad)
+        return self._apply([name], bad)
 
     def _metric(self, v) -> torch.Tensor:
         if isinstance(v, torch.Tensor):
@@ -552,13 +562,15 @@ class Trainer:
         task, cfg = self.task, self.config
         self._step_bad = self._step_skip = None
         if task.automatic_optimization:
-            (name, opt), = self.optimizers.items()
-            opt.zero_grad(set_to_none=True)
+            names = list(self.optimizers)
+            modules = list(dict.fromkeys(m for n in names for m in self._opt_modules[n]))
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
             bad = None
             for i in range(cfg.grad_accum):
                 # Only the last micro-batch's backward averages the gradients across processes.
                 last = i == cfg.grad_accum - 1
-                self.parallel.gradient_sync(self._opt_modules[name], last)
+                self.parallel.gradient_sync(modules, last)
                 batch = to_device(next(self._train_iter), self.device)
                 with self._autocast():
                     out = task.training_step(batch, self.step)
@@ -569,10 +581,10 @@ class Trainer:
                 bad = f if bad is None else bad | f
                 self._backward(out["loss"] / cfg.grad_accum)
                 if last:
-                    self.parallel.after_backward(self._opt_modules[name])
+                    self.parallel.after_backward(modules)
                 for k, v in out.items():
                     metrics[k] = metrics.get(k, 0.0) + self._metric(v) / cfg.grad_accum
-            metrics["grad_norm"] = self._apply(name, bad)
+            metrics["grad_norm"] = self._apply(names, bad)
         else:
             batch = to_device(next(self._train_iter), self.device)
             with self._autocast():

@@ -110,6 +110,8 @@ def test_bad_input_names_what_is_valid(argv, message, capsys, tmp_path):
     (["train", "gpt-text", "--set", "n_layer=0"], "n_layer must be a positive integer, got 0"),
     (["train", "gpt-text", "--set", "top_k=0"], "top_k must be"),
     (["train", "gpt-text", "--set", "precision=fp64"], "choose one of ['fp32', 'bf16', 'fp16', 'auto']"),
+    (["train", "gan-digits", "--set", "ema_decay=0"], "ema_decay must be None (no EMA) or in (0, 1)"),
+    (["train", "vae-digits", "--set", "grad_clip=0"], "grad_clip must be None or > 0"),
 ])
 def test_bad_gpt_settings_fail_before_training(argv, message, capsys, tmp_path):
     assert run(*argv, "--out", tmp_path / "x") == 2

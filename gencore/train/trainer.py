@@ -159,6 +159,9 @@ class TrainerConfig:
             raise ValueError(f"TrainerConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if not 0.0 <= self.decay_frac <= 1.0:
             raise ValueError(f"TrainerConfig.decay_frac must be in [0, 1], got {self.decay_frac!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"TrainerConfig.ema_decay must be None (no EMA) or in (0, 1), got "
+                             f"{self.ema_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainerConfig.grad_clip must be None or > 0, got {self.grad_clip}")
         if self.resume and self.out_dir is None and not isinstance(self.resume, str):

@@ -166,6 +166,21 @@ def test_sigterm_and_sigkill_never_lose_a_run(tmp_path):
     _assert_same_run(straight, _final(tmp_path / "kill"))
 
 
+@pytest.mark.slow
+def test_ddp_gradient_accumulation_matches_one_process(tmp_path):
+    """2 processes x 2 micro-batches (DDP syncs only the last micro-batch's backward:
+    require_backward_grad_sync = False before the others' forward, as nanoGPT does) end where one
+    process with the same global batches ends; a micro-batch left unsynchronised would not."""
+    common = ["--steps", "6", "--accum", "2", "--dropout", "0"]
+    _torchrun(tmp_path / "ddp", *common)
+    alone = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "alone"), *common],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    ddp, one = (_final(tmp_path / d)["modules"]["model"] for d in ("ddp", "alone"))
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -242,6 +242,9 @@ def test_every_recipe_trains_resumes_and_samples(recipe, tmp_path):
     _gencore("train", recipe, "--steps", 3, "--out", out, "--progress", "none", "--resume")
     res = json.loads((out / "results.json").read_text())
     assert res["steps"] == 3 and res["metrics"] and all(map(math.isfinite, _numbers(res["metrics"])))
+    for what in (json.loads((out / "run.json").read_text()), res):  # traceable to its code
+        assert len(what["provenance"]["commit"]) == 40 and what["provenance"]["dirty"] in (True, False)
+        assert what["provenance"]["command"].startswith("gencore train " + recipe)
     if recipe == "textgan-oracle":  # the temperature frontiers, both arms
         for key in ("frontier", "frontier_mle"):
             assert [p["temperature"] for p in res["metrics"][key]] == [0.7, 0.8, 0.9, 1.0, 1.1,

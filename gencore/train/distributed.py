@@ -121,10 +121,11 @@ class Parallel:
     which checkpoint format the run writes. The Trainer asks it; one process is the case
     world_size == 1 of the same code.
 
-    - replicated (`mode="ddp"`): every process holds the whole model. A module that the task's
-      optimizers step after its one backward per step is wrapped in `DistributedDataParallel` (`wrapped[name]`, what
-      `Task.training_module(name)` returns), whose forward arms the bucketed all-reduce that
-      averages the gradients while the backward still runs. Under accumulation every micro-batch
+    - replicated (`mode="ddp"`): every process holds the whole model. A module stepped after
+      the task's one backward per step (automatic optimization) is wrapped in
+      `DistributedDataParallel` (`wrapped[name]`, what `Task.training_module(name)` returns),
+      whose forward arms the bucketed all-reduce that averages the gradients while the backward
+      still runs. Under accumulation every micro-batch
       but the last sets `require_backward_grad_sync = False` before its forward, as nanoGPT's
       train.py does: those backwards accumulate locally. Checkpoints: one file, rank 0 writes it.
     - sharded (`mode="fsdp"`, several processes): FSDP2 `fully_shard` per transformer block and
@@ -154,7 +155,7 @@ class Parallel:
         # DCP whenever the run is fsdp, also on one process: its checkpoints resume sharded.
         self.checkpoint_format = "dcp" if mode == "fsdp" else "file"
         self.wrapped: Dict[str, nn.Module] = {}     # DDP wrappers: what training_step calls
-        self._averaged: Dict[str, nn.Module] = {}   # several optimizers: averaged after backward
+        self._averaged: Dict[str, nn.Module] = {}   # manual tasks: averaged after each backward
         self._sharded: Dict[str, nn.Module] = {}
         self._called: Dict[str, bool] = {}
         _PARALLELS.add(self)
@@ -168,7 +169,8 @@ class Parallel:
         them (before the optimizers are built on their parameters)."""
         if self.sharded and not automatic:
             raise ValueError("parallel='fsdp' shards tasks with automatic optimization (one "
-                             "optimizer, e.g. the GPT recipes); use parallel='ddp' for this task")
+                             "backward per step, e.g. the GPT recipes); use parallel='ddp' for "
+                             "this task")
         for name, m in modules.items():
             m.to(self.device)
             if self.world_size > 1:
@@ -208,7 +210,7 @@ class Parallel:
 
     def after_backward(self, names: Iterable[str]) -> None:
         """After a backward that synchronised `names`: DDP's all-reduce has run if the task
-        called the wrapper; modules of several-optimizer tasks are averaged now."""
+        called the wrapper; the modules of manual tasks are averaged now."""
         for n in names:
             if n in self.wrapped and not self._called.get(n, True):
                 raise RuntimeError(

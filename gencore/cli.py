@@ -6,7 +6,6 @@ import os
 import platform
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -92,6 +91,13 @@ def _overrides(pairs) -> dict:
 
 def cmd_train(args) -> int:
     from .recipes import train_recipe
+    if args.help or args.recipe is None:
+        print(args.parser.format_help())
+        if args.recipe is not None:
+            print(_recipe_help(args.recipe))
+        elif not args.help:
+            print("gencore train: error: name a recipe", file=sys.stderr)
+        return 0 if args.help else 2
     overrides = _overrides(args.set)
     if args.steps is not None:
         overrides["steps"] = str(args.steps)
@@ -234,15 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
                                        "CPU), cpu, cuda, cuda:N")
 
     t = sub.add_parser("train", help="train a recipe (run `gencore train --help` for the list)",
-                       epilog=_recipes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("recipe", help="recipe name")
+                       epilog=_recipes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                       add_help=False)
+    t.add_argument("-h", "--help", action="store_true",
+                   help="show this help and exit; with a RECIPE, also its settings (types, "
+                        "defaults, help)")
+    t.add_argument("recipe", nargs="?", help="recipe name")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     t.add_argument("--device", **device)
     t.add_argument("--out", default=None, help="run directory (default runs/RECIPE)")
     t.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
-    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override recipe settings")
+    t.add_argument("--set", nargs="+", metavar="KEY=VALUE",
+                   help="change recipe settings (`gencore train RECIPE --help` lists them; "
+                        "none = off)")
     t.add_argument("--progress", **progress)
-    t.set_defaults(fn=cmd_train)
+    t.set_defaults(fn=cmd_train, parser=t)
 
     s = sub.add_parser("sample", help="sample from a trained run")
     s.add_argument("run_dir", help="a run directory written by `gencore train`")
@@ -289,13 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _recipes_epilog() -> str:
     from .recipes import get_recipe, recipe_names
-    lines = ["recipes:"]
+    lines = ["recipes (`gencore train RECIPE --help` lists a recipe's settings):"]
     for n in recipe_names():
-        r = get_recipe(n)
-        lines.append(f"  {n:<16} {r.summary}")
-        lines.append(textwrap.fill("settings: " + ", ".join(f"{k}={v}" for k, v in r.defaults.items()),
-                                   width=100, initial_indent=" " * 19, subsequent_indent=" " * 21))
+        lines.append(f"  {n:<16} {get_recipe(n).summary}")
     return "\n".join(lines)
+
+
+def _recipe_help(name: str) -> str:
+    """A recipe's settings, generated from its settings dataclass: name=default (type): help."""
+    from . import _settings
+    from .recipes import get_recipe
+    r = get_recipe(name)
+    demo = ", ".join(f"{k}={v}" for k, v in r.demo.items()) or "the full run"
+    return (f"{r.name}: {r.summary}\n`gencore demo` runs: {demo}\n\n"
+            f"settings (--set KEY=VALUE ...; 'none' turns off a setting that may be none):\n"
+            + _settings.describe(r.settings))
 
 
 def main(argv=None) -> int:

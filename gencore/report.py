@@ -19,6 +19,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import _atomic
+from .provenance import cpu_model
+
 __all__ = ["write_report", "render_report", "line_chart", "frontier_chart", "read_metrics_log"]
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
@@ -194,8 +197,27 @@ def _load(run: Path) -> Tuple[dict, dict]:
             json.loads(res_path.read_text()) if res_path.is_file() else {})
 
 
+def _settings(info: dict) -> dict:
+    """The resolved settings of a run.json (runs written before typed settings: "config")."""
+    return info.get("settings", info.get("config", {}))
+
+
+def _provenance_html(info: dict, res: dict) -> str:
+    """What produced the run: commit (dirty), torch, device, ISA path or GPU, command line."""
+    p = res.get("provenance") or info.get("provenance")
+    if not p:
+        return '<p class="cfg">provenance: not recorded (a run from before gencore recorded it)</p>'
+    commit = (p.get("commit") or "no git checkout")[:12] + (" (uncommitted changes)" if p.get("dirty") else "")
+    where = (f"{p.get('gpu')} (sm_{p.get('sm')}, CUDA {p.get('cuda')})" if p.get("gpu") else
+             f"{p.get('cpu')}, ISA {p.get('cpu_isa')}, {p.get('threads')} threads")
+    parts = [f"commit {commit}", f"gencore {p.get('gencore')}", f"torch {p.get('torch')}",
+             f"device {p.get('device')}: {where}", f"compiled core {p.get('compiled_core')}",
+             f"command: {p.get('command')}"]
+    return f'<p class="cfg">{html.escape(" · ".join(parts))}</p>'
+
+
 def _mle_only(info: dict, res: dict) -> bool:
-    cfg = info["config"]
+    cfg = _settings(info)
     return "mle_steps" in cfg and cfg["mle_steps"] >= res.get("steps", cfg.get("steps", 0))
 
 
@@ -212,10 +234,10 @@ def _frontier_html(run: Path, others: Sequence[Path]) -> str:
     if not mle_only and isinstance(m.get("frontier_mle"), list):
         curves["MLE only, same updates (frontier_mle)"] = m["frontier_mle"]
     elif not mle_only:
-        cfg = info["config"]
+        cfg = _settings(info)
         for o in others:
             oi, orr = _load(o)
-            oc, om = oi["config"], orr.get("metrics", {})
+            oc, om = _settings(oi), orr.get("metrics", {})
             if (o != run and oi["recipe"] == info["recipe"] and _mle_only(oi, orr)
                     and orr.get("steps") == res.get("steps") and isinstance(om.get("frontier"), list)
                     and all(oc.get(k) == cfg.get(k) for k in ("seed", "oracle_seed"))):
@@ -239,14 +261,14 @@ def _run_section(run: Path, report_runs: Sequence[Path] = ()) -> Tuple[str, str,
     charts = [line_chart(series, title) for series, title in (
         (losses, "training losses (mean over each logging interval)"),
         (val, "validation"), (others, "other training numbers")) if series]
-    config = ", ".join(f"{k}={v}" for k, v in info["config"].items())
+    config = ", ".join(f"{k}={v}" for k, v in _settings(info).items())
     head = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
                      if not k.endswith("_floor") and not k.endswith("_std")
                      and not isinstance(v, list))
     row = (f'<tr><td><a href="#{sid}">{html.escape(name)}</a></td><td>{res.get("steps", "-")}</td>'
            f'<td>{res.get("train_seconds", float("nan")):.0f} s</td><td>{html.escape(head)}</td></tr>')
     body = (f'<section id="{sid}"><h2>{html.escape(name)}</h2>'
-            f'<p class="cfg">{html.escape(config)}</p>'
+            f'<p class="cfg">{html.escape(config)}</p>{_provenance_html(info, res)}'
             f'<h3>Loss curves</h3><div class="charts">{"".join(charts) or "<em>no log</em>"}</div>'
             f'<h3>Metrics</h3>{_metrics_table(metrics) if metrics else "<p><em>not evaluated</em></p>"}'
             f'{_frontier_html(run, report_runs)}'
@@ -255,14 +277,7 @@ def _run_section(run: Path, report_runs: Sequence[Path] = ()) -> Tuple[str, str,
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     dev = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {dev}; "
             f"torch {torch.__version__}, python {platform.python_version()}")
@@ -292,7 +307,5 @@ def render_report(run_dirs: Sequence[Union[str, Path]], title: str = "gencore re
 def write_report(run_dirs: Sequence[Union[str, Path]], path: Union[str, Path], **kw) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_report(run_dirs, **kw))
-    os.replace(tmp, path)
+    _atomic.write_text(path, render_report(run_dirs, **kw))
     return path

@@ -1,13 +1,13 @@
-"""Trains a recipe for config['steps'] steps on the CPU through gencore.recipes.build_run (what
+"""Trains a recipe for settings.steps steps on the CPU through gencore.recipes.build_run (what
 `gencore train` uses), keeping the Trainer (for the recipe smoke and resume tests)."""
 import torch
 
-from gencore.recipes import build_run, resolve_config
+from gencore.recipes import build_run, resolve_settings
 
 
 def train_recipe_briefly(recipe, overrides, out_dir, stop_after=None, **trainer_options):
-    config = resolve_config(recipe, overrides)
-    plan, trainer = build_run(recipe, config, log=lambda m: None, out_dir=str(out_dir),
+    settings = resolve_settings(recipe, overrides)
+    plan, trainer = build_run(recipe, settings, log=lambda m: None, out_dir=str(out_dir),
                               progress="none", **trainer_options)
     trainer.fit(stop_after=stop_after)
     return plan, trainer

@@ -40,7 +40,7 @@ class CharLMTask(Task):
 
     def training_step(self, batch, step):
         x, y = batch
-        logits = self.model(x)
+        logits = self.training_module("model")(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         if step in self.nan_at:
             loss = loss * float("nan")
@@ -150,17 +150,25 @@ class ToyRecipeTask(CharLMTask):
 
 def toy_recipe():
     """A recipe around CharLMTask, for the command-line tests (seconds to train)."""
-    from gencore.recipes import Recipe, RunPlan
+    from dataclasses import dataclass
 
-    def build(cfg, device):
+    from gencore._settings import setting
+    from gencore.recipes import Recipe, RecipeSettings, RunPlan
+    from gencore.train import TrainerConfig
+
+    @dataclass
+    class ToySettings(RecipeSettings):
+        lr: float = setting(3e-3, "learning rate")
+        block: int = setting(16, "context")
+        mode: str = setting("a", "a choice", choices=("a", "b"))
+
+    def build(s, device):
         tok, train, val = text_data()
-        task = ToyRecipeTask(tok.vocab_size, tok, cfg["lr"], val[:2000])
-        return RunPlan(task, LMBatches(train, cfg["block"], cfg["batch_size"], seed=cfg["seed"]),
-                       LMEvalBatches(val, cfg["block"], cfg["batch_size"], max_batches=2),
-                       trainer={"val_every": 5, "sample_every": 5, "ckpt_every": 5, "log_every": 2,
-                                "warmup_steps": 2})
+        task = ToyRecipeTask(tok.vocab_size, tok, s.lr, val[:2000])
+        return RunPlan(task, LMBatches(train, s.block, s.batch_size, seed=s.seed),
+                       LMEvalBatches(val, s.block, s.batch_size, max_batches=2))
 
     return Recipe(name="toy-char", summary="next-character MLP on English text (tests)",
-                  defaults={"steps": 10, "seed": 0, "batch_size": 8, "lr": 3e-3, "block": 16,
-                            "mode": "a"},
-                  choices={"mode": ("a", "b")}, demo={"steps": 6}, build=build)
+                  settings=ToySettings(steps=10, batch_size=8, trainer=TrainerConfig(
+                      val_every=5, sample_every=5, ckpt_every=5, log_every=2, warmup_steps=2)),
+                  demo={"steps": 6}, build=build)

@@ -7,7 +7,7 @@ import torch
 
 from _toy import toy_recipe
 from gencore import cli
-from gencore.recipes import get_recipe, register, resolve_config
+from gencore.recipes import get_recipe, register, resolve_settings
 from gencore.train import load_checkpoint
 
 register(toy_recipe())
@@ -21,8 +21,13 @@ def test_train_writes_a_complete_run_dir(tmp_path, capsys):
     out = tmp_path / "r"
     assert run("train", "toy-char", "--out", out, "--progress", "none", "--set", "lr=0.01") == 0
     info = json.loads((out / "run.json").read_text())
-    assert info["recipe"] == "toy-char" and info["config"]["lr"] == 0.01
+    assert info["recipe"] == "toy-char" and info["settings"]["lr"] == 0.01
     res = json.loads((out / "results.json").read_text())
+    for what in (info, res):  # every result traceable to its code, torch, device and command
+        p = what["provenance"]
+        assert len(p["commit"]) == 40 and isinstance(p["dirty"], bool), p
+        assert p["torch"] == torch.__version__ and p["device"] == "cpu" and p["cpu_isa"]
+        assert "train toy-char" in p["command"] or "pytest" in p["command"]
     assert res["steps"] == 10 and set(res["metrics"]) == {"val_nll", "val_nll_floor"}
     assert (out / res["samples"]).read_text().strip()
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "ckpt-00000010.pt"
@@ -61,7 +66,7 @@ def test_demo_writes_report_with_every_section(tmp_path, capsys):
     demo, = tmp_path.glob("demo-*")  # the demo's own new folder
     html = (demo / "report.html").read_text()
     for part in ('id="summary"', 'id="run-toy-char"', "Loss curves", "<svg", "<polyline",
-                 "Metrics", "floor (real data", "Samples", "<pre>"):
+                 "Metrics", "floor (real data", "Samples", "<pre>", "commit ", "command: "):
         assert part in html, part
     assert json.loads((demo / "toy-char" / "results.json").read_text())["steps"] == 6
     assert str((demo / "report.html").resolve()) in capsys.readouterr().out
@@ -86,11 +91,11 @@ def test_demo_never_touches_existing_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "nope"], "valid recipes: "),
-    (["train", "toy-char", "--set", "wrong=1"], "valid settings: batch_size, block, lr, mode, seed, steps"),
+    (["train", "toy-char", "--set", "wrong=1"], "valid settings: batch_size, block, ckpt_every, decay_frac"),
     (["train", "toy-char", "--set", "lr=fast"], "is not a valid float"),
     (["train", "toy-char", "--set", "mode=c"], "choose one of ['a', 'b']"),
     (["train", "toy-char", "--set", "lr"], "expects key=value"),
-    (["train", "toy-char", "--steps", "0"], "steps must be >= 1"),
+    (["train", "toy-char", "--steps", "0"], "steps must be a positive integer, got 0"),
     (["sample", "/nonexistent/run"], "not a gencore run directory"),
     (["demo", "--only", "nope"], "valid recipes: "),
 ])
@@ -98,6 +103,43 @@ def test_bad_input_names_what_is_valid(argv, message, capsys, tmp_path):
     assert run(*argv, *(["--out", tmp_path / "x"] if argv[0] == "train" else [])) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "gpt-text", "--set", "lr=abc"], "lr='abc' is not a valid float; expected float"),
+    (["train", "gpt-text", "--set", "n_layer=0"], "n_layer must be a positive integer, got 0"),
+    (["train", "gpt-text", "--set", "top_k=0"], "top_k must be"),
+    (["train", "gpt-text", "--set", "precision=fp64"], "choose one of ['fp32', 'bf16', 'fp16', 'auto']"),
+    (["train", "gan-digits", "--set", "ema_decay=0"], "ema_decay must be None (no EMA) or in (0, 1)"),
+    (["train", "vae-digits", "--set", "grad_clip=0"], "grad_clip must be None or > 0"),
+])
+def test_bad_gpt_settings_fail_before_training(argv, message, capsys, tmp_path):
+    assert run(*argv, "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("recipe", ["toy-char", "gpt-text", "gpt-code", "vae-digits",
+                                    "gan-digits", "textgan-oracle"])
+def test_recipe_help_lists_settings_with_types_and_defaults(recipe, capsys):
+    assert run("train", recipe, "--help") == 0
+    out = capsys.readouterr().out
+    from gencore import _settings
+    for name, spec in _settings.specs(get_recipe(recipe).settings).items():
+        default = "none" if spec.value is None else spec.value
+        assert f"  {name}={default} (" in out, name
+    assert "steps=" in out and "(int)" in out and "grad_clip=" in out
+
+
+@pytest.mark.parametrize("recipe", ["toy-char", "gpt-text", "gpt-code", "vae-digits",
+                                    "gan-digits", "textgan-oracle"])
+def test_settings_round_trip_through_json(recipe):
+    """run.json's settings, read back (as --resume and sample do), are the same typed settings."""
+    from gencore import _settings
+    r = get_recipe(recipe)
+    changed = resolve_settings(r, {"steps": "7", "grad_clip": "none", "seed": "3"})
+    back = resolve_settings(r, json.loads(json.dumps(_settings.flat(changed))))
+    assert back == changed and back.trainer.grad_clip is None and back.steps == 7
 
 
 def test_existing_run_needs_resume_and_same_settings(tmp_path, capsys):
@@ -109,13 +151,14 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path, capsys):
     assert "only steps, parallel may change" in capsys.readouterr().err
 
 
-def test_resolve_config_types():
+def test_resolve_settings_types():
     r = get_recipe("toy-char")
-    cfg = resolve_config(r, {"lr": "1e-2", "block": "8", "steps": 3})
-    assert cfg["lr"] == 0.01 and isinstance(cfg["lr"], float) and cfg["block"] == 8
-    assert resolve_config(r, demo=True)["steps"] == 6
-    with pytest.raises(ValueError, match="must be a int"):
-        resolve_config(r, {"block": 2.5})
+    s = resolve_settings(r, {"lr": "1e-2", "block": "8", "steps": 3, "grad_clip": "none"})
+    assert s.lr == 0.01 and isinstance(s.lr, float) and s.block == 8 and s.steps == 3
+    assert s.trainer.grad_clip is None and s.trainer.val_every == 5  # the recipe's TrainerConfig
+    assert resolve_settings(r, demo=True).steps == 6
+    with pytest.raises(ValueError, match="block=2.5 is not an int"):
+        resolve_settings(r, {"block": 2.5})
 
 
 # Every gencore recipe through the real command (a subprocess, as a user runs it), tiny settings.
@@ -166,7 +209,7 @@ def test_report_draws_text_gan_frontiers(tmp_path):
     def run_dir(name, mle_steps, metrics):
         d = tmp_path / name
         d.mkdir()
-        (d / "run.json").write_text(json.dumps({"recipe": "textgan-oracle", "config": {
+        (d / "run.json").write_text(json.dumps({"recipe": "textgan-oracle", "settings": {
             "steps": 12, "mle_steps": mle_steps, "seed": 0, "oracle_seed": 0}}))
         (d / "results.json").write_text(json.dumps({"steps": 12, "train_seconds": 1.0, "metrics": {
             "nll_oracle": 8.0, "nll_div": 7.0, "nll_oracle_floor": 5.85, **metrics}}))
@@ -199,6 +242,9 @@ def test_every_recipe_trains_resumes_and_samples(recipe, tmp_path):
     _gencore("train", recipe, "--steps", 3, "--out", out, "--progress", "none", "--resume")
     res = json.loads((out / "results.json").read_text())
     assert res["steps"] == 3 and res["metrics"] and all(map(math.isfinite, _numbers(res["metrics"])))
+    for what in (json.loads((out / "run.json").read_text()), res):  # traceable to its code
+        assert len(what["provenance"]["commit"]) == 40 and what["provenance"]["dirty"] in (True, False)
+        assert what["provenance"]["command"].startswith("gencore train " + recipe)
     if recipe == "textgan-oracle":  # the temperature frontiers, both arms
         for key in ("frontier", "frontier_mle"):
             assert [p["temperature"] for p in res["metrics"][key]] == [0.7, 0.8, 0.9, 1.0, 1.1,
@@ -214,7 +260,8 @@ def test_every_recipe_trains_resumes_and_samples(recipe, tmp_path):
 @pytest.mark.parametrize("recipe", ["gan-digits", "textgan-oracle"])
 def test_gan_recipe_under_torchrun(recipe, tmp_path):
     """`torchrun --nproc_per_node=2 -m gencore train ...` of a GAN (several modules and
-    optimizers: one DDP per stepped module): one process writes, both train. (gpt-text under
+    optimizers: gradients averaged after each optimizer's backward, see Parallel): one process
+    writes, both train. (gpt-text under
     DDP and FSDP2: tests/test_distributed.py.)"""
     import subprocess
     import sys

@@ -67,7 +67,7 @@ def test_train_says_and_records_the_device(tmp_path, capsys):
     assert cli.main(["train", "toy-char", "--out", str(out), "--progress", "none", "--steps", "3"]) == 0
     want = str(resolve_device("auto"))
     assert f"toy-char: training on {want}" in capsys.readouterr().out
-    assert json.loads((out / "run.json").read_text())["device"] == want
+    assert json.loads((out / "run.json").read_text())["provenance"]["device"] == want
     assert json.loads((out / "results.json").read_text())["device"] == want
 
 
@@ -85,7 +85,7 @@ def test_auto_trains_on_cuda_where_there_is_one(two_gpus, tmp_path, capsys, monk
     assert cli.main(["train", "toy-char", "--out", str(out)]) == 2
     assert "toy-char: training on cuda:0 (Fake GPU)" in capsys.readouterr().out
     assert seen == [torch.device("cuda", 0)]
-    assert json.loads((out / "run.json").read_text())["device"] == "cuda:0"
+    assert json.loads((out / "run.json").read_text())["provenance"]["device"] == "cuda:0"
 
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env=None: calls.append(env) or 0)
@@ -113,7 +113,8 @@ def test_resume_on_another_device(first, then, tmp_path, capsys):
     assert cli.main(["train", "toy-char", *common, "--steps", "7", "--resume", "--device", then]) == 0
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["steps"] == 7 and res["device"].startswith(then)
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["device"].startswith(first)
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["provenance"]["device"].startswith(first)
     capsys.readouterr()
     assert cli.main(["sample", out, "--n", "1", "--device", first]) == 0
     assert capsys.readouterr().out.strip()

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(__file__))
 from _toy import lm_setup  # noqa: E402
 
-from gencore.recipes import build_run, get_recipe, load_run, resolve_config  # noqa: E402
+from gencore.recipes import build_run, get_recipe, load_run, resolve_settings  # noqa: E402
 from gencore.tolerance import within_2x  # noqa: E402
 from gencore.train import (STOPPED_EXIT_STATUS, CheckpointError, CheckpointManager,  # noqa: E402
                            Trainer, TrainerConfig, load_checkpoint)
@@ -28,7 +28,8 @@ SCRIPT = ROOT / "tests" / "_train_toy.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 RUN = [sys.executable, "-m", "torch.distributed.run"]
 GPT = ["n_layer=2", "n_head=2", "n_embd=32", "block_size=16", "batch_size=4", "val_every=2",
-       "val_batches=2", "eval_batches=2", "sample_tokens=20", "warmup_steps=1", "precision=fp32"]
+       "ckpt_every=1", "val_batches=2", "eval_batches=2", "sample_tokens=20", "warmup_steps=1",
+       "precision=fp32"]
 
 
 def _gencore(out, *args, procs=1, steps=6, resume=False):
@@ -165,6 +166,21 @@ def test_sigterm_and_sigkill_never_lose_a_run(tmp_path):
     _assert_same_run(straight, _final(tmp_path / "kill"))
 
 
+@pytest.mark.slow
+def test_ddp_gradient_accumulation_matches_one_process(tmp_path):
+    """2 processes x 2 micro-batches (DDP syncs only the last micro-batch's backward:
+    require_backward_grad_sync = False before the others' forward, as nanoGPT does) end where one
+    process with the same global batches ends; a micro-batch left unsynchronised would not."""
+    common = ["--steps", "6", "--accum", "2", "--dropout", "0"]
+    _torchrun(tmp_path / "ddp", *common)
+    alone = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "alone"), *common],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    ddp, one = (_final(tmp_path / d)["modules"]["model"] for d in ("ddp", "alone"))
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -220,7 +236,7 @@ class _CountReads(TorchDispatchMode):
 def test_at_most_one_host_read_per_logging_interval(optimizer):
     recipe = get_recipe("gpt-text")
     overrides = dict(a.split("=") for a in GPT)
-    config = resolve_config(recipe, {**overrides, "optimizer": optimizer, "steps": "20"})
+    config = resolve_settings(recipe, {**overrides, "optimizer": optimizer, "steps": "20"})
     plan, t = build_run(recipe, config, "cpu", log=lambda m: None, out_dir=None, log_every=5,
                         val_every=None, sample_every=None, ckpt_every=None, progress="none")
     step_fn = plan.task.training_step

@@ -68,7 +68,7 @@ def test_mlp_kinds(kind):
     m = tiny(mlp=kind)
     mlp = m.blocks[0].mlp
     hidden = 4 * 32 if kind != "swiglu" else 86  # ceil(8/3 * 32): the params of the 4x MLP
-    assert m.config.mlp_hidden == hidden and mlp.fc.weight.shape == (hidden, 32)
+    assert m.config.hidden == hidden and mlp.fc.weight.shape == (hidden, 32)
     assert mlp.proj.weight.shape == (32, hidden)
     assert (mlp.gate is None) == (kind != "swiglu")
     n_mlp = sum(p.numel() for p in mlp.parameters())
@@ -410,13 +410,13 @@ def test_lm_task_muon_groups():
 def test_recipe_smoke(tmp_path, name, extra):
     from gencore.recipes import build_run
     from gencore.recipes.gpt import RECIPES
+    from gencore.recipes import resolve_settings
     recipe = {r.name: r for r in RECIPES}[name]
-    assert {"steps", "seed", "batch_size"} <= set(recipe.defaults)
-    for key, value in {**recipe.demo, **extra}.items():
-        assert key in recipe.defaults and type(value) is type(recipe.defaults[key])
-    config = {**recipe.defaults, **extra, "steps": 4, "batch_size": 4, "n_layer": 1, "n_embd": 32,
-              "block_size": 16, "val_batches": 2, "eval_batches": 2, "sample_tokens": 16}
-    plan, trainer = build_run(recipe, config, out_dir=str(tmp_path), progress="none")
+    settings = resolve_settings(recipe, {**extra, "steps": 4, "batch_size": 4, "n_layer": 1,
+                                         "n_embd": 32, "block_size": 16, "val_batches": 2,
+                                         "eval_batches": 2, "sample_tokens": 16})
+    assert settings.model.n_layer == 1 and settings.trainer.precision == "auto"
+    plan, trainer = build_run(recipe, settings, out_dir=str(tmp_path), progress="none")
     summary = trainer.fit()
     assert summary["step"] == 4 and math.isfinite(summary["val"]["val_loss"])
     metrics = plan.task.evaluate()
@@ -427,15 +427,18 @@ def test_recipe_smoke(tmp_path, name, extra):
     assert list((tmp_path / "checkpoints").glob("*.pt"))
 
 
-def test_recipe_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("optimizer", ["muon", "muon_torch"])
+def test_recipe_resume_is_exact(tmp_path, optimizer):
     """gpt-text stopped after 3 of 6 steps and resumed from its checkpoint ends with the weights
-    of an uninterrupted run (fused AdamW state, data stream and RNG all restored)."""
-    from gencore.recipes import build_run
+    of an uninterrupted run (optimizer state, data stream and RNG all restored); also with
+    torch's Muon + fused AdamW, two optimizers stepped after the one backward."""
+    from gencore.recipes import build_run, resolve_settings
     from gencore.recipes.gpt import RECIPES
     recipe = {r.name: r for r in RECIPES}["gpt-text"]
-    config = {**recipe.defaults, "steps": 6, "batch_size": 4, "n_layer": 1, "n_embd": 32,
-              "block_size": 16, "val_batches": 1, "eval_batches": 1, "sample_tokens": 8,
-              "dropout": 0.1, "warmup_steps": 2}
+    config = resolve_settings(recipe, {
+        "steps": 6, "batch_size": 4, "n_layer": 1, "n_embd": 32, "block_size": 16,
+        "val_batches": 1, "eval_batches": 1, "sample_tokens": 8, "dropout": 0.1, "warmup_steps": 2,
+        "optimizer": optimizer})
 
     def trainer(out, **kw):
         plan, t = build_run(recipe, config, out_dir=str(out), progress="none", ckpt_every=3, **kw)
@@ -450,3 +453,28 @@ def test_recipe_resume_is_exact(tmp_path):
     assert resumed.step == 6
     for (name, a), b in zip(full_task.model.state_dict().items(), resumed_task.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+def test_torch_muon_skips_a_nonfinite_step_on_both_optimizers():
+    """optimizer=muon_torch: a NaN loss skips the step of torch's Muon and of AdamW alike (read on
+    the host: torch's Muon has no found_inf), and training goes on."""
+    from gencore.recipes import build_run, get_recipe, resolve_settings
+    recipe = get_recipe("gpt-text")
+    settings = resolve_settings(recipe, {
+        "optimizer": "muon_torch", "steps": 4, "batch_size": 4, "n_layer": 1, "n_embd": 32,
+        "block_size": 16, "precision": "fp32", "val_every": "none", "sample_every": "none",
+        "log_every": 2})
+    plan, t = build_run(recipe, settings, "cpu", log=lambda m: None, out_dir=None, progress="none")
+    t.setup()
+    before = {k: v.clone() for k, v in t.modules["model"].state_dict().items()}
+    step_fn = plan.task.training_step
+    plan.task.training_step = lambda b, step: (
+        {"loss": step_fn(b, step)["loss"] * float("nan")} if step == 0 else step_fn(b, step))
+    t.fit(stop_after=1)
+    assert t.nonfinite_skips == 1
+    for k, v in t.modules["model"].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not t.optimizers["muon"].state  # skipped on the host: never stepped
+    assert all(float(st["step"]) == 0 for st in t.optimizers["adamw"].state.values())  # found_inf
+    res = t.fit()
+    assert res["step"] == 4 and all(torch.isfinite(p).all() for p in t.modules["model"].parameters())

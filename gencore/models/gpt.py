@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._settings import setting
 from ..nn.attention import IMPLS, KVCache, MultiHeadAttention
 from ._checks import positive_int
 
@@ -45,38 +46,55 @@ MLPS = ("gelu", "relu2", "swiglu")
 
 @dataclass
 class GPTConfig:
-    vocab_size: int
-    block_size: int = 64          # longest context the model sees
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: Optional[int] = None  # key/value heads (GQA); None: n_head
-    n_embd: int = 128
-    dropout: float = 0.0          # on attention probabilities, block outputs and embeddings (nanoGPT)
-    bias: bool = False            # biases in the linear layers and LayerNorms
-    rotary: bool = False          # rotary position embeddings; False: learned absolute positions
-    tie_weights: bool = True      # the LM head shares the token embedding matrix
-    impl: str = "auto"            # attention: "auto" | "fused" | "reference" | "sdpa"
-    norm: str = "layernorm"       # "layernorm" | "rmsnorm" (no mean subtraction, no bias)
-    qk_norm: bool = False         # RMSNorm on each head's queries and keys
-    mlp: str = "gelu"             # "gelu" | "relu2" (ReLU squared) | "swiglu" (gated, 3 matrices)
-    mlp_hidden: Optional[int] = None  # MLP width; None: 4 n_embd, or 8/3 n_embd for swiglu
-    logit_softcap: Optional[float] = None  # logits -> c * tanh(logits / c); None: off
-    zero_init_proj: bool = False  # residual output projections start at zero (blocks = identity)
+    """The model's settings (each a typed field with its help: the gpt recipes take them as they
+    are, `gencore train gpt-text --help` lists them). `None` for n_kv_head and mlp_hidden means
+    "the usual": n_head, and 4 n_embd (8/3 n_embd for swiglu); `kv_heads` and `hidden` give the
+    numbers."""
+    vocab_size: Optional[int] = setting(None, "tokens in the vocabulary (from the tokenizer)",
+                                        run=True)
+    block_size: int = setting(64, "longest context the model sees")
+    n_layer: int = setting(4, "transformer blocks")
+    n_head: int = setting(4, "attention heads")
+    n_kv_head: Optional[int] = setting(None, "key/value heads (grouped-query attention); none: n_head")
+    n_embd: int = setting(128, "model width")
+    dropout: float = setting(0.0, "dropout on attention probabilities, block outputs and "
+                                  "embeddings (nanoGPT's)")
+    bias: bool = setting(False, "biases in the linear layers and LayerNorms")
+    rotary: bool = setting(False, "rotary position embeddings; false: learned absolute positions")
+    tie_weights: bool = setting(True, "the LM head shares the token embedding matrix")
+    impl: str = setting("auto", "attention kernel (sdpa: PyTorch's)", choices=IMPLS)
+    norm: str = setting("layernorm", "rmsnorm: no mean subtraction, no bias", choices=NORMS)
+    qk_norm: bool = setting(False, "RMSNorm on each head's queries and keys")
+    mlp: str = setting("gelu", "relu2: ReLU squared; swiglu: gated, 3 matrices", choices=MLPS)
+    mlp_hidden: Optional[int] = setting(None, "MLP width; none: 4 n_embd, or 8/3 n_embd for swiglu")
+    logit_softcap: Optional[float] = setting(None, "logits -> c tanh(logits / c); none: off")
+    zero_init_proj: bool = setting(False, "residual output projections start at zero "
+                                          "(blocks start as the identity)")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def hidden(self) -> int:  # swiglu's third matrix: 2/3 of the width keeps the params
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.mlp != "swiglu" else -(-8 * self.n_embd // 3)
 
     def __post_init__(self) -> None:
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        if self.mlp_hidden is None:  # swiglu's third matrix: 2/3 of the width keeps the params
-            self.mlp_hidden = 4 * self.n_embd if self.mlp != "swiglu" else -(-8 * self.n_embd // 3)
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
-                     "mlp_hidden"):
+        if self.vocab_size is not None:
+            positive_int(self.vocab_size, "vocab_size", "GPTConfig")
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
             positive_int(getattr(self, name), name, "GPTConfig")
+        for name in ("n_kv_head", "mlp_hidden"):
+            if getattr(self, name) is not None:
+                positive_int(getattr(self, name), name, "GPTConfig")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be a multiple of n_head "
                              f"({self.n_head})")
-        if self.n_head % self.n_kv_head:
+        if self.n_head % self.kv_heads:
             raise ValueError(f"GPTConfig: n_head ({self.n_head}) must be a multiple of n_kv_head "
-                             f"({self.n_kv_head})")
+                             f"({self.kv_heads})")
         if self.rotary and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"GPTConfig: rotary embeddings need an even head size, got "
                              f"n_embd / n_head = {self.n_embd // self.n_head}")
@@ -109,9 +127,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.kind = cfg.mlp
-        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias)
-        self.gate = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
-        self.proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, cfg.hidden, bias=cfg.bias)
+        self.gate = nn.Linear(cfg.n_embd, cfg.hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        self.proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +147,7 @@ class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln_attn = make_norm(cfg)
-        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, rotary=cfg.rotary,
+        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.kv_heads, rotary=cfg.rotary,
                                        dropout=cfg.dropout, attn_dropout=cfg.dropout,
                                        bias=cfg.bias, impl=cfg.impl,
                                        qk_norm=cfg.qk_norm)
@@ -146,6 +164,8 @@ class GPT(nn.Module):
         super().__init__()
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"GPT takes a GPTConfig, got {type(cfg).__name__}")
+        if cfg.vocab_size is None:
+            raise ValueError("GPT: GPTConfig.vocab_size is not set (the tokenizer's vocab_size)")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = None if cfg.rotary else nn.Embedding(cfg.block_size, cfg.n_embd)

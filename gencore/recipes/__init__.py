@@ -4,9 +4,10 @@
     from gencore.recipes import train_recipe
     results = train_recipe("vae-digits", {"steps": 500}, out_dir="runs/vae")
 """
-from .base import Recipe, RunPlan
-from .registry import get_recipe, recipe_names, register, resolve_config
+from .base import Recipe, RecipeSettings, RunPlan
+from .registry import get_recipe, recipe_names, register, resolve_settings
 from .run import RESULTS_FILE, RUN_FILE, build_run, load_run, save_samples, train_recipe
 
-__all__ = ["Recipe", "RunPlan", "get_recipe", "recipe_names", "register", "resolve_config",
+__all__ = ["Recipe", "RecipeSettings", "RunPlan", "get_recipe", "recipe_names", "register",
+           "resolve_settings",
            "train_recipe", "build_run", "load_run", "save_samples", "RUN_FILE", "RESULTS_FILE"]

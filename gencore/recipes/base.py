@@ -3,20 +3,28 @@
 A recipe knows its data, model, task and trainer settings; the command line adds only the run
 directory, the device, resume and the user's `--set key=value` overrides.
 
+    @dataclass
+    class VAESettings(RecipeSettings):              # steps, seed, batch_size, trainer
+        lr: float = setting(2e-3, "Adam learning rate")
+        likelihood: str = setting("gaussian", "p(x|z)", choices=LIKELIHOODS)
+        ...
+
     Recipe(
         name="vae-digits",
         summary="convolutional VAE on scikit-learn's 8x8 digits",
-        defaults={"steps": 3000, "seed": 0, "batch_size": 64, "lr": 1e-3, "latent": 16, ...},
-        choices={"likelihood": ("bernoulli", "gaussian")},
+        settings=VAESettings(steps=3000, batch_size=64, trainer=TrainerConfig(...)),
         demo={"steps": 600},
-        build=build_vae_digits,          # (config dict, device) -> RunPlan
+        build=build_vae_digits,          # (VAESettings, device) -> RunPlan
     )
 
 Conventions every recipe follows:
-- `defaults` names every key `--set` may change, with its default; the type of the default is
-  the type of the key (bool, int, float, str). `steps`, `seed` and `batch_size` are always there.
+- Its settings are one dataclass (a `RecipeSettings`), each field typed, with a default and a
+  help line (gencore._settings.setting); a model's config dataclass (GPTConfig) and the
+  `TrainerConfig` are fields of it, taken as they are: their fields are settings by their own
+  names. `settings` is the recipe's default instance; `--set key=value` changes it by name
+  (`gencore train NAME --help` lists them all). `None` means off.
 - `demo` holds the overrides `gencore demo` uses: a run of one to three minutes on 2 CPU cores.
-- `build(config, device)` returns a `RunPlan`; it must be deterministic given `config["seed"]`
+- `build(settings, device)` returns a `RunPlan`; it must be deterministic given `settings.seed`
   (it is called again by `gencore sample` to rebuild the modules before loading a checkpoint).
 - The task (a `gencore.train.Task`) also implements
     `evaluate() -> Dict[str, float]`: the final metrics on held-out data, run after training.
@@ -32,14 +40,31 @@ Conventions every recipe follows:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
 
-from ..train import Task
+from .._settings import setting
+from ..train import Task, TrainerConfig
 
-__all__ = ["Recipe", "RunPlan"]
+__all__ = ["Recipe", "RecipeSettings", "RunPlan"]
+
+
+@dataclass
+class RecipeSettings:
+    """What every recipe has: the length of training, the seed, the batch, and the Trainer's
+    settings (its run fields, max_steps and seed among them, are filled from the run)."""
+    steps: int = setting(1000, "training steps (the Trainer's max_steps)")
+    seed: int = setting(0, "seeds the initial weights, the data order and the samples")
+    batch_size: int = setting(32, "examples per step (over all processes)")
+    trainer: TrainerConfig = setting(help="the Trainer's settings", factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
 @dataclass
@@ -47,17 +72,17 @@ class RunPlan:
     task: Task
     train_data: Iterable
     val_data: Optional[Iterable] = None
-    # TrainerConfig fields this recipe sets (max_steps, val_every, sample_every, ema_decay,
-    # warmup_steps, lr_schedule, grad_clip, precision...). out_dir, device, resume and progress
-    # belong to the command line.
-    trainer: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     summary: str
-    defaults: Mapping[str, Any]
-    build: Callable[[Dict[str, Any], torch.device], RunPlan]
-    choices: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    settings: RecipeSettings  # the recipe's defaults
+    build: Callable[[Any, torch.device], RunPlan]
     demo: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.settings, RecipeSettings) or not is_dataclass(self.settings):
+            raise TypeError(f"recipe {self.name!r}: settings must be a RecipeSettings dataclass "
+                            f"instance, got {type(self.settings).__name__}")

@@ -12,45 +12,52 @@ benchmarks/digits_quality.py). Cosine lr decay, the hinge loss and R1 gamma 3 we
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from dataclasses import dataclass
 
 import torch
 
+from .._settings import setting
 from ..data import ImageBatches, digits
 from ..models.dcgan import Discriminator, Generator
+from ..train import TrainerConfig
 from ..train.tasks.image_gan import ImageGANTask
-from .base import Recipe, RunPlan
+from .base import Recipe, RecipeSettings, RunPlan
 
-__all__ = ["RECIPES", "build_gan_digits"]
+__all__ = ["RECIPES", "GANSettings", "build_gan_digits"]
 
 
-def build_gan_digits(config: Dict[str, Any], device: torch.device) -> RunPlan:
+@dataclass
+class GANSettings(RecipeSettings):
+    lr_g: float = setting(8e-4, "the generator's Adam learning rate")
+    lr_d: float = setting(8e-4, "the discriminator's Adam learning rate")
+    beta1: float = setting(0.0, "Adam beta1 of both (beta2 0.99)")
+    latent: int = setting(32, "latent dimensions of G")
+    width: int = setting(32, "channels of G and D")
+    loss: str = setting("bce", "GAN loss (bce: non-saturating)", choices=("bce", "hinge"))
+    r1_gamma: float = setting(1.0, "R1 penalty weight (0: no penalty)")
+    r1_every: int = setting(4, "lazy R1: the penalty every this many steps")
+    impl: str = setting("auto", "the fused GAN loss or its reference",
+                        choices=("auto", "fused", "reference"))
+
+
+def build_gan_digits(s: GANSettings, device: torch.device) -> RunPlan:
     data = digits()
-    torch.manual_seed(config["seed"])
-    G = Generator(config["latent"], image_size=8, channels=1, width=config["width"])
-    D = Discriminator(image_size=8, channels=1, width=config["width"])
-    task = ImageGANTask(G, D, loss=config["loss"], lr_g=config["lr_g"], lr_d=config["lr_d"],
-                        betas=(config["beta1"], 0.99), r1_gamma=config["r1_gamma"],
-                        r1_every=config["r1_every"], impl=config["impl"],
-                        eval_samples=data.train.shape[0], seed=config["seed"])
-    steps = config["steps"]
-    return RunPlan(
-        task=task,
-        train_data=ImageBatches(data.train, config["batch_size"], seed=config["seed"]),
-        trainer={"lr_schedule": "constant", "grad_clip": None,
-                 "ema_decay": config["ema_decay"] if config["ema_decay"] > 0 else None,
-                 "sample_every": max(1, steps // 5), "log_every": max(1, steps // 20)},
-    )
+    torch.manual_seed(s.seed)
+    G = Generator(s.latent, image_size=8, channels=1, width=s.width)
+    D = Discriminator(image_size=8, channels=1, width=s.width)
+    task = ImageGANTask(G, D, loss=s.loss, lr_g=s.lr_g, lr_d=s.lr_d, betas=(s.beta1, 0.99),
+                        r1_gamma=s.r1_gamma, r1_every=s.r1_every, impl=s.impl,
+                        eval_samples=data.train.shape[0], seed=s.seed)
+    return RunPlan(task=task, train_data=ImageBatches(data.train, s.batch_size, seed=s.seed))
 
 
 RECIPES = [
     Recipe(
         name="gan-digits",
         summary="DCGAN-style GAN with fused losses and R1 on scikit-learn's 8x8 digits (FD/KID)",
-        defaults={"steps": 3000, "seed": 0, "batch_size": 64, "lr_g": 8e-4, "lr_d": 8e-4,
-                  "beta1": 0.0, "latent": 32, "width": 32, "loss": "bce", "r1_gamma": 1.0,
-                  "r1_every": 4, "ema_decay": 0.995, "impl": "auto"},
-        choices={"loss": ("bce", "hinge"), "impl": ("auto", "fused", "reference")},
+        settings=GANSettings(steps=3000, batch_size=64, trainer=TrainerConfig(
+            lr_schedule="constant", grad_clip=None, ema_decay=0.995, sample_every=600,
+            log_every=150)),
         demo={},  # the full run: under a minute on 2 cores
         build=build_gan_digits,
     ),

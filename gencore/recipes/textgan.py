@@ -20,52 +20,67 @@ benchmarks/RESULTS.md ("textgan-oracle"), `benchmarks/textgan_frontier.py`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from dataclasses import dataclass
 
 import torch
 
+from .._settings import setting
 from ..data import SampledDataset
 from ..models.oracle import OracleLSTM
 from ..models.text_gan import SCHEDULES, CNNDiscriminator, TextGenerator
 from ..ops.reference.gan_loss import KINDS
+from ..train import TrainerConfig
 from ..train.tasks.text_gan import TextGANTask
-from .base import Recipe, RunPlan
+from .base import Recipe, RecipeSettings, RunPlan
 
-__all__ = ["RECIPES"]
+__all__ = ["RECIPES", "TextGANSettings"]
 
 
-def build_textgan_oracle(config: Dict[str, Any], device: torch.device) -> RunPlan:
-    oracle = OracleLSTM(config["vocab_size"], 32, 32, config["seq_len"], seed=config["oracle_seed"])
-    data = SampledDataset(oracle.sample, name=f"oracle-lstm-{config['oracle_seed']}")
-    seed = config["seed"]
-    torch.manual_seed(seed)  # the generator's and discriminator's initial weights
-    gen = TextGenerator(config["vocab_size"], config["gen_embed"], config["gen_hidden"],
-                        config["seq_len"])
-    disc = CNNDiscriminator(config["vocab_size"], config["seq_len"], config["disc_embed"],
-                            num_filters=config["disc_filters"], dropout=config["disc_dropout"],
-                            num_rep=config["disc_rep"])
+@dataclass
+class TextGANSettings(RecipeSettings):
+    mle_steps: int = setting(1000, "MLE pretraining steps before the adversarial ones")
+    oracle_seed: int = setting(0, "seeds the oracle LSTM (the data)")
+    vocab_size: int = setting(5000, "the oracle's vocabulary")
+    seq_len: int = setting(20, "sequence length")
+    gen_embed: int = setting(32, "generator embedding width")
+    gen_hidden: int = setting(32, "generator LSTM width")
+    disc_embed: int = setting(64, "discriminator embedding width")
+    disc_filters: int = setting(64, "discriminator filters per kernel size")
+    disc_dropout: float = setting(0.25, "discriminator dropout")
+    disc_rep: int = setting(16, "discriminator representations (RelGAN's)")
+    loss: str = setting("rsgan", "GAN loss", choices=KINDS)
+    temperature: str = setting("exp", "Gumbel-softmax inverse-temperature schedule",
+                               choices=SCHEDULES)
+    beta_max: float = setting(10.0, "the schedule's largest inverse temperature")
+    mle_lr: float = setting(1e-2, "MLE Adam learning rate")
+    g_lr: float = setting(1e-3, "adversarial generator Adam learning rate")
+    d_lr: float = setting(1e-4, "discriminator Adam learning rate")
+    d_steps: int = setting(1, "discriminator updates per generator update")
+    eval_samples: int = setting(5000, "samples of the final NLL_oracle / NLL_gen")
+    frontier_samples: int = setting(1000, "samples per temperature of the frontier")
+
+
+def build_textgan_oracle(s: TextGANSettings, device: torch.device) -> RunPlan:
+    oracle = OracleLSTM(s.vocab_size, 32, 32, s.seq_len, seed=s.oracle_seed)
+    data = SampledDataset(oracle.sample, name=f"oracle-lstm-{s.oracle_seed}")
+    torch.manual_seed(s.seed)  # the generator's and discriminator's initial weights
+    gen = TextGenerator(s.vocab_size, s.gen_embed, s.gen_hidden, s.seq_len)
+    disc = CNNDiscriminator(s.vocab_size, s.seq_len, s.disc_embed, num_filters=s.disc_filters,
+                            dropout=s.disc_dropout, num_rep=s.disc_rep)
     task = TextGANTask(
-        oracle, gen, disc, total_steps=config["steps"], mle_steps=min(config["mle_steps"], config["steps"]),
-        loss=config["loss"], schedule=config["temperature"], beta_max=config["beta_max"],
-        mle_lr=config["mle_lr"], g_lr=config["g_lr"], d_lr=config["d_lr"],
-        d_steps=config["d_steps"], test_data=data.fixed(config["eval_samples"], seed + 1_000_003),
-        eval_samples=config["eval_samples"], frontier_samples=config["frontier_samples"])
-    return RunPlan(task=task, train_data=data.batches(config["batch_size"], seed),
-                   trainer={"grad_clip": 5.0, "lr_schedule": "constant", "log_every": 50,
-                            "sample_every": max(1, config["steps"] // 4)})
+        oracle, gen, disc, total_steps=s.steps, mle_steps=min(s.mle_steps, s.steps),
+        loss=s.loss, schedule=s.temperature, beta_max=s.beta_max, mle_lr=s.mle_lr, g_lr=s.g_lr,
+        d_lr=s.d_lr, d_steps=s.d_steps, test_data=data.fixed(s.eval_samples, s.seed + 1_000_003),
+        eval_samples=s.eval_samples, frontier_samples=s.frontier_samples)
+    return RunPlan(task=task, train_data=data.batches(s.batch_size, s.seed))
 
 
 RECIPES = [
     Recipe(
         name="textgan-oracle",
         summary="RelGAN-style text GAN (LSTM G, Gumbel-softmax, CNN D) on the synthetic oracle LSTM",
-        defaults={"steps": 1200, "mle_steps": 1000, "seed": 0, "oracle_seed": 0,
-                  "batch_size": 64, "vocab_size": 5000, "seq_len": 20,
-                  "gen_embed": 32, "gen_hidden": 32, "disc_embed": 64, "disc_filters": 64,
-                  "disc_dropout": 0.25, "disc_rep": 16, "loss": "rsgan", "temperature": "exp",
-                  "beta_max": 10.0, "mle_lr": 1e-2, "g_lr": 1e-3, "d_lr": 1e-4, "d_steps": 1,
-                  "eval_samples": 5000, "frontier_samples": 1000},
-        choices={"loss": KINDS, "temperature": SCHEDULES},
+        settings=TextGANSettings(steps=1200, batch_size=64, trainer=TrainerConfig(
+            grad_clip=5.0, lr_schedule="constant", log_every=50, sample_every=300)),
         demo={},  # the full run: MLE, then adversarial; about 4 min on 2 cores
         build=build_textgan_oracle,
     ),

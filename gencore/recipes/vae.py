@@ -14,52 +14,61 @@ validation NLL (-63.8 against -61.3, seed 0) but worse samples (FD 0.041; issue 
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
+from .._settings import setting
 from ..data import ImageBatches, digits
 from ..models.vae import GAUSSIAN_VARS, LIKELIHOODS, PRIORS, VAE
+from ..train import TrainerConfig
 from ..train.tasks.vae import VAETask
-from .base import Recipe, RunPlan
+from .base import Recipe, RecipeSettings, RunPlan
 
-__all__ = ["RECIPES", "build_vae_digits"]
+__all__ = ["RECIPES", "VAESettings", "build_vae_digits"]
 
 
-def build_vae_digits(config: Dict[str, Any], device: torch.device) -> RunPlan:
+@dataclass
+class VAESettings(RecipeSettings):
+    lr: float = setting(2e-3, "Adam learning rate")
+    latent: int = setting(16, "latent dimensions")
+    width: int = setting(32, "channels of the first convolution")
+    likelihood: str = setting("gaussian", "p(x|z)", choices=LIKELIHOODS)
+    gaussian_var: str = setting("pixel", "the Gaussian likelihood's variance: per pixel or one",
+                                choices=GAUSSIAN_VARS)
+    prior: str = setting("mixture", "p(z): N(0, I), a Gaussian mixture (EM-refitted) or a "
+                                    "RealNVP flow", choices=PRIORS)
+    prior_components: int = setting(256, "mixture prior components")
+    prior_refit_every: Optional[int] = setting(250, "EM refit of the mixture prior every this "
+                                                    "many steps; none: never")
+    flow_layers: int = setting(6, "flow prior coupling layers")
+    flow_hidden: int = setting(128, "flow prior hidden width")
+    kl_warmup: int = setting(0, "steps over which the KL weight rises from 0 to 1")
+    nll_k: int = setting(1000, "importance samples per image of the final NLL")
+
+
+def build_vae_digits(s: VAESettings, device: torch.device) -> RunPlan:
     data = digits()
-    torch.manual_seed(config["seed"])
-    model = VAE(image_size=8, channels=1, latent_dim=config["latent"], width=config["width"],
-                likelihood=config["likelihood"], gaussian_var=config["gaussian_var"],
-                prior=config["prior"], prior_components=config["prior_components"],
-                flow_layers=config["flow_layers"], flow_hidden=config["flow_hidden"])
-    task = VAETask(model, data.val, lr=config["lr"], kl_warmup=config["kl_warmup"],
-                   nll_k=config["nll_k"], eval_samples=data.train.shape[0], seed=config["seed"],
-                   train_images=data.train,
-                   prior_refit_every=config["prior_refit_every"] if config["prior"] == "mixture" else 0)
-    steps = config["steps"]
-    return RunPlan(
-        task=task,
-        train_data=ImageBatches(data.train, config["batch_size"], seed=config["seed"]),
-        val_data=list(data.val.split(360)),
-        trainer={"lr_schedule": "cosine", "warmup_steps": min(100, steps // 10),
-                 "grad_clip": config["grad_clip"] if config["grad_clip"] > 0 else None,
-                 "ema_decay": config["ema_decay"] if config["ema_decay"] > 0 else None,
-                 "val_every": max(1, steps // 5), "sample_every": max(1, steps // 5),
-                 "log_every": max(1, steps // 20)},
-    )
+    torch.manual_seed(s.seed)
+    model = VAE(image_size=8, channels=1, latent_dim=s.latent, width=s.width,
+                likelihood=s.likelihood, gaussian_var=s.gaussian_var, prior=s.prior,
+                prior_components=s.prior_components, flow_layers=s.flow_layers,
+                flow_hidden=s.flow_hidden)
+    task = VAETask(model, data.val, lr=s.lr, kl_warmup=s.kl_warmup, nll_k=s.nll_k,
+                   eval_samples=data.train.shape[0], seed=s.seed, train_images=data.train,
+                   prior_refit_every=s.prior_refit_every if s.prior == "mixture" else None)
+    return RunPlan(task=task, train_data=ImageBatches(data.train, s.batch_size, seed=s.seed),
+                   val_data=list(data.val.split(360)))
 
 
 RECIPES = [
     Recipe(
         name="vae-digits",
         summary="convolutional VAE on scikit-learn's 8x8 digits (NLL by importance sampling, FD/KID)",
-        defaults={"steps": 3000, "seed": 0, "batch_size": 64, "lr": 2e-3, "latent": 16,
-                  "width": 32, "likelihood": "gaussian", "gaussian_var": "pixel",
-                  "prior": "mixture", "prior_components": 256, "prior_refit_every": 250,
-                  "flow_layers": 6, "flow_hidden": 128,
-                  "kl_warmup": 0, "grad_clip": 0.0, "ema_decay": 0.0, "nll_k": 1000},
-        choices={"likelihood": LIKELIHOODS, "gaussian_var": GAUSSIAN_VARS, "prior": PRIORS},
+        settings=VAESettings(steps=3000, batch_size=64, trainer=TrainerConfig(
+            lr_schedule="cosine", warmup_steps=100, grad_clip=None, val_every=600,
+            sample_every=600, log_every=150)),
         demo={},  # the full run: under a minute on 2 cores
         build=build_vae_digits,
     ),

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .._atomic import atomic_torch_save
+from .._atomic import atomic_torch_save, fsync_dir, fsync_file, write_text
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CheckpointManager",
            "capture_rng_state", "restore_rng_state", "FORMAT", "DCP_KEY", "seal_sharded",
@@ -147,39 +147,23 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def seal_sharded(tmp: Path, final: Path, meta: Dict[str, Any]) -> Path:
     """Main process, after every process wrote its part of `tmp`: fsync every file, write the
     manifest last, rename `tmp` to `final` (a previous `final` is replaced only then)."""
     files = {}
     for p in sorted(tmp.iterdir()):
         if p.is_file() and p.name != _MANIFEST:
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(p)
             files[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
     manifest = {"format": FORMAT + "-dcp", "version": VERSION, **meta, "files": files}
-    with open(tmp / _MANIFEST, "w") as f:
-        f.write(json.dumps(manifest, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    write_text(tmp / _MANIFEST, json.dumps(manifest, indent=1) + "\n")  # fsyncs tmp too
     old = None
     if final.exists():  # the same step written again (a run resumed from an older checkpoint)
         old = final.with_name(f".{final.name}.old.tmp")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,13 +1,9 @@
 """torch.distributed plumbing: the same script runs alone or under `torchrun`.
 
 Under `torchrun` (WORLD_SIZE > 1 in the environment) `init()` joins the process group: gloo on
-CPU, nccl on CUDA (each process on its LOCAL_RANK device). Gradients are synchronised by torch's
-own engines, chosen by `TrainerConfig.parallel`:
-
-- `ddp`: `torch.nn.parallel.DistributedDataParallel`, one per module that an optimizer steps
-  (`DDPSync`): bucketed all-reduces that start while the backward is still running.
-- `fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) per transformer block and on each module
-  (`shard`): parameters, gradients and optimizer state are sharded across the processes.
+CPU, nccl on CUDA (each process on its LOCAL_RANK device). `Parallel` (chosen by
+`TrainerConfig.parallel`) owns the rest: replicated (`ddp`: DistributedDataParallel) or sharded
+(`fsdp`: FSDP2 `fully_shard` per block), gradient sync under accumulation, checkpoint format.
 
 `StopFlag` lets every process agree, without a host-device sync, on the step after which a
 SIGTERM/SIGUSR1 that reached any of them stops training.
@@ -17,10 +13,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
-import inspect
 import os
 import weakref
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import torch
 import torch.distributed as dist
@@ -29,7 +24,7 @@ import torch.nn as nn
 from .._device import resolve_device
 
 __all__ = ["init", "is_distributed", "rank", "world_size", "is_main", "broadcast_module",
-           "all_reduce_sum", "barrier", "shutdown", "DDPSync", "shard", "shard_units", "StopFlag",
+           "all_reduce_sum", "barrier", "shutdown", "Parallel", "average_gradients", "shard", "shard_units", "StopFlag",
            "PARALLEL"]
 
 PARALLEL = ("ddp", "fsdp")
@@ -89,8 +84,8 @@ def shutdown() -> None:
         finally:
             # Drop what holds the groups (DDP reducers, the control group) so that gloo's
             # worker threads end with them.
-            for sync in list(_SYNCS):
-                sync.ddp.clear()
+            for p in list(_PARALLELS):
+                p.close()
             _CONTROL = None
             dist.destroy_process_group()
 
@@ -115,76 +110,139 @@ def barrier() -> None:
         dist.barrier()
 
 
-# ----------------------------------------------------------------------------- DDP
+# ----------------------------------------------------------------------------- Parallel
 
-_SYNCS: "weakref.WeakSet[DDPSync]" = weakref.WeakSet()
-
-class _Armed(nn.Module):
-    """What DDP wraps: the module itself, with a forward that computes nothing. Calling the DDP
-    wrapper arms its reducer for the next backward (see DDPSync)."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self):
-        return None
+_PARALLELS: "weakref.WeakSet[Parallel]" = weakref.WeakSet()
 
 
-class DDPSync:
-    """One `DistributedDataParallel` per module that an optimizer steps.
+class Parallel:
+    """How the processes of a run share the work: the one object that owns the process group,
+    the wrapping of the modules, how gradients are synchronised (also under accumulation) and
+    which checkpoint format the run writes. The Trainer asks it; one process is the case
+    world_size == 1 of the same code.
 
-    DDP with `find_unused_parameters=False` needs nothing from the forward pass: its forward only
-    arms the reducer so that the next backward all-reduces every gradient in buckets as they
-    become ready (overlapped with the rest of the backward, averaged over the processes). So the
-    Trainer arms the modules an optimizer steps right before that optimizer's backward (`arm`),
-    and tasks call their modules however they like: plain calls, methods other than forward
-    (a generator's `gumbel_sample`), a discriminator inside the generator's step (frozen with
-    `requires_grad_(False)`, it takes no part in that backward). A backward that is not armed
-    accumulates gradients locally, which is exactly `DDP.no_sync()`: gradient accumulation arms
-    only the last micro-batch. Every trainable parameter of an armed module must receive a
-    gradient in that backward (`check` says which did not).
+    - replicated (`mode="ddp"`): every process holds the whole model. A module stepped after
+      the task's one backward per step (automatic optimization) is wrapped in
+      `DistributedDataParallel` (`wrapped[name]`, what `Task.training_module(name)` returns),
+      whose forward arms the bucketed all-reduce that averages the gradients while the backward
+      still runs. Under accumulation every micro-batch
+      but the last sets `require_backward_grad_sync = False` before its forward, as nanoGPT's
+      train.py does: those backwards accumulate locally. Checkpoints: one file, rank 0 writes it.
+    - sharded (`mode="fsdp"`, several processes): FSDP2 `fully_shard` per transformer block and
+      on the module (parameters, gradients, optimizer state sharded); accumulation through
+      `set_requires_gradient_sync`. Checkpoints: torch.distributed.checkpoint (DCP), at any
+      world size, so that a run moves between 1 and N processes.
 
-    Buffers are broadcast from rank 0 once at construction (as DDP does), not at every step
-    (`forward_sync_buffers=False`, formerly `broadcast_buffers=False`): running statistics stay
-    per process.
+    Tasks that step their optimizers themselves (GANs: `automatic_optimization = False`) are
+    replicated without DDP, for three reasons in their steps: R1's penalty takes gradients of
+    gradients (`torch.autograd.grad(create_graph=True)` inside the discriminator's step), which
+    DDP's reducer does not support; the text GAN's generator is used through methods other than
+    forward (`gumbel_sample`, `mle_loss`), and DDP only prepares its reducer in forward; and the
+    discriminator runs, frozen, inside the generator's step, so one module takes part in
+    backwards that must and must not average its gradients. So after each optimizer's backward,
+    `average_gradients` all-reduces the gradients of the modules that optimizer steps (one
+    collective per module): no overlap with the backward, which costs little at these models'
+    size, and nothing hidden in a forward.
     """
 
-    def __init__(self, modules: Dict[str, nn.Module], device: torch.device,
-                 bucket_cap_mb: Optional[float] = None):
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        kw = {} if bucket_cap_mb is None else {"bucket_cap_mb": bucket_cap_mb}
-        # Buffers synced at construction only (torch 2.13 renamed broadcast_buffers).
-        kw["forward_sync_buffers" if "forward_sync_buffers" in
-           inspect.signature(DDP.__init__).parameters else "broadcast_buffers"] = False
-        self.ddp: Dict[str, nn.Module] = {}
-        _SYNCS.add(self)
+    def __init__(self, mode: str = "ddp", device: str = "cpu"):
+        if mode not in PARALLEL:
+            raise ValueError(f"parallel={mode!r} is not valid; choose one of {list(PARALLEL)}")
+        self.mode = mode
+        self.device = init(device)
+        self.rank, self.world_size = rank(), world_size()
+        self.sharded = mode == "fsdp" and self.world_size > 1
+        # DCP whenever the run is fsdp, also on one process: its checkpoints resume sharded.
+        self.checkpoint_format = "dcp" if mode == "fsdp" else "file"
+        self.wrapped: Dict[str, nn.Module] = {}     # DDP wrappers: what training_step calls
+        self._averaged: Dict[str, nn.Module] = {}   # manual tasks: averaged after each backward
+        self._sharded: Dict[str, nn.Module] = {}
+        self._called: Dict[str, bool] = {}
+        _PARALLELS.add(self)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def place(self, modules: Dict[str, nn.Module], automatic: bool, precision: str = "fp32") -> None:
+        """Moves `modules` to the device with the same start on every process; sharded: shards
+        them (before the optimizers are built on their parameters)."""
+        if self.sharded and not automatic:
+            raise ValueError("parallel='fsdp' shards tasks with automatic optimization (one "
+                             "backward per step, e.g. the GPT recipes); use parallel='ddp' for "
+                             "this task")
         for name, m in modules.items():
-            if not any(p.requires_grad for p in m.parameters()):
+            m.to(self.device)
+            if self.world_size > 1:
                 broadcast_module(m)
-                continue
-            self.ddp[name] = DDP(_Armed(m), device_ids=[device.index] if device.type == "cuda"
-                                 else None, gradient_as_bucket_view=True, **kw)
+            if self.sharded:
+                self._sharded[name] = shard(m, precision)
 
-    def arm(self, names: Iterable[str]) -> None:
-        for n in names:
-            if n in self.ddp:
-                self.ddp[n]()
+    def wrap(self, modules: Dict[str, nn.Module], stepped: Iterable[str], automatic: bool) -> None:
+        """Replicated, several processes: the modules an optimizer steps (`stepped`) in DDP when
+        the task takes one backward per step (`automatic`), else kept for `average_gradients`."""
+        if self.world_size == 1 or self.sharded:
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        for name in stepped:
+            m = modules[name]
+            if not automatic:
+                self._averaged[name] = m
+            elif any(p.requires_grad for p in m.parameters()):
+                ddp = DDP(m, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                          gradient_as_bucket_view=True)
+                # Buffers are broadcast at construction, not before every forward: gencore's
+                # are constants (rotary frequencies, a flow's permutations). (The attribute is
+                # DDP's broadcast_buffers; torch 2.13 keeps it as a property of its new name.)
+                ddp.broadcast_buffers = False
+                ddp.register_forward_pre_hook(lambda mod, args, n=name: self._called.update({n: True}))
+                self.wrapped[name] = ddp
 
-    def check(self, names: Iterable[str]) -> None:
-        """After an armed backward: every trainable parameter of those modules has a gradient
-        (else DDP waits for it forever and the gradients are not averaged)."""
+    def gradient_sync(self, names: Iterable[str], sync: bool) -> None:
+        """Before a micro-batch's forward: whether its backward averages the gradients of
+        `names` (False: accumulate locally; the last micro-batch syncs)."""
         for n in names:
-            if n not in self.ddp:
-                continue
-            missing = [pn for pn, p in self.ddp[n].module.module.named_parameters()
-                       if p.requires_grad and p.grad is None]
-            if missing:
+            if n in self.wrapped:
+                self.wrapped[n].require_backward_grad_sync = sync
+                self._called[n] = False
+            elif n in self._sharded:
+                self._sharded[n].set_requires_gradient_sync(sync)
+
+    def after_backward(self, names: Iterable[str]) -> None:
+        """After a backward that synchronised `names`: DDP's all-reduce has run if the task
+        called the wrapper; the modules of manual tasks are averaged now."""
+        for n in names:
+            if n in self.wrapped and not self._called.get(n, True):
                 raise RuntimeError(
-                    f"module '{n}': parameters {missing[:5]} got no gradient in a backward that "
-                    "DDP synchronises; every trainable parameter of a module an optimizer steps "
-                    "must take part (freeze the others with requires_grad_(False) before "
-                    "training)")
+                    f"training_step called module '{n}' directly, so DistributedDataParallel did "
+                    f"not average its gradients: call it as self.training_module('{n}')(...)")
+            if n in self._averaged:
+                average_gradients(n, self._averaged[n], self.world_size)
+
+    def close(self) -> None:
+        """Drops the DDP wrappers (their reducers hold the process group)."""
+        self.wrapped.clear()
+        self._averaged.clear()
+        self._sharded.clear()
+
+
+def average_gradients(name: str, module: nn.Module, world: int) -> None:
+    """All-reduces (averages) the gradients of `module` in one flat buffer. Every trainable
+    parameter must have a gradient on every process (else the buffers differ in size)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    missing = [pn for pn, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise RuntimeError(
+            f"module '{name}': parameters {missing[:5]} got no gradient in a backward whose "
+            "gradients are averaged across processes; every trainable parameter of a module an "
+            "optimizer steps must take part (freeze the others with requires_grad_(False))")
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p.grad))
 
 
 # ----------------------------------------------------------------------------- FSDP2

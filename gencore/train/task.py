@@ -2,17 +2,20 @@
 
 A task owns its modules and says how one training step goes. Two styles:
 
-- automatic (`automatic_optimization = True`, the default): `training_step(batch, step)` returns
-  a dict with a scalar `'loss'` tensor (and any other numbers to log); the Trainer does backward
-  (with gradient accumulation), the cross-process gradient average, clipping, the optimizer step
-  (`configure_optimizers` must return exactly one optimizer), LR schedule and EMA updates.
+- automatic (`automatic_optimization = True`, the default): `training_step(batch, step)` calls
+  its modules as `self.training_module(name)(...)` (under several processes: the DDP wrapper)
+  and returns a dict with a scalar `'loss'` tensor (and any other numbers to log); the Trainer
+  does backward (with gradient accumulation), the cross-process gradient average, clipping (the
+  global norm), the step of every optimizer (`configure_optimizers`: one, or several over
+  disjoint parameters, e.g. torch's Muon and AdamW), LR schedules and EMA updates.
 - manual (`automatic_optimization = False`, e.g. a GAN with two optimizers): `training_step`
   calls `self.trainer.optimizer_step(name, loss)` for each update it wants; the Trainer still does
   the NaN/inf guard, backward (with the GradScaler for fp16), gradient average, clipping and step.
   It returns a dict of numbers to log: tensors (read once per logging interval) or floats.
-  With several processes (DDP) every trainable parameter of a module that optimizer `name` steps
-  must get a gradient in its backward; freeze a module used but not stepped (a discriminator in
-  the generator's step) with `requires_grad_(False)`.
+  With several processes the gradients of the modules optimizer `name` steps are averaged after
+  its backward (see gencore.train.distributed.Parallel), so every trainable parameter of them
+  must get a gradient in it; freeze a module used but not stepped (a discriminator in the
+  generator's step) with `requires_grad_(False)`.
 
 Everything else has a default: no validation, no samples, no extra state.
 """
@@ -62,6 +65,13 @@ class Task:
         [0, 1] (written as a PNG grid), or a dict of those. Runs on the main process only, under
         `torch.no_grad()` in eval mode, with the training RNG streams left untouched."""
         return None
+
+    def training_module(self, name: str) -> nn.Module:
+        """The module to call in `training_step` (automatic optimization): under several
+        replicated processes the Trainer's DistributedDataParallel wrapper of `name`, whose
+        forward arms the all-reduce of its gradients; else the module itself."""
+        wrapped = getattr(getattr(self.trainer, "parallel", None), "wrapped", {})
+        return wrapped[name] if name in wrapped else self.modules()[name]
 
     def inference_module(self, name: str) -> nn.Module:
         """The module to evaluate and sample with: the trainer's EMA copy of `name` when it keeps

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import shutil
 import signal
@@ -48,11 +47,14 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from .. import _atomic
+from .._settings import setting
 from . import distributed as dist_utils
 from .checkpoint import DCP_KEY, CheckpointError, CheckpointManager, capture_rng_state, \
     load_checkpoint, restore_rng_state, save_checkpoint, seal_sharded
 from .ema import EMA
 from .images import save_png_grid
+from .precision import resolve_precision
 from .schedule import WarmupDecay
 from .task import Task
 
@@ -62,7 +64,7 @@ __all__ = ["TrainerConfig", "Trainer", "NonFiniteLossError", "seed_everything", 
 STOPPED_EXIT_STATUS = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; resume it
 _STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
-_PRECISIONS = ("fp32", "bf16", "fp16")
+_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _NONFINITE = ("skip", "stop")
 _SCHEDULES = ("cosine", "linear", "constant")
 _PROGRESS = ("auto", "bar", "lines", "none")
@@ -91,30 +93,49 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int
-    out_dir: Optional[str] = None          # None: nothing written (no logs, no checkpoints)
-    device: str = "cpu"                     # auto (CUDA when available) | cpu | cuda | cuda:N
-    precision: str = "fp32"                 # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
-    grad_accum: int = 1                     # micro-batches per step (automatic optimization)
-    grad_clip: Optional[float] = 1.0        # max global grad norm per optimizer; None: no clipping
-    lr_schedule: str = "cosine"             # linear warmup, then cosine | linear decay; or constant
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    decay_frac: float = 1.0                 # decay over this last fraction (< 1: warmup-stable-decay)
-    ema_decay: Optional[float] = None       # EMA of the task's ema_modules() when set
-    log_every: int = 10
-    val_every: Optional[int] = None
-    sample_every: Optional[int] = None
-    ckpt_every: Optional[int] = None        # a checkpoint is also written at the end
-    keep_last: int = 3
-    nonfinite: str = "skip"                 # skip the step | stop training
-    max_consecutive_skips: int = 10         # 'skip' turns into 'stop' after this many in a row
-    resume: Union[bool, str] = False        # True: newest good checkpoint in out_dir; or a path
-    seed: Optional[int] = None              # seed_everything(seed) at the start of fit()
-    progress: str = "auto"                  # auto (bar on a terminal, lines otherwise) | bar | lines | none
-    parallel: str = "ddp"                   # several processes: ddp (DistributedDataParallel) |
-                                            # fsdp (FSDP2 per block, sharded DCP checkpoints)
-    handle_signals: bool = True             # SIGTERM/SIGUSR1: finish the step, checkpoint, stop
+    """How the Trainer trains: typed settings with their help (recipes take them as they are:
+    `gencore train RECIPE --help` lists them). The fields marked run=True belong to the run (the
+    command line and the recipe's steps and seed), not to the recipe's settings."""
+    max_steps: int = setting(1000, "training steps", run=True)
+    out_dir: Optional[str] = setting(None, "run directory; None: nothing written", run=True)
+    device: str = setting("cpu", "auto (CUDA when available) | cpu | cuda | cuda:N", run=True)
+    precision: str = setting("fp32", "bf16: autocast; fp16: autocast + GradScaler; auto: bf16 "
+                                     "where the device computes it natively, else fp32",
+                             choices=_PRECISIONS)
+    grad_accum: int = setting(1, "micro-batches per step (automatic optimization)")
+    grad_clip: Optional[float] = setting(1.0, "max global gradient norm per optimizer; none: "
+                                              "no clipping")
+    lr_schedule: str = setting("cosine", "linear warmup, then cosine or linear decay; or constant",
+                               choices=_SCHEDULES)
+    warmup_steps: int = setting(0, "linear warmup steps (at most the run's steps)")
+    min_lr_ratio: float = setting(0.1, "the decay ends at this fraction of the learning rate")
+    decay_frac: float = setting(1.0, "decay over this last fraction of the steps (< 1: "
+                                     "warmup-stable-decay)")
+    ema_decay: Optional[float] = setting(None, "EMA of the task's ema_modules(); none: off")
+    log_every: int = setting(10, "steps per logged mean (the one host read of an interval)")
+    val_every: Optional[int] = setting(None, "validation every this many steps and at the end; "
+                                             "none: off")
+    sample_every: Optional[int] = setting(None, "samples every this many steps and at the end; "
+                                                "none: off")
+    ckpt_every: Optional[int] = setting(None, "a checkpoint every this many steps (and always at "
+                                              "the end); none: at the end only")
+    keep_last: int = setting(3, "checkpoints kept")
+    nonfinite: str = setting("skip", "a NaN/inf loss or gradient: skip the step, or stop",
+                             choices=_NONFINITE)
+    max_consecutive_skips: int = setting(10, "'skip' turns into 'stop' after this many in a row")
+    resume: Union[bool, str] = setting(False, "True: newest good checkpoint in out_dir; or a path",
+                                       run=True)
+    seed: Optional[int] = setting(None, "seed_everything(seed) at the start of fit()", run=True)
+    progress: str = setting("auto", "auto (bar on a terminal, lines otherwise) | bar | lines | "
+                                    "none", run=True)
+    parallel: str = setting("ddp", "several processes: ddp (replicated, DistributedDataParallel) "
+                                   "| fsdp (sharded, FSDP2 per block, DCP checkpoints)",
+                            choices=dist_utils.PARALLEL)
+    handle_signals: bool = setting(True, "SIGTERM/SIGUSR1: finish the step, checkpoint, stop",
+                                   run=True)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         def choice(name, valid):
@@ -134,8 +155,13 @@ class TrainerConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"TrainerConfig.{name} must be None or a positive integer, got {v!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"TrainerConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if not 0.0 <= self.decay_frac <= 1.0:
             raise ValueError(f"TrainerConfig.decay_frac must be in [0, 1], got {self.decay_frac!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"TrainerConfig.ema_decay must be None (no EMA) or in (0, 1), got "
+                             f"{self.ema_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainerConfig.grad_clip must be None or > 0, got {self.grad_clip}")
         if self.resume and self.out_dir is None and not isinstance(self.resume, str):
@@ -191,48 +217,57 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _autocast(self):
-        p = self.config.precision
+        p = self.precision
         if p == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if p == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     def setup(self) -> None:
-        """Process group, device, modules, optimizers, schedulers, EMA; then resume if asked.
-        `fit()` calls it; call it yourself to inspect the state before training."""
+        """The steps before training, in order; then resume if asked. `fit()` calls it; call it
+        yourself to inspect the state before training."""
         if self._setup_done:
             return
         cfg = self.config
-        self.device = dist_utils.init(cfg.device)
-        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self.parallel = dist_utils.Parallel(cfg.parallel, cfg.device)  # joins the process group
+        self.device, self.sharded = self.parallel.device, self.parallel.sharded
+        self.rank, self.world_size = self.parallel.rank, self.parallel.world_size
+        self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.seed is not None:
             seed_everything(cfg.seed)
-        self.modules: Dict[str, nn.Module] = dict(self.task.modules())
+        self._setup_modules_and_optimizers()
+        self._guard = self._new_guard()
+        self.schedulers = self._default_schedulers()
+        self.ema: Dict[str, EMA] = {}
+        if cfg.ema_decay is not None:
+            self.ema = {n: EMA(self.modules[n], cfg.ema_decay) for n in self.task.ema_modules()}
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self._shard_data()
+        self._t_start = time.time()
+        self.ckpt = self._open_run_dir()
+        if cfg.resume:
+            self._resume()
+        self._setup_done = True
+
+    def _setup_modules_and_optimizers(self) -> None:
+        """The task's modules placed (and sharded) by `parallel`, its optimizers built on them,
+        then the modules each optimizer steps wrapped for gradient sync."""
+        task, cfg = self.task, self.config
+        self.modules: Dict[str, nn.Module] = dict(task.modules())
         if not self.modules:
             raise ValueError("the task's modules() returned no modules")
-        # FSDP2 when asked for and there are several processes; its checkpoints are sharded (DCP)
-        # at any world size, so that a run can move between 1 and N processes.
-        self.sharded = cfg.parallel == "fsdp" and self.world_size > 1
-        self._dcp = cfg.parallel == "fsdp"
-        if self.sharded and not self.task.automatic_optimization:
-            raise ValueError("parallel='fsdp' shards tasks with automatic optimization (one "
-                             "optimizer, e.g. the GPT recipes); use parallel='ddp' for this task")
         if self.sharded and cfg.ema_decay is not None:
             raise ValueError("parallel='fsdp' keeps no EMA of sharded weights; set ema_decay=None "
                              "or use parallel='ddp'")
-        for m in self.modules.values():
-            m.to(self.device)
-            if self.sharded:
-                dist_utils.broadcast_module(m)  # the same start everywhere, then shard it
-                dist_utils.shard(m, cfg.precision)
+        self.parallel.place(self.modules, task.automatic_optimization, self.precision)
         self._container = nn.ModuleDict(self.modules)  # one tree of names for DCP
-        self.optimizers = dict(self.task.configure_optimizers())
-        if self.task.automatic_optimization:
-            if len(self.optimizers) != 1:
-                raise ValueError(f"automatic optimization needs exactly one optimizer, the task "
-                                 f"has {sorted(self.optimizers)}; set automatic_optimization = "
-                                 "False and call trainer.optimizer_step(name, loss) for several")
-        elif cfg.grad_accum != 1:
+        self.optimizers = dict(task.configure_optimizers())
+        if task.automatic_optimization and self._shared_params():
+            raise ValueError(f"automatic optimization steps every optimizer after the one "
+                             f"backward, so they must not share parameters; the task's "
+                             f"{sorted(self.optimizers)} do. Set automatic_optimization = False "
+                             "and call trainer.optimizer_step(name, loss) for each")
+        if not task.automatic_optimization and cfg.grad_accum != 1:
             raise ValueError("grad_accum > 1 needs automatic optimization (a manual task "
                              "accumulates itself)")
         self._opt_params = {n: [p for g in o.param_groups for p in g["params"]]
@@ -242,33 +277,32 @@ class Trainer:
         self._opt_modules = {n: [mn for mn, m in self.modules.items()
                                  if any(id(p) in ids[n] for p in m.parameters())]
                              for n in self.optimizers}
-        self._ddp = None
-        if self.world_size > 1 and not self.sharded:
-            stepped = {mn for names in self._opt_modules.values() for mn in names}
-            for mn, m in self.modules.items():
-                if mn not in stepped:
-                    dist_utils.broadcast_module(m)
-            self._ddp = dist_utils.DDPSync({mn: m for mn, m in self.modules.items()
-                                            if mn in stepped}, self.device)
-        # The NaN/inf guard's counters, on the device (read at logging intervals).
+        stepped = dict.fromkeys(mn for names in self._opt_modules.values() for mn in names)
+        self.parallel.wrap(self.modules, stepped, task.automatic_optimization)
+
+    def _shared_params(self) -> bool:
+        ids = [id(p) for o in self.optimizers.values() for g in o.param_groups for p in g["params"]]
+        return len(ids) != len(set(ids))
+
+    def _new_guard(self) -> Dict[str, torch.Tensor]:
+        """The NaN/inf guard's counters, on the device (read at logging intervals)."""
         z = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
-        self._guard = {"skips": z(torch.int64), "consec": z(torch.int64),
-                       "max_consec": z(torch.int64), "first_bad": z(torch.int64) - 1,
-                       "halt": z(torch.bool)}
+        return {"skips": z(torch.int64), "consec": z(torch.int64), "max_consec": z(torch.int64),
+                "first_bad": z(torch.int64) - 1, "halt": z(torch.bool)}
+
+    def _default_schedulers(self) -> Dict[str, Any]:
+        """The task's schedulers, else TrainerConfig.lr_schedule's for every optimizer (the
+        warmup at most the run's length)."""
+        cfg = self.config
         scheds = self.task.configure_schedulers(self.optimizers, cfg.max_steps)
         if scheds is None:
-            scheds = {}
-            if cfg.lr_schedule != "constant":
-                scheds = {n: WarmupDecay(o, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio,
-                                         cfg.lr_schedule, cfg.decay_frac)
-                          for n, o in self.optimizers.items()}
-        self.schedulers = dict(scheds)
-        self.ema: Dict[str, EMA] = {}
-        if cfg.ema_decay is not None:
-            self.ema = {n: EMA(self.modules[n], cfg.ema_decay) for n in self.task.ema_modules()}
-        self.scaler = None
-        if cfg.precision == "fp16":
-            self.scaler = torch.amp.GradScaler(self.device.type)
+            scheds = {} if cfg.lr_schedule == "constant" else {
+                n: WarmupDecay(o, min(cfg.warmup_steps, cfg.max_steps), cfg.max_steps,
+                               cfg.min_lr_ratio, cfg.lr_schedule, cfg.decay_frac)
+                for n, o in self.optimizers.items()}
+        return dict(scheds)
+
+    def _shard_data(self) -> None:
         if hasattr(self.train_data, "set_shard"):
             self.train_data.set_shard(self.rank, self.world_size)
         elif self.world_size > 1:
@@ -276,28 +310,30 @@ class Trainer:
         if self.val_data is not None and hasattr(self.val_data, "set_shard"):
             self.val_data.set_shard(self.rank, self.world_size)
         self._train_iter: Iterator = iter(self.train_data)
-        self._t_start = time.time()
-        self.ckpt = None
-        if self.out_dir is not None:
-            self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_last)
-            if not cfg.resume and self.ckpt.list():
-                raise FileExistsError(
-                    f"{self.out_dir} already holds checkpoints of a run; pass resume=True to "
-                    "continue it, or choose another out_dir (nothing is overwritten)")
-            if self.is_main:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                self.ckpt.cleanup_temp()
-                if not cfg.resume:  # a fresh run: a log without checkpoints is from a run that
-                    (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # never saved one
-        if cfg.resume:
-            self._resume()
-        self._setup_done = True
+
+    def _open_run_dir(self) -> Optional[CheckpointManager]:
+        """The checkpoints of out_dir (None without one); a fresh run refuses a directory that
+        holds checkpoints, and starts a new log."""
+        cfg = self.config
+        if self.out_dir is None:
+            return None
+        ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_last)
+        if not cfg.resume and ckpt.list():
+            raise FileExistsError(
+                f"{self.out_dir} already holds checkpoints of a run; pass resume=True to "
+                "continue it, or choose another out_dir (nothing is overwritten)")
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.cleanup_temp()
+            if not cfg.resume:  # a fresh run: a log without checkpoints is from a run that
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # never saved one
+        return ckpt
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
         """The whole state (one file). With parallel='fsdp' the modules and optimizers are saved
         through DCP instead (`_sharded_state`) and this holds the rest."""
-        tensors = {} if self._dcp else {
+        tensors = {} if self.parallel.checkpoint_format == "dcp" else {
             "modules": {n: m.state_dict() for n, m in self.modules.items()},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()}}
         return {
@@ -383,7 +419,7 @@ class Trainer:
         path = None
         self._ckpt_step = self.step  # on every rank: all take the same decisions
         if self.ckpt is not None:
-            if self._dcp:
+            if self.parallel.checkpoint_format == "dcp":
                 path = self._save_sharded()
             elif self.is_main:
                 path = self.ckpt.save(self.state_dict(), self.step)
@@ -448,42 +484,35 @@ class Trainer:
                 continue  # a line cut by a kill
             if rec.get("step", 0) <= self.step:
                 keep.append(line)
-        tmp = p.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(l + "\n" for l in keep))
-        os.replace(tmp, p)
+        _atomic.write_text(p, "".join(l + "\n" for l in keep))
 
     # ------------------------------------------------------------------ one step
     def _nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
         return ~torch.isfinite(loss.detach()).all()  # a device bool: no host read
 
-    def _backward(self, loss: torch.Tensor, modules: List[str], sync: bool = True, **kw) -> None:
-        """Backward; with several processes the gradients of `modules` are averaged during it
-        (DDP armed, or FSDP2's reduce-scatter) unless `sync` is False (accumulation)."""
-        if self.sharded:
-            for n in modules:
-                self.modules[n].set_requires_gradient_sync(sync)
-        elif self._ddp is not None and sync:
-            self._ddp.arm(modules)
-        with torch.autocast(self.device.type, enabled=False) if self.config.precision != "fp32" \
+    def _backward(self, loss: torch.Tensor, **kw) -> None:
+        """Backward (outside autocast; scaled for fp16). Whether it averages gradients across
+        processes was set before the forward (`parallel.gradient_sync`)."""
+        with torch.autocast(self.device.type, enabled=False) if self.precision != "fp32" \
                 else contextlib.nullcontext():
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward(**kw)
-        if self._ddp is not None and sync:
-            self._ddp.check(modules)
 
-    def _apply(self, name: str, bad: torch.Tensor) -> torch.Tensor:
-        """Clip, guard and step optimizer `name` (gradients already averaged). `bad`: this
-        process's loss was not finite. Returns the gradient norm before clipping (a tensor)."""
-        opt, params = self.optimizers[name], self._opt_params[name]
+    def _apply(self, names: List[str], bad: torch.Tensor) -> torch.Tensor:
+        """Clip, guard and step the optimizers `names` (one backward's gradients, already
+        averaged), together: clipping by the global norm of all their parameters, and a skip
+        of one is a skip of all. `bad`: this process's loss was not finite. Returns the gradient
+        norm before clipping (a tensor)."""
+        opts = [self.optimizers[n] for n in names]
+        params = [p for n in names for p in self._opt_params[n] if p.grad is not None]
         if self.scaler is not None:
-            self.scaler.unscale_(opt)
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
+            for opt in opts:
+                self.scaler.unscale_(opt)
+        if not params:
             norm = torch.zeros((), device=self.device)
         elif self.config.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
-                                                  self.config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         else:
-            norm = torch.nn.utils.get_total_norm(grads)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if hasattr(norm, "full_tensor"):  # FSDP2: the norm of the sharded gradients, replicated
             norm = norm.full_tensor()
         if self.world_size > 1:  # a bad loss on any process skips the step on all of them
@@ -491,21 +520,24 @@ class Trainer:
         if self.scaler is None:
             bad = bad | ~torch.isfinite(norm)
         skip = bad | self._guard["halt"]
-        if self.scaler is not None:
+        skip_read = None  # the host's copy of `skip`, read at most once per step
+        for opt in opts:
+            if self.scaler is None and getattr(opt, "_step_supports_amp_scaling", False):
+                opt.found_inf = skip.to(torch.float32)  # the step is a no-op where it is 1
+                try:
+                    opt.step()
+                finally:
+                    del opt.found_inf
+                continue
             # fp16: the scaler skips inf/NaN gradients itself (and lowers its scale: not counted
             # as a skip); a bad loss or a halted run is read on the host, as GradScaler reads its
-            # own flag for optimizers without found_inf.
-            if not bool(skip):
-                self.scaler.step(opt)
+            # own flag for optimizers without found_inf. Such an optimizer (torch's Muon) cannot
+            # skip a step on the device either: a host read.
+            skip_read = bool(skip) if skip_read is None else skip_read
+            if not skip_read:
+                self.scaler.step(opt) if self.scaler is not None else opt.step()
+        if self.scaler is not None:
             self.scaler.update()
-        elif getattr(opt, "_step_supports_amp_scaling", False):
-            opt.found_inf = skip.to(torch.float32)  # the step is a no-op where it is 1
-            try:
-                opt.step()
-            finally:
-                del opt.found_inf
-        elif not bool(skip):  # a host read: this optimizer cannot skip a step on the device
-            opt.step()
         self._step_bad = bad if self._step_bad is None else self._step_bad | bad
         self._step_skip = skip if self._step_skip is None else self._step_skip | skip
         return norm.detach()
@@ -518,8 +550,9 @@ class Trainer:
             raise KeyError(f"no optimizer {name!r}; the task's optimizers: {sorted(self.optimizers)}")
         self.optimizers[name].zero_grad(set_to_none=True)
         bad = self._nonfinite(loss)
-        self._backward(loss, self._opt_modules[name], retain_graph=retain_graph)
-        return self._apply(name, bad)
+        self._backward(loss, retain_graph=retain_graph)
+        self.parallel.after_backward(self._opt_modules[name])  # averaged across processes
+        return self._apply([name], bad)
 
     def _metric(self, v) -> torch.Tensor:
         if isinstance(v, torch.Tensor):
@@ -532,10 +565,15 @@ class Trainer:
         task, cfg = self.task, self.config
         self._step_bad = self._step_skip = None
         if task.automatic_optimization:
-            (name, opt), = self.optimizers.items()
-            opt.zero_grad(set_to_none=True)
+            names = list(self.optimizers)
+            modules = list(dict.fromkeys(m for n in names for m in self._opt_modules[n]))
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
             bad = None
             for i in range(cfg.grad_accum):
+                # Only the last micro-batch's backward averages the gradients across processes.
+                last = i == cfg.grad_accum - 1
+                self.parallel.gradient_sync(modules, last)
                 batch = to_device(next(self._train_iter), self.device)
                 with self._autocast():
                     out = task.training_step(batch, self.step)
@@ -544,12 +582,12 @@ class Trainer:
                                     "(or set automatic_optimization = False)")
                 f = self._nonfinite(out["loss"])
                 bad = f if bad is None else bad | f
-                # Only the last micro-batch's backward synchronises (DDP's no_sync before it).
-                self._backward(out["loss"] / cfg.grad_accum, self._opt_modules[name],
-                               sync=i == cfg.grad_accum - 1)
+                self._backward(out["loss"] / cfg.grad_accum)
+                if last:
+                    self.parallel.after_backward(modules)
                 for k, v in out.items():
                     metrics[k] = metrics.get(k, 0.0) + self._metric(v) / cfg.grad_accum
-            metrics["grad_norm"] = self._apply(name, bad)
+            metrics["grad_norm"] = self._apply(names, bad)
         else:
             batch = to_device(next(self._train_iter), self.device)
             with self._autocast():

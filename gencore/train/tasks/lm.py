@@ -25,7 +25,7 @@ from ._sampling import seeded_generator
 
 __all__ = ["LanguageModelTask", "OPTIMIZERS"]
 
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon", "muon_torch")
 
 
 @contextlib.contextmanager
@@ -50,7 +50,9 @@ class LanguageModelTask(Task):
             embeddings) decays; biases and LayerNorm weights do not.
         optimizer: "adamw", or "muon": gencore.train.Muon (orthogonalised momentum, `momentum`,
             `ns_steps` Newton-Schulz iterations) for the model's `hidden_matrices()`, AdamW for
-            every other parameter, one lr.
+            every other parameter, one lr; or "muon_torch": the same with torch.optim.Muon and
+            torch's fused AdamW (two optimizers; torch's Muon cannot skip a non-finite step on
+            the device, so the Trainer reads that flag on the host each step).
         val_text: held-out text for `evaluate()`; None: evaluate() raises.
         eval_batch_size: windows per batch in `evaluate()`.
         eval_batches: None: every non-overlapping block_size window of val_text; an int: that
@@ -78,7 +80,7 @@ class LanguageModelTask(Task):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"LanguageModelTask: optimizer must be one of {list(OPTIMIZERS)}, "
                              f"got {optimizer!r}")
-        if optimizer == "muon" and not hasattr(model, "hidden_matrices"):
+        if optimizer.startswith("muon") and not hasattr(model, "hidden_matrices"):
             raise TypeError("LanguageModelTask: optimizer='muon' needs a model with "
                             "hidden_matrices() (e.g. gencore.models.GPT)")
         if eval_batch_size < 1 or (eval_batches is not None and eval_batches < 1):
@@ -105,6 +107,20 @@ class LanguageModelTask(Task):
 
     def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer == "muon_torch":
+            # torch.optim.Muon (its update's RMS matched to AdamW's, as gencore's Muon does) for
+            # the hidden matrices and torch's fused AdamW for the rest: two optimizers over
+            # disjoint parameters, which the Trainer steps together after the one backward.
+            matrices = {id(p) for p in self.model.hidden_matrices()}
+            rest = [p for p in params if id(p) not in matrices]
+            return {"muon": torch.optim.Muon(
+                        [p for p in params if id(p) in matrices], lr=self.lr,
+                        weight_decay=self.weight_decay, momentum=self.momentum,
+                        ns_steps=self.ns_steps, adjust_lr_fn="match_rms_adamw"),
+                    "adamw": torch.optim.AdamW(
+                        [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": self.weight_decay},
+                         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                        lr=self.lr, betas=self.betas, fused=fused(rest))}
         if self.optimizer == "muon":
             matrices = {id(p) for p in self.model.hidden_matrices()}
             groups = [{"params": [p for p in params if id(p) in matrices], "muon": True,
@@ -125,7 +141,7 @@ class LanguageModelTask(Task):
 
     def training_step(self, batch: Tuple[torch.Tensor, torch.Tensor], step: int):
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self.training_module("model")(x, y)
         return {"loss": loss}
 
     def validation_step(self, batch: Tuple[torch.Tensor, torch.Tensor]):

@@ -1,6 +1,6 @@
 """VAETask: trains a gencore.models.VAE on image batches by maximising the ELBO.
 
-With a mixture prior and `prior_refit_every` > 0 the prior is refitted by EM to the training
+With a mixture prior and `prior_refit_every` set (not None) the prior is refitted by EM to the training
 images' codes every that many steps and after the last step (VAE.fit_prior). With an EMA of the
 weights (TrainerConfig.ema_decay) the averaged copy's prior is refitted to that copy's own codes
 whenever it is used (see `inference_module`).
@@ -32,7 +32,7 @@ class VAETask(Task):
     def __init__(self, model: VAE, val_images: torch.Tensor, lr: float = 1e-3,
                  weight_decay: float = 0.0, kl_warmup: int = 0, nll_k: int = 1000,
                  eval_samples: int = 1437, seed: int = 0,
-                 train_images: Optional[torch.Tensor] = None, prior_refit_every: int = 0,
+                 train_images: Optional[torch.Tensor] = None, prior_refit_every: Optional[int] = None,
                  prior_refit_draws: int = 4):
         if not isinstance(model, VAE):
             raise TypeError(f"VAETask: model must be a gencore.models.VAE, got {type(model).__name__}")
@@ -43,8 +43,9 @@ class VAETask(Task):
         if prior_refit_every and (model.prior != "mixture" or train_images is None):
             raise ValueError("VAETask: prior_refit_every needs a VAE with prior='mixture' and "
                              "train_images (the latents the prior is refitted to)")
-        if not isinstance(prior_refit_every, int) or prior_refit_every < 0:
-            raise ValueError(f"VAETask: prior_refit_every must be an integer >= 0 (0: never), "
+        if prior_refit_every is not None and (not isinstance(prior_refit_every, int)
+                                              or prior_refit_every < 1):
+            raise ValueError(f"VAETask: prior_refit_every must be None (never) or an integer >= 1, "
                              f"got {prior_refit_every!r}")
         for name, v in (("nll_k", nll_k), ("eval_samples", eval_samples),
                         ("prior_refit_draws", prior_refit_draws)):
@@ -81,7 +82,7 @@ class VAETask(Task):
         return 1.0 if self.kl_warmup == 0 else min(1.0, (step + 1) / self.kl_warmup)
 
     def training_step(self, batch, step):
-        out = self.model.elbo(batch)
+        out = self.training_module("vae")(batch)  # forward = elbo
         loss = out.recon + self.kl_weight(step) * out.kl
         metrics = {"loss": loss, "recon": out.recon, "kl": out.kl}
         self._step = step
@@ -115,7 +116,7 @@ class VAETask(Task):
         return module
 
     def validation_step(self, batch):
-        out = self.model.elbo(batch)
+        out = self.training_module("vae")(batch)  # forward = elbo
         return {"loss": out.loss, "recon": out.recon, "kl": out.kl}
 
     def state_dict(self):

@@ -228,15 +228,11 @@ def run_nanogpt(c, seed=1337):
 
 
 def run_gencore(c, seed=0, overrides=None):
-    from gencore.recipes import get_recipe, resolve_config
-    from gencore.train import Trainer, TrainerConfig, seed_everything
+    from gencore.recipes import build_run, get_recipe, resolve_settings
     recipe = get_recipe("gpt-text")
-    config = resolve_config(recipe, {**(overrides or {}), "steps": c["max_iters"], "seed": seed})
-    seed_everything(config["seed"])
-    plan = recipe.build(config, torch.device("cpu"))
-    tc = TrainerConfig(**{**plan.trainer, "max_steps": config["steps"], "seed": config["seed"],
-                          "progress": "none", "sample_every": None, "ckpt_every": None})
-    trainer = Trainer(plan.task, tc, plan.train_data, plan.val_data)
+    settings = resolve_settings(recipe, {**(overrides or {}), "steps": c["max_iters"], "seed": seed,
+                                         "sample_every": None, "ckpt_every": None})
+    plan, trainer = build_run(recipe, settings, "cpu", progress="none")
     t0 = time.time()
     summary = trainer.fit()
     train_s = time.time() - t0
@@ -251,16 +247,18 @@ def step_times(c, overrides=None, rounds=40):
     """Median time of one training step (forward, backward, clipping, optimizer) of nanoGPT and
     of the gpt-text recipe's model and optimizer (with `overrides`), measured round-robin on the
     same batch, so the load of a shared machine hits both alike."""
-    from gencore.recipes import get_recipe, resolve_config
+    from gencore.recipes import get_recipe, resolve_settings
+    from gencore.train.precision import resolve_precision
     _, tok, train, _ = data()
     x = torch.stack([train[i:i + c["block_size"]] for i in range(0, 12 * 997, 997)])
     y = torch.stack([train[i + 1:i + 1 + c["block_size"]] for i in range(0, 12 * 997, 997)])
     torch.manual_seed(1337)
     nano = NanoGPT(c, tok.vocab_size)
     recipe = get_recipe("gpt-text")
-    plan = recipe.build(resolve_config(recipe, overrides), torch.device("cpu"))
+    settings = resolve_settings(recipe, overrides)
+    plan = recipe.build(settings, torch.device("cpu"))
     (opt,) = plan.task.configure_optimizers().values()
-    bf16 = plan.trainer.get("precision") == "bf16"  # the recipe trains under bf16 autocast
+    bf16 = resolve_precision(settings.trainer.precision, "cpu") == "bf16"  # as the recipe trains
     models = {
         "nanogpt": (nano, nano.configure_optimizers(0.1, 1e-3, (0.9, 0.99)), False),
         "gencore": (plan.task.model, opt, bf16),

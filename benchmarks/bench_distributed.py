@@ -9,8 +9,8 @@ the global batch split over the processes. Sync modes:
 - "allreduce": the hand-rolled sync the Trainer used before issue 22 (`_old_all_reduce_grads`,
   copied here verbatim as the baseline): after the whole backward, `torch.cat` of every gradient,
   one all-reduce, copy back.
-- "ddp": gencore.train.distributed.DDPSync (DistributedDataParallel, armed before the backward:
-  25 MB buckets all-reduced while the backward runs), as the Trainer runs it.
+- "ddp": gencore.train.distributed.Parallel("ddp") (the model wrapped in DistributedDataParallel
+  and called through it: 25 MB buckets all-reduced while the backward runs), as the Trainer runs it.
 - "fsdp": FSDP2 `fully_shard` per block (gencore.train.distributed.shard), as the Trainer runs it.
 Models: "gpt-text" (4 layers, 4 heads, 128 wide, context 64, batch 12, vocabulary 100: the
 recipe) and "gpt-wide" (8 layers, 8 heads, 512 wide, context 64, batch 12). The step time is
@@ -62,9 +62,11 @@ def _case(rank: int, world: int, model_name: str, mode: str, steps: int):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, **MODELS[model_name]))
     D.broadcast_module(model)
-    sync = None
-    if mode == "ddp":
-        sync = D.DDPSync({"model": model}, torch.device("cpu"))
+    parallel, forward = None, model
+    if mode == "ddp":  # as the Trainer runs it: the model wrapped, called through the wrapper
+        parallel = D.Parallel("ddp", "cpu")
+        parallel.wrap({"model": model}, ["model"], automatic=True)
+        forward = parallel.wrapped["model"]
     elif mode == "fsdp":
         D.shard(model)
     params = list(model.parameters())
@@ -78,9 +80,7 @@ def _case(rank: int, world: int, model_name: str, mode: str, steps: int):
         dist.barrier()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        if sync is not None:
-            sync.arm(["model"])
-        _, loss = model(x, y)
+        _, loss = forward(x, y)
         loss.backward()
         if mode == "allreduce":
             _old_all_reduce_grads(params)
@@ -90,8 +90,8 @@ def _case(rank: int, world: int, model_name: str, mode: str, steps: int):
             times.append(time.perf_counter() - t0)
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     mem = (D.local_bytes(params), D.local_bytes(p.grad for p in params), D.local_bytes(state))
-    if sync is not None:
-        sync.ddp.clear()
+    if parallel is not None:
+        parallel.close()
     return statistics.median(times), mem
 
 

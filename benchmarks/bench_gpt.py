@@ -46,15 +46,17 @@ def train_step(impl: str):
     """One training step of gpt-text as its recipe trains it (its model: rotary, QK-norm; its
     optimizers: Muon + AdamW; bf16 autocast where the CPU computes bf16 natively, else float32;
     clipping at 1.0) with attention `impl` ("fused", "sdpa", ...) and its own batches."""
-    from gencore.recipes.registry import get_recipe, resolve_config
+    from gencore.recipes.registry import get_recipe, resolve_settings
+    from gencore.train.precision import resolve_precision
     recipe = get_recipe("gpt-text")
     device = torch.device("cpu")
-    plan = recipe.build(resolve_config(recipe, {"impl": impl}), device)
-    task, trainer = plan.task, plan.trainer
+    settings = resolve_settings(recipe, {"impl": impl})
+    plan = recipe.build(settings, device)
+    task, trainer = plan.task, settings.trainer
     opts = task.configure_optimizers()
     batches = iter(plan.train_data)
     batch = next(batches)
-    bf16 = trainer["precision"] == "bf16"
+    bf16 = resolve_precision(trainer.precision, device) == "bf16"
 
     def step():
         for opt in opts.values():
@@ -63,7 +65,7 @@ def train_step(impl: str):
             out = task.training_step(batch, 0)
         loss = out["loss"] if isinstance(out, dict) else out
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(task.model.parameters(), trainer["grad_clip"] or 1e9)
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), trainer.grad_clip or 1e9)
         for opt in opts.values():
             opt.step()
     return step

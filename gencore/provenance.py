@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["provenance", "code_version", "command_line", "cpu_model"]
+__all__ = ["provenance", "code_version", "command_line"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def code_version() -> Tuple[Optional[str], Optional[bool]]:
     if commit is None:
         return None, None
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                      ":(exclude)benchmarks/records"))
+                      ":(exclude)gencore/project_records"))
     return commit, dirty
 
 
@@ -62,18 +62,9 @@ def command_line() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def provenance(device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """commit, dirty, versions, the device and the command line (JSON values)."""
-    from . import __version__, _backend
+    from . import __version__, _backend, _device
     device = torch.device(device)
     commit, dirty = code_version()
     out: Dict[str, Any] = {"gencore": __version__, "commit": commit, "dirty": dirty,
@@ -86,7 +77,7 @@ def provenance(device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
         except (RuntimeError, AssertionError):  # torch without CUDA (tests that fake a GPU)
             out["sm"] = None
     else:
-        out.update(cpu=cpu_model(), cpu_isa=torch.backends.cpu.get_cpu_capability(),
+        out.update(cpu=_device.cpu_model(), cpu_isa=_device.cpu_isa_path(),
                    threads=torch.get_num_threads())
     info = _backend.build_info()
     # The ISA path gencore's CPU kernels take (chosen at load), or why they are not used.

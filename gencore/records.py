@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -28,6 +27,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 
 from . import _atomic, _device
+from .provenance import code_version
 
 _ROOT = Path(__file__).resolve().parent
 PACKAGE_DIR = _ROOT / "project_records"
@@ -77,28 +77,11 @@ def sources_digest(op: str, device_type: str, root: Optional[Path] = None) -> Op
     return h.hexdigest()[:16]
 
 
-def _git(*args) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(_ROOT.parent), *args], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-@functools.lru_cache(maxsize=None)
-def _provenance() -> tuple:
-    commit = _git("rev-parse", "HEAD")
-    # Changes to the records themselves do not make the measured code dirty.
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                      ":(exclude)benchmarks/records")) if commit else False
-    return commit, dirty
-
-
 def provenance() -> dict:
     """commit and dirty flag of the checkout (empty outside one; read once a process), torch
     version."""
-    commit, dirty = _provenance()
-    return {"commit": commit, "dirty": dirty, "torch": torch.__version__}
+    commit, dirty = code_version()
+    return {"commit": commit or "", "dirty": bool(dirty), "torch": torch.__version__}
 
 
 def local_dir() -> Path:

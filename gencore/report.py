@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _atomic
-from .provenance import cpu_model
+from ._device import cpu_model
 
 __all__ = ["write_report", "render_report", "line_chart", "frontier_chart", "read_metrics_log"]
 

@@ -6,11 +6,12 @@
 #include <optional>
 
 #include "common/float_type.h"
+#include "common/isa_namespace.h"
 #include "common/gan_loss.h"
 #include "common/philox.h"
 #include "common/row_layout.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 
 // Wraps `dim` into [0, ndim) with a clear error, then views the tensor as (outer, n, inner).
 inline RowLayout checked_row_layout(const at::Tensor& t, int64_t dim, const char* op) {
@@ -216,4 +217,4 @@ inline AttentionFeatures check_attention_features(
   return f;
 }
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

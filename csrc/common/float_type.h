@@ -1,8 +1,9 @@
 // The floating-point element types the CUDA launchers take: the torch-free twin of at::ScalarType.
 #pragma once
+#include "isa_namespace.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 
 enum class FloatType { kFloat32, kFloat64, kBFloat16, kFloat16 };
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

@@ -7,6 +7,7 @@
 // couples them: d/df_j also gets K_f = -c_r * sum_i T_r'(r_i - mean f) / n_f (and K_r alike).
 #pragma once
 #include <cstdint>
+#include "isa_namespace.h"
 
 #if defined(__CUDACC__)
 #define GENCORE_HD __host__ __device__ __forceinline__
@@ -14,7 +15,7 @@
 #define GENCORE_HD inline
 #endif
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 namespace gan {
 
 // Codes shared with gencore/ops/gan_loss.py (the int arguments of the op schema).
@@ -80,4 +81,4 @@ inline bool make_plan(int kind, int role, Plan* p) {
 }
 
 }  // namespace gan
-}  // namespace gencore
+GENCORE_NAMESPACE_END

@@ -14,8 +14,9 @@
 #include <cstring>
 
 #include "philox.h"
+#include "isa_namespace.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 
 namespace log32_consts {
 constexpr int32_t kSqrtHalfBits = 0x3f3504f3;  // float bits of sqrt(1/2), rounded down
@@ -78,4 +79,4 @@ GENCORE_HD float gumbel_noise(uint32_t bits) {
   return -log32(-log32(uniform_open01(bits)));
 }
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

@@ -4,6 +4,7 @@
 // Host and device; no torch. The pure-PyTorch twin is gencore/ops/reference/philox.py.
 #pragma once
 #include <cstdint>
+#include "isa_namespace.h"
 
 #if defined(__CUDACC__)
 #define GENCORE_HD __host__ __device__ __forceinline__
@@ -11,7 +12,7 @@
 #define GENCORE_HD inline
 #endif
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 
 constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
 constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
@@ -72,4 +73,4 @@ GENCORE_HD float uniform_open01(uint32_t bits) {
 #endif
 }
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

@@ -2,8 +2,9 @@
 // Element j of row (o, i) sits at the row-major index (o * n + j) * inner + i. No torch.
 #pragma once
 #include <cstdint>
+#include "isa_namespace.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 
 struct RowLayout {
   int64_t outer, n, inner;
@@ -17,4 +18,4 @@ inline RowLayout row_layout(const int64_t* sizes, int64_t ndim, int64_t dim) {
   return L;
 }
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

@@ -6,9 +6,10 @@
 #include <cstdint>
 
 #include "../common/gumbel_noise.h"
+#include "../common/isa_namespace.h"
 #include "philox_simd.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 
 // The bits of log32's reduction for x, or for -x when kNegated (folded into the integer subtraction:
 // (ix ^ sign) - c == ix - (c + sign) mod 2^32): t = bits(+-x) - bits(sqrt(1/2)), then
@@ -77,4 +78,4 @@ inline Lanes::F minus_gumbel(Lanes::I bits) {
 }
 #endif
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

@@ -12,9 +12,10 @@
 #include <immintrin.h>
 #endif
 
+#include "../common/isa_namespace.h"
 #include "../common/philox.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 
 namespace detail {
 template <typename F>
@@ -184,4 +185,4 @@ void philox_map(PhiloxKey key, int64_t first, int64_t stride, int64_t len, float
   });
 }
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

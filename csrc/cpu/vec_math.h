@@ -6,7 +6,9 @@
 #pragma once
 #include <ATen/cpu/vec/vec.h>
 
-namespace gencore {
+#include "../common/isa_namespace.h"
+
+GENCORE_NAMESPACE_BEGIN
 
 inline at::vec::Vectorized<double> exp_vec(const at::vec::Vectorized<double>& x) { return x.exp(); }
 
@@ -41,4 +43,4 @@ inline at::vec::Vectorized<float> max_vec(const at::vec::Vectorized<float>& a,
 inline at::vec::Vectorized<float> exp_vec(const at::vec::Vectorized<float>& x) { return x.exp(); }
 #endif
 
-}  // namespace gencore
+GENCORE_NAMESPACE_END

@@ -1,8 +1,9 @@
-"""Builds gencore._C: CPU kernels always, CUDA kernels when a CUDA toolchain and a CUDA build of
-torch are present (GENCORE_CUDA=1 forces them, GENCORE_CUDA=0 forbids them)."""
+"""Builds gencore._C: CPU kernels always (once per vector ISA), CUDA kernels when a CUDA toolchain
+and a CUDA build of torch are present (GENCORE_CUDA=1 forces them, GENCORE_CUDA=0 forbids them)."""
 import glob
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 
@@ -24,31 +25,22 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def cpu_capability() -> str:
-    """The widest at::vec ISA this build machine runs: AVX512, AVX2 or DEFAULT.
-
-    gencore is built from source where it runs, so the CPU kernels are compiled for this machine's
-    vector width (override with GENCORE_CPU_CAPABILITY=DEFAULT|AVX2|AVX512). The package refuses a
-    build whose ISA the running CPU lacks (see gencore/_backend.py)."""
-    forced = os.environ.get("GENCORE_CPU_CAPABILITY")
-    if forced:
-        return forced.upper()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return "DEFAULT"
-    if all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
-        return "AVX512"
-    if "avx2" in flags and "fma" in flags:
-        return "AVX2"
-    return "DEFAULT"
-
-
+# The CPU kernels' ISAs, narrowest first, and the flags each is compiled with: every csrc/cpu/*.cpp
+# is compiled once per ISA into the one extension (as ATen compiles its kernels), and
+# csrc/cpu_dispatch.cpp runs the widest the CPU has, chosen when the package loads
+# (GENCORE_CPU_CAPABILITY=DEFAULT|AVX2|AVX512 narrows it then; see gencore/_backend.py).
 ISA_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
-    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
     "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
 }
+
+
+def cpu_isas() -> list:
+    """DEFAULT, plus AVX2 and AVX512 where the build targets x86-64."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return ["DEFAULT", "AVX2", "AVX512"]
+    return ["DEFAULT"]
 
 
 def want_cuda() -> bool:
@@ -83,22 +75,24 @@ COMMON_CXX = ["-O3", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBC
 
 
 class SourceGroup:
-    """Source files compiled with flags and macros of their own (BuildExt compiles them first)."""
+    """Source files compiled with flags and macros of their own into build/temp/<name>."""
 
-    def __init__(self, sources, cxx=(), macros=()):
-        self.sources, self.cxx, self.macros = list(sources), list(cxx), list(macros)
+    def __init__(self, name, sources, cxx=(), macros=()):
+        self.name, self.sources = name, list(sources)
+        self.cxx, self.macros = list(cxx), list(macros)
 
 
 class BuildExt(cpp_extension.BuildExtension):
     """torch's BuildExtension, plus per-file flags: each SourceGroup of an extension is compiled
-    with its own flags into its own build folder, and its objects join the link."""
+    with its own flags into its own build folder, and its objects join the link after the
+    extension's other sources, in the order of the groups."""
 
     def finalize_options(self):
         super().finalize_options()
         # pip's editable install hands each build a new temporary folder, so every `make build`
         # recompiled everything (2-4 minutes on 2 cores). One folder of our own keeps ninja's
         # objects and log: a rebuild compiles only what changed, and ninja redoes any file whose
-        # command line changed (another ISA, torch or compiler flags).
+        # command line changed (torch or compiler flags).
         self.build_temp = os.path.join(ROOT, "build", "temp")
 
     def build_extension(self, ext):
@@ -107,35 +101,28 @@ class BuildExt(cpp_extension.BuildExtension):
         ext.sources = [src for src in ext.sources if src not in grouped]
         ext.depends = list(ext.depends) + sorted(grouped)  # a change there relinks
         objects = []
-        for i, g in enumerate(groups):
+        for g in groups:
             flags = dict(ext.extra_compile_args)
             flags["cxx"] = flags["cxx"] + g.cxx
             objects += self.compiler.compile(
-                g.sources, output_dir=os.path.join(self.build_temp, f"group{i}"),
+                g.sources, output_dir=os.path.join(self.build_temp, g.name),
                 macros=ext.define_macros + g.macros, include_dirs=ext.include_dirs,
                 debug=self.debug, extra_postargs=flags, depends=ext.depends)
+        # setuptools links the objects of ext.sources first, then extra_objects in this order.
         ext.extra_objects = objects + list(ext.extra_objects or [])
         super().build_extension(ext)
 
 
 def extension():
-    capability = cpu_capability()
     with_cuda = want_cuda()
+    isas = cpu_isas()
     cpu_kernels = sorted(glob.glob("csrc/cpu/*.cpp"))
     sources = sorted(glob.glob("csrc/*.cpp")) + cpu_kernels
-    # The CPU kernels alone get this machine's vector ISA (and at::vec's CPU_CAPABILITY, as torch
-    # compiles its own per-ISA kernel files); -ffp-contract=off keeps their float sums in the order
-    # the code writes, which the few-rows and tiled attention paths rely on to agree exactly.
-    isa_macros = []
-    if capability != "DEFAULT":
-        isa_macros = [(f"CPU_CAPABILITY_{capability}", None), ("CPU_CAPABILITY", capability)]
-    kernels = SourceGroup(cpu_kernels, ["-ffp-contract=off"] + ISA_FLAGS[capability], isa_macros)
     # What `gencore info` and the import-time check read; only ops.cpp, so that editing one kernel
     # does not recompile every file.
     facts = [
         ("GENCORE_SOURCE_HASH", f'"{source_hash()}"'),
         ("GENCORE_TORCH_VERSION", f'"{Version(torch.__version__).base_version}"'),
-        ("GENCORE_CPU_CAPABILITY_NAME", f'"{capability}"'),
     ]
     defines = []
     if with_cuda:
@@ -143,14 +130,31 @@ def extension():
         sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
         defines.append(("GENCORE_WITH_CUDA", None))
         facts.append(("GENCORE_CUDA_ARCHS", f'"{archs}"'))
-    build_facts = SourceGroup(["csrc/ops.cpp"], macros=facts)
+    build_facts = SourceGroup("ops", ["csrc/ops.cpp"], macros=facts)
+    # Which ISAs csrc/cpu_dispatch.cpp (compiled with the other sources, no ISA flags) can run.
+    defines += [(f"GENCORE_CPU_{isa}", None) for isa in isas if isa != "DEFAULT"]
+    # The CPU kernels, once per ISA, each in a namespace of its own (csrc/common/isa_namespace.h)
+    # and with at::vec's CPU_CAPABILITY, as torch compiles its own per-ISA kernel files;
+    # -ffp-contract=off keeps their float sums in the order the code writes, which the few-rows
+    # and tiled attention paths rely on to agree exactly.
+    kernels = []
+    for isa in isas:
+        macros = [("CPU_CAPABILITY", isa)]
+        if isa != "DEFAULT":
+            macros.append((f"CPU_CAPABILITY_{isa}", None))
+        kernels.append(SourceGroup(f"cpu_{isa}", cpu_kernels, ["-ffp-contract=off"] + ISA_FLAGS[isa],
+                                   macros))
     # No --use_fast_math: it approximates expf, log1pf and division (the softmax and GAN losses
     # are tested against references at float32 accuracy).
     flags = {"cxx": COMMON_CXX, "nvcc": ["-O3", "-lineinfo"]}
     make = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
     ext = make("gencore._C", sources, define_macros=defines, extra_compile_args=flags,
                extra_link_args=["-fopenmp"])
-    ext.source_groups = [kernels, build_facts]
+    # Link order: an inline function (torch's, std::'s) compiled into several objects is kept
+    # once, from the first object in the link, so the generic objects (the other sources, then
+    # ops.cpp) and the DEFAULT kernels come before any AVX object: the copy every path calls is
+    # never an AVX one (tests/test_cpu_isa.py checks the library).
+    ext.source_groups = [build_facts] + kernels
     return ext
 
 

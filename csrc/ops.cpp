@@ -1,17 +1,17 @@
 // gencore._C: every op schema, in one place, plus the build facts the Python side checks.
 //
-// Kernels register themselves per device in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cpp; autograd and
-// fake (meta) kernels are registered from Python (gencore/ops/<op>.py).
+// Kernels register per device: csrc/cpu_dispatch.cpp for the CPU (the kernels of csrc/cpu/, one
+// build per ISA), csrc/cuda/<op>.cpp for CUDA; autograd and fake (meta) kernels are registered from
+// Python (gencore/ops/<op>.py).
 #include <torch/extension.h>
+
+#include "cpu_dispatch.h"
 
 #ifndef GENCORE_SOURCE_HASH
 #define GENCORE_SOURCE_HASH "unknown"
 #endif
 #ifndef GENCORE_TORCH_VERSION
 #define GENCORE_TORCH_VERSION "unknown"
-#endif
-#ifndef GENCORE_CPU_CAPABILITY_NAME
-#define GENCORE_CPU_CAPABILITY_NAME "DEFAULT"
 #endif
 #ifndef GENCORE_CUDA_ARCHS
 #define GENCORE_CUDA_ARCHS ""
@@ -57,7 +57,8 @@ pybind11::dict build_info() {
   pybind11::dict info;
   info["source_hash"] = GENCORE_SOURCE_HASH;
   info["torch_version"] = GENCORE_TORCH_VERSION;
-  info["cpu_capability"] = GENCORE_CPU_CAPABILITY_NAME;
+  info["cpu_capabilities"] = gencore::cpu_dispatch::compiled();  // the CPU kernels' ISAs
+  info["cpu_capability"] = gencore::cpu_dispatch::current();     // the one running now
 #ifdef GENCORE_WITH_CUDA
   info["cuda"] = true;
 #else
@@ -70,5 +71,19 @@ pybind11::dict build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gencore compiled core: fused ops registered under torch.ops.gencore";
-  m.def("build_info", &build_info, "How this _C was built (sources, torch, CPU ISA, CUDA archs)");
+  m.def("build_info", &build_info,
+        "How this _C was built (sources, torch, CPU ISAs and the one running, CUDA archs)");
+  m.def("cpu_capability", &gencore::cpu_dispatch::current,
+        "The ISA whose CPU kernels run: DEFAULT, AVX2 or AVX512");
+  m.def("supported_cpu_capabilities", &gencore::cpu_dispatch::supported,
+        "The ISAs of this build that this CPU runs, narrowest first");
+  m.def("set_cpu_capability", &gencore::cpu_dispatch::select, pybind11::arg("name"),
+        "Runs the CPU kernels of ISA `name` from now on and returns the previous one; ValueError "
+        "for an ISA this build lacks or this CPU cannot run");
+  // GENCORE_CPU_CAPABILITY named an ISA that this build lacks or this CPU cannot run: the widest
+  // runs instead, and the import says so.
+  const std::string warning = gencore::cpu_dispatch::load_warning();
+  if (!warning.empty() && PyErr_WarnEx(PyExc_RuntimeWarning, warning.c_str(), 1) < 0) {
+    throw pybind11::error_already_set();
+  }
 }

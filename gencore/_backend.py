@@ -1,8 +1,12 @@
 """Loads the compiled core `gencore._C` once and answers which fused kernels can run.
 
-Importing gencore never fails because `_C` is missing, stale or built for another machine: the
-ops then fall back to PyTorch built-ins with gencore's semantics, with one warning that says why.
-What impl="auto" picks where `_C` is fine lives in gencore/ops/auto.py.
+Importing gencore never fails because `_C` is missing or stale: the ops then fall back to PyTorch
+built-ins with gencore's semantics, with one warning that says why. What impl="auto" picks where
+`_C` is fine lives in gencore/ops/auto.py.
+
+`_C` holds the CPU kernels compiled for every vector ISA (DEFAULT, AVX2, AVX512 on x86-64) and runs
+the widest this CPU has; GENCORE_CPU_CAPABILITY=DEFAULT|AVX2|AVX512, read when `_C` loads, narrows
+it.
 """
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ import torch
 from packaging.version import Version
 
 _ROOT = Path(__file__).resolve().parent.parent
-_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
 
 _module = None
 _reason: Optional[str] = None  # why _C is not used; None when it is
@@ -47,10 +50,6 @@ def _check(info: dict) -> Optional[str]:
     here = _csrc_hash()
     if here is not None and here != info["source_hash"]:
         return "gencore._C is stale: csrc/ changed since it was built"
-    isa = info["cpu_capability"]
-    cpu = torch.backends.cpu.get_cpu_capability()
-    if _ISA_RANK.get(isa, 0) > _ISA_RANK.get(cpu.replace("ZVECTOR", "DEFAULT"), 0):
-        return f"gencore._C was built for {isa} CPUs but this CPU supports {cpu}"
     return None
 
 
@@ -83,7 +82,7 @@ def cpu_capability() -> str:
     if mod is not None:
         return build_info()["cpu_capability"]
     cpu = torch.backends.cpu.get_cpu_capability()
-    return cpu if cpu in _ISA_RANK else "DEFAULT"
+    return cpu if cpu in ("AVX2", "AVX512") else "DEFAULT"
 
 
 def reason() -> Optional[str]:

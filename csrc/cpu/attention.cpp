@@ -24,7 +24,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <tuple>
@@ -36,9 +35,10 @@
 #include <vector>
 
 #include "../checks.h"
+#include "kernels.h"
 #include "philox_simd.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 namespace {
 
 using at::vec::Vectorized;
@@ -855,6 +855,8 @@ void forward_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> attention_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
@@ -937,10 +939,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   return {dq, dk, dv};
 }
 
-}  // namespace
-}  // namespace gencore
-
-TORCH_LIBRARY_IMPL(gencore, CPU, m) {
-  m.impl("attention", &gencore::attention_cpu);
-  m.impl("attention_backward", &gencore::attention_backward_cpu);
-}
+GENCORE_NAMESPACE_END

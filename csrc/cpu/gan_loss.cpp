@@ -9,15 +9,15 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/SmallVector.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
 #include <type_traits>
 
 #include "../checks.h"
+#include "kernels.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 namespace {
 
 using at::vec::Vectorized;
@@ -257,6 +257,8 @@ void gan_loss_impl(const Plan& p, int64_t reduction, const scalar_t* r, int64_t 
   if (!none) *loss = static_cast<scalar_t>(static_cast<acc_t>(L));
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cpu(const std::optional<at::Tensor>& real,
                                                             const at::Tensor& fake, int64_t kind,
                                                             int64_t role, int64_t reduction) {
@@ -294,9 +296,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cpu(const std::optional<
   return {loss, gr, gf};
 }
 
-}  // namespace
-}  // namespace gencore
-
-TORCH_LIBRARY_IMPL(gencore, CPU, m) {
-  m.impl("gan_loss", &gencore::gan_loss_cpu);
-}
+GENCORE_NAMESPACE_END

@@ -6,7 +6,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,9 +15,10 @@
 
 #include "../checks.h"
 #include "gumbel_noise_simd.h"
+#include "kernels.h"
 #include "vec_math.h"
 
-namespace gencore {
+GENCORE_NAMESPACE_BEGIN
 namespace {
 
 using at::vec::Vectorized;
@@ -229,6 +229,8 @@ void backward_impl(const at::Tensor& g, const at::Tensor& y, double tau, const R
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(const at::Tensor& logits,
                                                        const at::Tensor& seed_offset, double tau,
                                                        bool hard, int64_t dim) {
@@ -263,10 +265,4 @@ at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad, const at::Tensor&
   return dx;
 }
 
-}  // namespace
-}  // namespace gencore
-
-TORCH_LIBRARY_IMPL(gencore, CPU, m) {
-  m.impl("gumbel_softmax", &gencore::gumbel_softmax_cpu);
-  m.impl("gumbel_softmax_backward", &gencore::gumbel_softmax_backward_cpu);
-}
+GENCORE_NAMESPACE_END

@@ -6,15 +6,16 @@ built-ins with gencore's semantics, with one warning that says why. What impl="a
 
 `_C` holds the CPU kernels compiled for every vector ISA (DEFAULT, AVX2, AVX512 on x86-64) and runs
 the widest this CPU has; GENCORE_CPU_CAPABILITY=DEFAULT|AVX2|AVX512, read when `_C` loads, narrows
-it.
+it, and `set_cpu_capability` switches it at run time.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, List, Optional
 
 import torch
 from packaging.version import Version
@@ -73,18 +74,6 @@ def load():
     return _module
 
 
-def cpu_capability() -> str:
-    """The ISA path the CPU kernels run with: "AVX512", "AVX2" or "DEFAULT" (without the compiled
-    core, the widest this CPU has, as torch reports it)."""
-    mod = load()
-    if mod is not None and hasattr(mod, "cpu_capability"):
-        return mod.cpu_capability()
-    if mod is not None:
-        return build_info()["cpu_capability"]
-    cpu = torch.backends.cpu.get_cpu_capability()
-    return cpu if cpu in ("AVX2", "AVX512") else "DEFAULT"
-
-
 def reason() -> Optional[str]:
     load()
     return _reason
@@ -93,6 +82,43 @@ def reason() -> Optional[str]:
 def build_info() -> Optional[dict]:
     mod = load()
     return dict(mod.build_info()) if mod is not None else None
+
+
+def cpu_capability() -> str:
+    """The vector ISA of the CPU kernels running: "DEFAULT", "AVX2" or "AVX512". Without `_C`,
+    the ISA torch's own CPU kernels run, in the same names (anything else reads "DEFAULT")."""
+    mod = load()
+    if mod is not None:
+        return mod.cpu_capability()
+    isa = torch.backends.cpu.get_cpu_capability()
+    return isa if isa in ("AVX2", "AVX512") else "DEFAULT"
+
+
+def supported_cpu_capabilities() -> List[str]:
+    """The ISAs of `_C`'s CPU kernels that this CPU runs, narrowest first (empty without `_C`)."""
+    mod = load()
+    return list(mod.supported_cpu_capabilities()) if mod is not None else []
+
+
+def set_cpu_capability(name: str) -> str:
+    """Runs the CPU kernels compiled for `name` (DEFAULT, AVX2 or AVX512) from now on, in this
+    process, and returns the ISA that ran before. ValueError for an ISA this build lacks or this
+    CPU cannot run; RuntimeError when `_C` is not used."""
+    mod = load()
+    if mod is None:
+        raise RuntimeError(f"gencore: no CPU kernels to switch: {reason()}")
+    return mod.set_cpu_capability(name)
+
+
+@contextlib.contextmanager
+def cpu_capability_path(name: str) -> Iterator[str]:
+    """`with cpu_capability_path("AVX2"): ...` runs the CPU kernels of that ISA inside the block
+    (tests, comparisons), then the previous ISA again."""
+    previous = set_cpu_capability(name)
+    try:
+        yield name
+    finally:
+        set_cpu_capability(previous)
 
 
 def _query_kernel(op: str, device_type: str) -> bool:

@@ -33,8 +33,9 @@ def cmd_info(args) -> int:
         print(f"compiled core: NOT USED ({_backend.reason()}); every op runs its PyTorch reference")
     else:
         archs = info["cuda_archs"] or "-"
-        print(f"compiled core: built for torch {info['torch_version']}, CPU ISA "
-              f"{info['cpu_capability']}, CUDA {'yes, archs ' + archs if info['cuda'] else 'no'}")
+        print(f"compiled core: built for torch {info['torch_version']}, CPU ISAs "
+              f"{', '.join(info['cpu_capabilities'])} (running {info['cpu_capability']}), "
+              f"CUDA {'yes, archs ' + archs if info['cuda'] else 'no'}")
     print("fused kernels built: " + ", ".join(
         f"{op} ({'/'.join(d for d in ('cpu', 'cuda') if _backend.has_kernel(op, d)) or 'none'})"
         for op in check.OPS))

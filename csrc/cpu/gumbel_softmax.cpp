@@ -96,16 +96,26 @@ int64_t row_forward(const acc_t* x, PhiloxKey key, int64_t first, int64_t stride
   const acc_t m = noisy_logits(x, key, first, stride, inv_tau, n, z);
   if (!std::isfinite(m)) return -1;  // +inf somewhere in the row, or only -inf (or NaN)
   const int64_t arg = want_arg ? first_equal(z, m, n) : 0;
-  // Softmax of z: exp(z - m) / sum.
+  // Softmax of z: exp(z - m) / sum. The sum in four vector accumulators: with one, a lane of the
+  // 8-float paths (AVX2, DEFAULT) added n / 8 terms, and a 256K-element row's float32 sum was
+  // twice as far off as torch's AVX-512 softmax (tests/test_gumbel_softmax.py, the 2x rule).
   const Vec vm(m);
-  Vec vsum(0);
+  Vec vsum[4] = {Vec(0), Vec(0), Vec(0), Vec(0)};
   int64_t j = 0;
+  for (; j + 4 * W <= n; j += 4 * W) {
+    for (int a = 0; a < 4; ++a) {
+      Vec e = exp_vec(Vec::loadu(z + j + a * W) - vm);
+      e.store(z + j + a * W);
+      vsum[a] = vsum[a] + e;
+    }
+  }
   for (; j + W <= n; j += W) {
     Vec e = exp_vec(Vec::loadu(z + j) - vm);
     e.store(z + j);
-    vsum = vsum + e;
+    vsum[0] = vsum[0] + e;
   }
-  acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, vsum);
+  acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; },
+                                             (vsum[0] + vsum[1]) + (vsum[2] + vsum[3]));
   for (; j < n; ++j) {
     z[j] = std::exp(z[j] - m);
     sum += z[j];

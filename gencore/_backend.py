@@ -107,7 +107,18 @@ def set_cpu_capability(name: str) -> str:
     mod = load()
     if mod is None:
         raise RuntimeError(f"gencore: no CPU kernels to switch: {reason()}")
-    return mod.set_cpu_capability(name)
+    previous = mod.set_cpu_capability(name)
+    for callback in _on_switch:  # e.g. auto forgets decisions made for the other path
+        callback()
+    return previous
+
+
+_on_switch: list = []
+
+
+def on_cpu_capability_change(callback) -> None:
+    """Calls `callback()` after every set_cpu_capability (ops/auto.py clears its decisions)."""
+    _on_switch.append(callback)
 
 
 @contextlib.contextmanager

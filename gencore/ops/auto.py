@@ -107,6 +107,9 @@ def clear() -> None:
     _generation[0] += 1
 
 
+_backend.on_cpu_capability_change(clear)  # another ISA path is another machine class
+
+
 def generation() -> int:
     """A number that changes whenever a decision is made or forgotten: a caller that caches what
     it derived from `peek` keeps it while this stays the same."""

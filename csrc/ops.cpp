@@ -40,7 +40,8 @@ TORCH_LIBRARY(gencore, m) {
   // S_q == S_k; attn_mask bool (B or 1, H or 1, S_q, S_k), True = take part; dropout_p on the
   // probabilities with the Philox keep-mask keyed by seed_offset (CPU int64 [seed, offset]).
   // Returns (out, lse): lse is the row logsumexp of the scaled (capped) scores (float32; float64
-  // for float64 inputs), -inf for rows that see no key (their out is zero).
+  // for float64 inputs), -inf for rows that see no key (their out is zero). The backward takes
+  // the lse's gradient too (grad_lse, same shape; None = zero): d lse / d scores = P.
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, bool causal,"
         " float scale, int window_left=-1, int window_right=-1, float softcap=0.,"
         " Tensor? document_ids=None, Tensor? attn_mask=None, float dropout_p=0.,"
@@ -48,8 +49,8 @@ TORCH_LIBRARY(gencore, m) {
   m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
         " Tensor lse, Tensor? key_padding_mask, bool causal, float scale, int window_left=-1,"
         " int window_right=-1, float softcap=0., Tensor? document_ids=None,"
-        " Tensor? attn_mask=None, float dropout_p=0., Tensor? seed_offset=None)"
-        " -> (Tensor, Tensor, Tensor)");
+        " Tensor? attn_mask=None, float dropout_p=0., Tensor? seed_offset=None,"
+        " Tensor? grad_lse=None) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -693,7 +693,8 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward, delta[row] = sum_d dO * O in float32: one warp per (batch, head, query) row.
+// Backward, delta[row] = sum_d dO * O - grad_lse[row] in float32: one warp per (batch, head, query)
+// row. The lse's gradient enters dS = P (dP - delta) through delta, since d lse / d s = P.
 constexpr int kDeltaRowsPerBlock = 8;
 
 template <typename T>
@@ -707,7 +708,7 @@ __global__ void __launch_bounds__(32 * kDeltaRowsPerBlock) attention_delta(const
   float acc = 0.f;
   for (int d = lane; d < p.D; d += 32) acc += to_acc(go[d]) * to_acc(o[d]);
   acc = warp_sum(acc);
-  if (lane == 0) static_cast<float*>(p.delta)[row] = acc;
+  if (lane == 0) static_cast<float*>(p.delta)[row] = p.grad_lse != nullptr ? acc - p.grad_lse[row] : acc;
 }
 
 template <typename T, class C>

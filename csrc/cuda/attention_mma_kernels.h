@@ -52,6 +52,7 @@ struct AttentionBackwardParams : AttentionParams {
   void* dk;
   void* dv;
   void* delta;                   // workspace: B*H*Sq float32
+  const float* grad_lse = nullptr;  // (B, H, Sq) contiguous, the returned lse's gradient; may be null
 };
 
 // The dtypes and head dims the kernels are built for (the wrapper's error names them).
@@ -69,7 +70,8 @@ size_t attention_tile_info_bytes(const AttentionParams& p);
 
 cudaError_t launch_attention_forward_mma(const AttentionParams& p, FloatType dtype, cudaStream_t stream);
 
-// delta = rowsum(dO * O) into p.delta (float32), the first step of the backward.
+// delta = rowsum(dO * O) - grad_lse (d lse / d scores = P) into p.delta (float32), the first step
+// of the backward.
 cudaError_t launch_attention_delta(const AttentionBackwardParams& p, FloatType dtype, cudaStream_t stream);
 
 // Needs p.delta (launch_attention_delta) and p.lse from the forward; writes every element of p.dq,

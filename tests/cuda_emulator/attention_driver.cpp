@@ -7,7 +7,8 @@
 // seq) strides in elements of q, k, v, dout, then the element counts of q.bin, k.bin, v.bin,
 // dout.bin (each a buffer the strided tensor lives in), then the keyword features: window_left
 // window_right (-1 unbounded) softcap (0 none) has_docs has_attn_mask am_B am_H dropout_p seed
-// offset. mask.bin: B*Sk bytes when has_mask; docs.bin: B*Sk int64 when has_docs; am.bin:
+// offset, and optionally has_grad_lse (grad_lse.bin: B*H*Sq float32, the lse's gradient, which the
+// delta kernel takes). mask.bin: B*Sk bytes when has_mask; docs.bin: B*Sk int64 when has_docs; am.bin:
 // am_B*am_H*Sq*Sk bytes (contiguous; am_B, am_H 1 where broadcast) when has_attn_mask.
 // Writes out.bin, lse.bin (float32), dq.bin, dk.bin, dv.bin (contiguous) and prints one JSON line
 // of emulator statistics. Outputs start as NaN with NaN guard zones around them: an unwritten
@@ -43,6 +44,8 @@ int main(int argc, char** argv) {
   unsigned long long seed, offset;
   pf >> window_left >> window_right >> softcap >> has_docs >> has_am >> am_B >> am_H >> dropout_p >> seed >> offset;
   if (!pf) gencore_emu::fail("bad params.txt");
+  int has_glse = 0;  // optional trailing field: grad_lse.bin (B*H*Sq float32), the lse's gradient
+  if (!(pf >> has_glse)) has_glse = 0;
   const bool bf16 = dtype_name == "bf16";
   const FloatType dtype = bf16 ? FloatType::kBFloat16 : FloatType::kFloat16;
 
@@ -98,6 +101,11 @@ int main(int argc, char** argv) {
   std::memcpy(out_in.data(), out.data(), out.n);
   std::memcpy(lse_in.data(), lse.data(), lse.n);
   std::vector<float> delta(rows);
+  std::vector<unsigned char> glse;
+  if (has_glse) {
+    glse = read_file(dir + "/grad_lse.bin", 4 * rows);
+    p.grad_lse = reinterpret_cast<const float*>(glse.data());
+  }
   p.out = out_in.data();
   p.lse = lse_in.data();
   p.delta = delta.data();

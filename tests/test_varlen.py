@@ -309,3 +309,18 @@ def test_train_packed_documents_equals_padded():
         losses_b.append(loss_b.item())
     assert max(abs(a - b) for a, b in zip(losses_a, losses_b)) <= 2e-4, (losses_a, losses_b)
     assert losses_a[-1] < losses_a[0]
+
+
+def test_bench_cases_name_varlen():
+    """The varlen bench cases (auto's evidence) name the case varlen_attn's own calls fall in."""
+    from gencore import bench_cases
+    from gencore.ops.attention import _auto_case
+    from gencore.ops.varlen import _check
+    found = [c for c in bench_cases.cases("cpu") if "varlen" in c.id]
+    assert {c.auto_case.split(" ")[1] for c in found} == {"varlen", "varlen-causal"}
+    lengths = list(bench_cases.VARLEN_LENGTHS)
+    q = torch.empty(sum(lengths), 8, 64, requires_grad=True)
+    info = _check(q, q, q, cu(lengths), cu(lengths), max(lengths), max(lengths), False, (-1, 0))
+    q4 = q.transpose(0, 1)[None]
+    name = _auto_case(q4, q4, False, window=(-1, 0), varlen=info)
+    assert name in {c.auto_case for c in found}, name

@@ -263,9 +263,14 @@ def varlen_builtin(query, key, value, info: VarlenInfo, *, scale, window=None, s
     else:
         if Hkv != H:
             pk, pv = (t.repeat_interleave(H // Hkv, dim=1) for t in (pk, pv))
-        y = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=visible | ~seen, dropout_p=dropout_p,
-                                           scale=scale)
-        y = torch.where(seen, y, torch.zeros_like(y))
+        if info.same and window == (-1, 0):
+            # causal with equal lengths: a real query never reaches a padded key (they come after
+            # it), so SDPA's own is_causal (its fast path) needs no mask; padded rows are dropped
+            y = F.scaled_dot_product_attention(pq, pk, pv, is_causal=True, dropout_p=dropout_p, scale=scale)
+        else:
+            y = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=visible | ~seen, dropout_p=dropout_p,
+                                               scale=scale)
+            y = torch.where(seen, y, torch.zeros_like(y))
     # back to the packed tokens: the valid slots in order are the tokens in order
     return y.transpose(1, 2)[vq]                                # (T_q, H, D)
 

@@ -155,6 +155,20 @@ inline gan::Plan check_gan_loss(const std::optional<at::Tensor>& real, const at:
   return plan;
 }
 
+// Attention sinks: one logit per query head, (H,) floating, on q's device. Returns them
+// contiguous in `acc` (float32; float64 for float64 inputs), or an undefined tensor for none.
+inline at::Tensor check_attention_sinks(const c10::optional<at::Tensor>& sinks, const at::Tensor& q,
+                                        int64_t H, at::ScalarType acc, const char* op) {
+  if (!sinks.has_value()) return at::Tensor();
+  TORCH_CHECK(at::isFloatingType(sinks->scalar_type()), op, ": sinks must be floating (float32), got ",
+              sinks->scalar_type());
+  TORCH_CHECK(sinks->dim() == 1 && sinks->size(0) == H, op,
+              ": sinks must have shape (heads,) = (", H, ",), got ", sinks->sizes());
+  TORCH_CHECK(sinks->device() == q.device(), op, ": sinks is on ", sinks->device(), ", q on ",
+              q.device());
+  return sinks->to(acc).contiguous();
+}
+
 // The keyword features of attention / attention_backward (window, softcap, documents, attn_mask,
 // dropout), checked; the defaults (-1, -1, 0, none, none, 0, none) switch each off.
 struct AttentionFeatures {

@@ -134,8 +134,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
                                                   const c10::optional<at::Tensor>& document_ids,
                                                   const c10::optional<at::Tensor>& attn_mask,
                                                   double dropout_p,
-                                                  const c10::optional<at::Tensor>& seed_offset) {
+                                                  const c10::optional<at::Tensor>& seed_offset,
+                                                  const c10::optional<at::Tensor>& sinks_in) {
   const AttentionGeometry g = check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention");
+  const at::Tensor sinks = check_attention_sinks(sinks_in, q_in, g.H, at::kFloat, "attention");
   check_attention_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
                            seed_offset, "attention");
   check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention");
@@ -148,10 +150,12 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   if (out.numel() == 0) return {out, lse};
   if (g.Sk == 0) {
     out.zero_();
-    lse.fill_(-std::numeric_limits<double>::infinity());
+    if (sinks.defined()) lse.copy_(sinks.view({1, g.H, 1}).expand({g.B, g.H, g.Sq}));
+    else lse.fill_(-std::numeric_limits<double>::infinity());
     return {out, lse};
   }
   cuda::AttentionParams p = make_params(q, k, v, mask, causal, scale, g);
+  if (sinks.defined()) p.sinks = sinks.const_data_ptr<float>();
   FeatureTensors keep;
   set_features(p, q, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
                seed_offset, keep, "attention");

@@ -440,9 +440,18 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
       float l = row_sum[m][hi];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
-      inv[m][hi] = l > 0.f ? 1.f / l : 0.f;
+      float mx = row_max[m][hi], rescale = 1.f;
+      if (p.sinks != nullptr) {  // the head's sink logit joins the softmax's sum (not P V)
+        const float s2 = p.sinks[h] * kLog2e, mn = fmaxf(mx, s2);
+        if (mn != -INFINITY) {
+          rescale = mx == -INFINITY ? 0.f : mma::fast_exp2(mx - mn);
+          l = l * rescale + mma::fast_exp2(s2 - mn);
+          mx = mn;
+        }
+      }
+      inv[m][hi] = l > 0.f ? rescale / l : 0.f;
       const int i = q0 + wrow + 16 * m + g + 8 * hi;
-      if (t == 0 && i < p.Sq) lse[i] = l > 0.f ? (row_max[m][hi] + log2f(l)) * kLn2 : -INFINITY;
+      if (t == 0 && i < p.Sq) lse[i] = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
     }
   }
   T* out = static_cast<T*>(p.out) + bh * p.Sq * D;

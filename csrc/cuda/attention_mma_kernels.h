@@ -39,6 +39,9 @@ struct AttentionParams {
   uint64_t seed = 0, rng_offset = 0;        // Philox key of the keep-mask (element ((b H + h) Sq + i) Sk + j)
   int am_B = 1, am_H = 1;                   // attn_mask's batch and head sizes (1 where broadcast)
   void* tile_info = nullptr;                // workspace of attention_tile_info_bytes() with documents or attn_mask
+  const float* sinks = nullptr;             // (H,) float32 or null: per query head a logit that joins every
+                                            // row's softmax sum (attention sinks); lse counts it, the
+                                            // backward needs nothing more (P comes from lse)
   bool has_features() const {
     return window_left >= 0 || window_right >= 0 || softcap > 0.f || document_ids != nullptr ||
            attn_mask != nullptr || dropout_p > 0.f;

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from . import auto
-from .attention import _check_features, attention
+from .attention import _check_features, _check_sinks, attention
 from .reference.attention import attention_reference
 from .reference.varlen import varlen_mask, varlen_reference
 from .rng import philox_seed_offset
@@ -173,7 +173,7 @@ def varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     window = None if left < 0 and right < 0 else (left, right)
     dropout_p, _, softcap = _check_features(q4, q4, dropout_p, window, softcap, None, None)
     if sinks is not None:
-        raise NotImplementedError("varlen_attn: sinks come with issue 32's third step")
+        _check_sinks(sinks, H, query.device)
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
     elif isinstance(scale, torch.Tensor) or not math.isfinite(scale):
@@ -275,7 +275,8 @@ def varlen_builtin(query, key, value, info: VarlenInfo, *, scale, window=None, s
     return y.transpose(1, 2)[vq]                                # (T_q, H, D)
 
 
-def varlen_calls(q4, k4, info: VarlenInfo, *, window=None, softcap=None, dropout_p=0.0, train=False):
+def varlen_calls(q4, k4, info: VarlenInfo, *, window=None, softcap=None, dropout_p=0.0, train=False,
+                 sinks=None):
     """auto's timing calls for a varlen case (ops/attention.py's _auto_calls): fresh random packed
     tensors of the call's shapes, fused against the padded-SDPA built-in, forward under no_grad
     or forward+backward."""
@@ -283,7 +284,8 @@ def varlen_calls(q4, k4, info: VarlenInfo, *, window=None, softcap=None, dropout
     (_, H, Tq, D), (_, Hkv, Tk, _) = q4.shape, k4.shape
     q, dout = (torch.randn(Tq, H, D, device=dev).to(dtype) for _ in range(2))
     k, v = (torch.randn(Tk, Hkv, D, device=dev).to(dtype) for _ in range(2))
-    kw = dict(window_size=window or (-1, -1), enable_gqa=Hkv != H, softcap=softcap, dropout_p=dropout_p)
+    kw = dict(window_size=window or (-1, -1), enable_gqa=Hkv != H, softcap=softcap, dropout_p=dropout_p,
+              sinks=sinks)
     args = (info.cu_q, info.cu_k, info.max_q, info.max_k)
 
     def make(impl):

@@ -8,7 +8,7 @@
 // dout.bin (each a buffer the strided tensor lives in), then the keyword features: window_left
 // window_right (-1 unbounded) softcap (0 none) has_docs has_attn_mask am_B am_H dropout_p seed
 // offset, and optionally has_grad_lse (grad_lse.bin: B*H*Sq float32, the lse's gradient, which the
-// delta kernel takes). mask.bin: B*Sk bytes when has_mask; docs.bin: B*Sk int64 when has_docs; am.bin:
+// delta kernel takes) and has_sinks (sinks.bin: H float32, attention sinks). mask.bin: B*Sk bytes when has_mask; docs.bin: B*Sk int64 when has_docs; am.bin:
 // am_B*am_H*Sq*Sk bytes (contiguous; am_B, am_H 1 where broadcast) when has_attn_mask.
 // Writes out.bin, lse.bin (float32), dq.bin, dk.bin, dv.bin (contiguous) and prints one JSON line
 // of emulator statistics. Outputs start as NaN with NaN guard zones around them: an unwritten
@@ -44,8 +44,9 @@ int main(int argc, char** argv) {
   unsigned long long seed, offset;
   pf >> window_left >> window_right >> softcap >> has_docs >> has_am >> am_B >> am_H >> dropout_p >> seed >> offset;
   if (!pf) gencore_emu::fail("bad params.txt");
-  int has_glse = 0;  // optional trailing field: grad_lse.bin (B*H*Sq float32), the lse's gradient
+  int has_glse = 0, has_sinks = 0;  // optional trailing fields: grad_lse.bin, sinks.bin
   if (!(pf >> has_glse)) has_glse = 0;
+  if (!(pf >> has_sinks)) has_sinks = 0;
   const bool bf16 = dtype_name == "bf16";
   const FloatType dtype = bf16 ? FloatType::kBFloat16 : FloatType::kFloat16;
 
@@ -84,6 +85,11 @@ int main(int argc, char** argv) {
   p.dropout_scale = (float)(1.0 / (1.0 - dropout_p));
   p.seed = seed, p.rng_offset = offset;
   p.am_B = am_B, p.am_H = am_H;
+  std::vector<unsigned char> sinks;
+  if (has_sinks) {
+    sinks = read_file(dir + "/sinks.bin", 4 * (size_t)H);
+    p.sinks = reinterpret_cast<const float*>(sinks.data());
+  }
   std::vector<unsigned char> tile_info(gencore::cuda::attention_tile_info_bytes(p));  // exactly sized
   p.tile_info = tile_info.empty() ? nullptr : tile_info.data();
 

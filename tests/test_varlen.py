@@ -324,3 +324,35 @@ def test_bench_cases_name_varlen():
     q4 = q.transpose(0, 1)[None]
     name = _auto_case(q4, q4, False, window=(-1, 0), varlen=info)
     assert name in {c.auto_case for c in found}, name
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_compile_fullgraph(cross):
+    """Under torch.compile(fullgraph=True): no graph break (the lengths are not read on the host),
+    the eager result and gradients, one graph across calls with other lengths of the same T."""
+    need_fused("attention", "cpu")
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    len_q, len_k = ([5, 9, 2], [5, 9, 2]) if not cross else ([5, 9, 2], [7, 3, 6])
+    q, k, v, dout = packed(len_q, len_k, 4, 2, 16, torch.float32)
+    cq = cu(len_q)
+    ck = cq if not cross else cu(len_k)
+
+    def f(q, k, v, cq, ck):
+        return varlen_attn(q, k, v, cq, ck, 9, 9, window_size=(-1, 0), enable_gqa=True)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager", dynamic=False)
+    for lengths in ([5, 9, 2], [8, 4, 4]):
+        cq = cu(lengths)
+        ck = cq if not cross else cu(len_k)
+        a = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        b = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        got, want = compiled(*a, cq, ck), f(*b, cq, ck)
+        torch.testing.assert_close(got, want)
+        got.backward(dout)
+        want.backward(dout)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.grad, y.grad)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

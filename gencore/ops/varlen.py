@@ -16,8 +16,10 @@ interval of its document and skips every tile outside the documents, so nothing 
 max_q and the work is sum_n l_n^2, not T^2); with different query and key lengths the visibility
 is a (T_q, T_k) bool attn_mask, whose empty 64 x 64 tiles the kernel skips too (O(T_q T_k) bits
 of mask, the work still per sequence). The built-in under impl="auto" is PyTorch's SDPA on the
-sequences padded to the longest, with the masks (bench case "varlen"), or torch's own varlen_attn
-on CUDA where it covers the call; the reference (reference/varlen.py) defines the semantics.
+sequences padded to the longest, with the masks (bench case "varlen"); the reference
+(reference/varlen.py) defines the semantics. Under torch.compile the lengths are not read on the
+host (no graph break): the checks that need their values are skipped, and the call runs the
+fused kernel (the reference without a compiled core).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class VarlenInfo:
     def __init__(self, cu_q, cu_k, len_q, len_k, max_q, max_k):
         self.cu_q, self.cu_k, self.len_q, self.len_k = cu_q, cu_k, len_q, len_k
         self.same = len_q == len_k
-        self.pairs = sum(a * b for a, b in zip(len_q, len_k))
+        self.pairs = sum(a * b for a, b in zip(len_q or (), len_k or ()))
         self.max_q, self.max_k = max_q, max_k
 
 
@@ -126,6 +128,13 @@ def _check(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, enable_gqa, wind
     if cu_seq_k is None:
         raise ValueError("varlen_attn: cu_seq_k is required (seqused_k / block_table, torch's "
                          "inference-only paged KV cache, is not supported)")
+    if torch.compiler.is_compiling():  # no host read of the lengths inside a graph
+        for name, cu in (("cu_seq_q", cu_seq_q), ("cu_seq_k", cu_seq_k)):
+            if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1:
+                raise TypeError(f"varlen_attn: {name} must be a 1-d int32 tensor")
+        info = VarlenInfo(cu_seq_q, cu_seq_k, None, None, int(max_q), int(max_k))
+        info.same, info.pairs = cu_seq_q is cu_seq_k, Tq * Tk
+        return info
     len_q = _check_cu("cu_seq_q", cu_seq_q, Tq, max_q, "max_q", query.device)
     len_k = _check_cu("cu_seq_k", cu_seq_k, Tk, max_k, "max_k", query.device)
     if len(len_q) != len(len_k):
@@ -160,8 +169,8 @@ def varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         softcap, dropout_p, generator, sinks: gencore's features, as `gencore.ops.attention`
             defines them (dropout's Philox keep-mask indexed on the packed (1, H, T_q, T_k) view).
         impl: "auto" (fused where auto's evidence shows it faster than the built-in: SDPA on the
-            sequences padded per sequence with masks; torch's varlen_attn on CUDA), "fused",
-            "reference", or "sdpa" (that built-in).
+            sequences padded per sequence with masks), "fused", "reference", or "sdpa" (that
+            built-in).
 
     Returns (T_q, H, D) in query's dtype, or (out, lse) with return_aux.
     """
@@ -183,7 +192,7 @@ def varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     choice = auto.choose("attention", impl, query.device.type, q=q4, k=k4, causal=False,
                          dropout_p=dropout_p, window=window, softcap=softcap, varlen=info,
                          **({"sinks": sinks} if sinks is not None else {}))
-    if want_lse and choice == auto.BUILTIN and impl == "auto":
+    if (want_lse or info.len_q is None) and choice == auto.BUILTIN and impl == "auto":
         choice = auto.FUSED if _backend.has_kernel("attention", query.device.type) else auto.REFERENCE
     if choice == auto.BUILTIN:
         if want_lse:
@@ -203,7 +212,8 @@ def varlen_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         out4, lse4 = attention(q4, k4, v4, document_ids=document_ids_of(cu_seq_q, Tq), **kw)
     else:
         kw["window"] = None  # the window lives in the mask, in each sequence's own frame
-        out4, lse4 = attention(q4, k4, v4, attn_mask=varlen_mask(cu_seq_q, cu_seq_k, window)[None, None], **kw)
+        mask = varlen_mask(cu_seq_q, cu_seq_k, window, Tq, k4.shape[2])
+        out4, lse4 = attention(q4, k4, v4, attn_mask=mask[None, None], **kw)
     out = out4[0].transpose(0, 1)  # (T_q, H, D), a view of the kernel's (1, H, T_q, D)
     return (out, lse4[0]) if want_lse else out
 

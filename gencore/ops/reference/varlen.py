@@ -18,10 +18,13 @@ import torch
 from .attention import attention_reference
 
 
-def varlen_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, window=None) -> torch.Tensor:
-    """Bool (T_q, T_k): which key each packed query sees (True = sees)."""
+def varlen_mask(cu_q: torch.Tensor, cu_k: torch.Tensor, window=None, Tq: Optional[int] = None,
+                Tk: Optional[int] = None) -> torch.Tensor:
+    """Bool (T_q, T_k): which key each packed query sees (True = sees). T_q, T_k default to the
+    cumulative lengths' last entries (a host read; pass them to avoid it)."""
     cu_q, cu_k = cu_q.to(torch.int64), cu_k.to(torch.int64)
-    Tq, Tk = int(cu_q[-1]), int(cu_k[-1])
+    Tq = int(cu_q[-1]) if Tq is None else Tq
+    Tk = int(cu_k[-1]) if Tk is None else Tk
     t = torch.arange(Tq, device=cu_q.device)
     u = torch.arange(Tk, device=cu_q.device)
     seq_q = torch.searchsorted(cu_q[1:], t, right=True)   # (T_q,) sequence of each query
@@ -47,7 +50,7 @@ def varlen_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                      dropout_p: float = 0.0, seed_offset: Optional[torch.Tensor] = None,
                      sinks: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))
-    mask = varlen_mask(cu_seq_q, cu_seq_k, window)[None, None]
+    mask = varlen_mask(cu_seq_q, cu_seq_k, window, query.shape[0], key.shape[0])[None, None]
     out, lse = attention_reference(q4, k4, v4, False, None, scale, attn_mask=mask, softcap=softcap,
                                    dropout_p=dropout_p, seed_offset=seed_offset, sinks=sinks)
     return out[0].transpose(0, 1), lse[0]

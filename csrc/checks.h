@@ -176,6 +176,7 @@ struct AttentionFeatures {
   double softcap = 0.0;           // 0: none
   double dropout_p = 0.0;
   PhiloxKey key{};                // dropout's (seed, offset)
+  const int64_t* key_dev = nullptr;  // or, on a CUDA q, [seed, offset] in device memory (CUDA graphs)
   bool documents = false, mask = false;
   bool any() const {
     return left >= 0 || right >= 0 || softcap > 0 || dropout_p > 0 || documents || mask;
@@ -200,7 +201,17 @@ inline AttentionFeatures check_attention_features(
   f.dropout_p = dropout_p;
   if (dropout_p > 0) {
     TORCH_CHECK(seed_offset.has_value(), op, ": dropout_p > 0 needs seed_offset");
-    f.key = read_philox_key(*seed_offset);
+    if (seed_offset->is_cuda()) {  // drawn on the device under CUDA-graph capture (gencore/ops/rng.py)
+      TORCH_CHECK(q.is_cuda() && seed_offset->device() == q.device() &&
+                      seed_offset->scalar_type() == at::kLong && seed_offset->numel() == 2 &&
+                      seed_offset->is_contiguous(),
+                  op, ": a device seed_offset must be a contiguous int64 tensor of two elements on q's "
+                  "device ", q.device(), ", got ", seed_offset->scalar_type(), " on ",
+                  seed_offset->device(), " with ", seed_offset->numel(), " elements");
+      f.key_dev = seed_offset->const_data_ptr<int64_t>();
+    } else {
+      f.key = read_philox_key(*seed_offset);
+    }
   }
   if (document_ids.has_value()) {
     const auto st = document_ids->scalar_type();

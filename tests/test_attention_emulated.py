@@ -81,7 +81,7 @@ def _buffer_and_strides(t):
 
 def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None, scale=None, emu_seed=1, *,
             window=None, softcap=None, document_ids=None, attn_mask=None, dropout_p=0.0, seed=None,
-            grad_lse=None, sinks=None):
+            grad_lse=None, sinks=None, seed_on_device=False):
     """(out, lse, dq, dk, dv) of the mma kernels on the emulator, and its statistics. The keyword
     features as test_attention's `ref` takes them (dropout's keep-mask from `seed`); emu_seed
     seeds the emulator's thread orders."""
@@ -110,7 +110,8 @@ def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None
     if dropout_p > 0:
         rng = [int(x) for x in philox_seed_offset(torch.Generator().manual_seed(seed))]
     features = [left, right, repr(float(softcap or 0.0)), int(document_ids is not None), int(attn_mask is not None),
-                am_B, am_H, repr(float(dropout_p)), *rng, int(grad_lse is not None), int(sinks is not None)]
+                am_B, am_H, repr(float(dropout_p)), *rng, int(grad_lse is not None), int(sinks is not None),
+                int(seed_on_device)]
     if sinks is not None:
         (tmp_path / "sinks.bin").write_bytes(sinks.float().contiguous().numpy().tobytes())
     if grad_lse is not None:
@@ -410,3 +411,15 @@ def test_sinks(driver, tmp_path, causal, dtype):
     torch.testing.assert_close(lse[seen].double(), r_lse[seen], atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(lse[1, :3], sinks[:3, None].expand(3, 130))
     assert (out[1] == 0).all()
+
+
+@pytest.mark.parametrize("driver,causal", variants([False, True]), indirect=["driver"])
+def test_dropout_key_from_device_memory(driver, tmp_path, causal):
+    """The dropout key read from device memory (CUDA-graph replays, gencore/ops/rng.py) gives the
+    mask the key passed by value gives, bit for bit."""
+    q, k, v, dout = make(1, 2, 1, 130, 150, 64, torch.bfloat16, "cpu", seed=31)
+    kw = dict(causal=causal, dropout_p=0.3, seed=9)
+    by_value, _ = emulate(driver, tmp_path, q, k, v, dout, **kw)
+    by_pointer, _ = emulate(driver, tmp_path, q, k, v, dout, seed_on_device=True, **kw)
+    for a, b in zip(by_value, by_pointer):
+        assert torch.equal(a, b)

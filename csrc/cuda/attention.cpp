@@ -96,6 +96,7 @@ void set_features(cuda::AttentionParams& p, const at::Tensor& q, const Attention
     p.dropout_scale = static_cast<float>(1.0 / (1.0 - f.dropout_p));
     p.seed = f.key.seed;
     p.rng_offset = f.key.offset;
+    p.seed_offset_dev = f.key_dev;  // null unless drawn on the device (CUDA-graph capture)
   }
   const size_t info = cuda::attention_tile_info_bytes(p);
   if (info > 0) {

@@ -251,7 +251,10 @@ __device__ __forceinline__ bool key_visible(const AttentionParams& p, const unsi
 // dropout_keep and the CPU kernel's keep_row, bit for bit.
 __device__ __forceinline__ float dropout_factor(const AttentionParams& p, int64_t bh, int i, int j) {
   const uint64_t idx = ((uint64_t)bh * (uint64_t)p.Sq + (uint64_t)i) * (uint64_t)p.Sk + (uint64_t)j;
-  const Philox4 r = philox_block(PhiloxKey{p.seed, p.rng_offset}, idx >> 2);
+  const PhiloxKey key = p.seed_offset_dev == nullptr
+                           ? PhiloxKey{p.seed, p.rng_offset}
+                           : PhiloxKey{(uint64_t)p.seed_offset_dev[0], (uint64_t)p.seed_offset_dev[1]};
+  const Philox4 r = philox_block(key, idx >> 2);
   const int w = static_cast<int>(idx & 3);
   const uint32_t bits = w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];  // no local memory
   return uniform_open01(bits) >= p.dropout_p ? p.dropout_scale : 0.f;

@@ -37,6 +37,7 @@ struct AttentionParams {
   float dropout_p = 0.f;                    // > 0: keep where Philox uniform >= dropout_p (float32)
   float dropout_scale = 1.f;                // 1 / (1 - dropout_p), for the kept
   uint64_t seed = 0, rng_offset = 0;        // Philox key of the keep-mask (element ((b H + h) Sq + i) Sk + j)
+  const int64_t* seed_offset_dev = nullptr; // or [seed, offset] read from device memory (CUDA-graph replays)
   int am_B = 1, am_H = 1;                   // attn_mask's batch and head sizes (1 where broadcast)
   void* tile_info = nullptr;                // workspace of attention_tile_info_bytes() with documents or attn_mask
   const float* sinks = nullptr;             // (H,) float32 or null: per query head a logit that joins every

@@ -208,7 +208,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
             raise ValueError("attention: return_lse=True needs impl='auto', 'fused' or 'reference' "
                              "(PyTorch's SDPA does not return the lse)")
         return attention_sdpa(q, k, v, causal, key_padding_mask, scale, generator=generator, **features)
-    seed_offset = philox_seed_offset(generator) if dropout_p > 0 else None
+    seed_offset = philox_seed_offset(generator, q.device) if dropout_p > 0 else None
     if choice == auto.FUSED:
         out_lse = torch.ops.gencore.attention(
             q, k, v, key_padding_mask, causal, scale, left, right,

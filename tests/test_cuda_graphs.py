@@ -73,3 +73,26 @@ def test_attention_function_under_capture():
     a = out.clone()
     g.replay()
     assert not torch.equal(a, out)
+
+
+def test_gumbel_softmax_capture_and_replay():
+    """Each replay: fresh Gumbel noise, equal to the reference's for that replay's [seed, offset]."""
+    need_fused("gumbel_softmax", "cuda")
+    from gencore.ops import gumbel_softmax
+    from gencore.ops.reference import gumbel_softmax_reference
+    x = torch.randn(64, 100, device="cuda")
+    gumbel_softmax(x, tau=0.5, hard=True, impl="fused")
+    static = {}
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static["so"] = philox_seed_offset(None, x.device)
+        static["y"] = torch.ops.gencore.gumbel_softmax(x, static["so"], 0.5, True, -1)[0]
+    outs = []
+    for _ in range(2):
+        g.replay()
+        torch.cuda.synchronize()
+        so = static["so"].cpu()
+        want = gumbel_softmax_reference(x.cpu(), so[0], so[1], 0.5, True, -1)
+        assert torch.equal(static["y"].cpu(), want)  # hard one-hots: exactly the CPU's
+        outs.append(static["y"].clone())
+    assert not torch.equal(outs[0], outs[1])

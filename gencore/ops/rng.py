@@ -22,7 +22,7 @@ def philox_seed_offset(generator: Optional[torch.Generator] = None,
     a CUDA one, else the device's default): torch's graph-safe protocol keeps that generator's
     Philox seed and offset in device tensors during capture and advances them at each replay
     (graphsafe_get_state / register_generator_state), so each replay draws a fresh pair. The
-    kernels read it from device memory (attention; gumbel_softmax still takes host values). The
+    kernels (attention's dropout, gumbel_softmax's noise) read it from device memory. The
     samples equal the CPU's for the same [seed, offset] values; the values differ from an eager
     run's (another stream).
     """

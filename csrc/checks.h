@@ -156,6 +156,20 @@ inline gan::Plan check_gan_loss(const std::optional<at::Tensor>& real, const at:
   return plan;
 }
 
+// Attention sinks: one logit per query head, (H,) floating, on q's device. Returns them
+// contiguous in `acc` (float32; float64 for float64 inputs), or an undefined tensor for none.
+inline at::Tensor check_attention_sinks(const c10::optional<at::Tensor>& sinks, const at::Tensor& q,
+                                        int64_t H, at::ScalarType acc, const char* op) {
+  if (!sinks.has_value()) return at::Tensor();
+  TORCH_CHECK(at::isFloatingType(sinks->scalar_type()), op, ": sinks must be floating (float32), got ",
+              sinks->scalar_type());
+  TORCH_CHECK(sinks->dim() == 1 && sinks->size(0) == H, op,
+              ": sinks must have shape (heads,) = (", H, ",), got ", sinks->sizes());
+  TORCH_CHECK(sinks->device() == q.device(), op, ": sinks is on ", sinks->device(), ", q on ",
+              q.device());
+  return sinks->to(acc).contiguous();
+}
+
 // The keyword features of attention / attention_backward (window, softcap, documents, attn_mask,
 // dropout), checked; the defaults (-1, -1, 0, none, none, 0, none) switch each off.
 struct AttentionFeatures {
@@ -163,6 +177,7 @@ struct AttentionFeatures {
   double softcap = 0.0;           // 0: none
   double dropout_p = 0.0;
   PhiloxKey key{};                // dropout's (seed, offset)
+  const int64_t* key_dev = nullptr;  // or, on a CUDA q, [seed, offset] in device memory (CUDA graphs)
   bool documents = false, mask = false;
   bool any() const {
     return left >= 0 || right >= 0 || softcap > 0 || dropout_p > 0 || documents || mask;
@@ -187,7 +202,17 @@ inline AttentionFeatures check_attention_features(
   f.dropout_p = dropout_p;
   if (dropout_p > 0) {
     TORCH_CHECK(seed_offset.has_value(), op, ": dropout_p > 0 needs seed_offset");
-    f.key = read_philox_key(*seed_offset);
+    if (seed_offset->is_cuda()) {  // drawn on the device under CUDA-graph capture (gencore/ops/rng.py)
+      TORCH_CHECK(q.is_cuda() && seed_offset->device() == q.device() &&
+                      seed_offset->scalar_type() == at::kLong && seed_offset->numel() == 2 &&
+                      seed_offset->is_contiguous(),
+                  op, ": a device seed_offset must be a contiguous int64 tensor of two elements on q's "
+                  "device ", q.device(), ", got ", seed_offset->scalar_type(), " on ",
+                  seed_offset->device(), " with ", seed_offset->numel(), " elements");
+      f.key_dev = seed_offset->const_data_ptr<int64_t>();
+    } else {
+      f.key = read_philox_key(*seed_offset);
+    }
   }
   if (document_ids.has_value()) {
     const auto st = document_ids->scalar_type();

@@ -40,16 +40,21 @@ TORCH_LIBRARY(gencore, m) {
   // S_q == S_k; attn_mask bool (B or 1, H or 1, S_q, S_k), True = take part; dropout_p on the
   // probabilities with the Philox keep-mask keyed by seed_offset (CPU int64 [seed, offset]).
   // Returns (out, lse): lse is the row logsumexp of the scaled (capped) scores (float32; float64
-  // for float64 inputs), -inf for rows that see no key (their out is zero).
+  // for float64 inputs), -inf for rows that see no key (their out is zero). The backward takes
+  // the lse's gradient too (grad_lse, same shape; None = zero): d lse / d scores = P.
+  // sinks (H,) floating: attention sinks, per query head a logit that joins every row's softmax
+  // sum and not P V; lse counts it (a row that sees no key then has lse = sink, out 0), so the
+  // backward, which recomputes P from lse, needs nothing more (the sinks' gradient,
+  // -sum P_sink (rowsum(dO * O) - grad_lse), is formed in gencore/ops/attention.py).
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, bool causal,"
         " float scale, int window_left=-1, int window_right=-1, float softcap=0.,"
         " Tensor? document_ids=None, Tensor? attn_mask=None, float dropout_p=0.,"
-        " Tensor? seed_offset=None) -> (Tensor, Tensor)");
+        " Tensor? seed_offset=None, Tensor? sinks=None) -> (Tensor, Tensor)");
   m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out,"
         " Tensor lse, Tensor? key_padding_mask, bool causal, float scale, int window_left=-1,"
         " int window_right=-1, float softcap=0., Tensor? document_ids=None,"
-        " Tensor? attn_mask=None, float dropout_p=0., Tensor? seed_offset=None)"
-        " -> (Tensor, Tensor, Tensor)");
+        " Tensor? attn_mask=None, float dropout_p=0., Tensor? seed_offset=None,"
+        " Tensor? grad_lse=None) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

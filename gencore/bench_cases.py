@@ -242,6 +242,61 @@ def _feature_case(device, dtype, kind, B, H, S, D, train=True) -> BenchCase:
     return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
 
 
+def _varlen_case(device, dtype, H, D, lengths, train=True, causal=True) -> BenchCase:
+    """issue 32's varlen: packed documents of the given lengths, (T, H, D), causal (window (-1,
+    0)) or full, through gencore.ops.varlen_attn; torch = SDPA on the same tokens padded per
+    document to the longest (is_causal when causal: padded keys come after every real query; a
+    key padding mask when full), the padding and unpadding included. On CUDA torch's own
+    varlen_attn would be the built-in; this case is the CPU's, where torch's raises."""
+    from .ops.varlen import VarlenInfo, varlen_attn
+    dname = str(dtype).replace("torch.", "")
+    T = sum(lengths)
+    window = (-1, 0) if causal else (-1, -1)
+    info = VarlenInfo(None, None, list(lengths), list(lengths), max(lengths), max(lengths))
+    q4 = _meta(1, H, T, D, dtype=dtype, grad=train)
+    auto_case = auto.case_name("attention", q=q4, k=q4, causal=False, window=window if causal else None,
+                               varlen=info)
+    mode = "fwd+bwd" if train else "fwd"
+    kind = "varlen-causal" if causal else "varlen"
+    cid = f"attention/{device}/{dname} {kind}/T{T}-H{H}-D{D}-docs{len(lengths)}/{mode}"
+    pairs = sum(n * (n + 1) // 2 if causal else n * n for n in lengths)
+    flops = 4 * H * pairs * D * (3.5 if train else 1.0)
+
+    def make():
+        g = torch.Generator().manual_seed(0)
+        q, k, v, dout = (torch.randn(T, H, D, generator=g).to(device, dtype) for _ in range(4))
+        c = torch.tensor([0] + list(lengths), dtype=torch.int32).cumsum(0).to(torch.int32).to(device)
+        n, lmax = len(lengths), max(lengths)
+        index = torch.zeros(n, lmax, dtype=torch.int64)
+        valid = torch.zeros(n, lmax, dtype=torch.bool)
+        start = 0
+        for d, length in enumerate(lengths):
+            index[d, :length] = torch.arange(start, start + length)
+            valid[d, :length] = True
+            start += length
+        index, valid = index.to(device), valid.to(device)
+        keymask = valid[:, None, None, :]                              # (N, 1, 1, lmax)
+
+        def builtin(q, k, v):
+            pq, pk, pv = (t[index].transpose(1, 2) for t in (q, k, v))    # (N, H, lmax, D)
+            if causal:
+                y = F.scaled_dot_product_attention(pq, pk, pv, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=keymask)
+            return y.transpose(1, 2)[valid]                              # (T, H, D)
+        fns = {impl: (lambda q, k, v, impl=impl: varlen_attn(q, k, v, c, c, lmax, lmax, window_size=window,
+                                                             impl=impl))
+               for impl in ("fused", "sdpa", "auto")}
+        fns["torch"] = builtin
+        return _attention_calls(fns, q, k, v, dout, train)
+    return BenchCase(cid, "attention", device, auto_case, make, flops=flops)
+
+
+# issue 32's varlen cases: packed documents (lengths drawn once, fixed here), (H, D).
+VARLEN_LENGTHS = (300, 41, 777, 129, 512, 96, 193)  # T = 2048
+VARLEN_CASES = ((8, 64),)
+
+
 # KV-cache decoding, one query: (B, H, S_k, D); the first three are "decode small" (under
 # ops/attention.py's _SMALL_DECODE elements of K), (1, 8, 128, 64) sits on the boundary.
 DECODE_SHAPES = ((1, 4, 64, 32), (1, 4, 128, 32), (4, 4, 64, 32), (1, 8, 128, 64), (1, 12, 1024, 64),
@@ -277,6 +332,10 @@ def cases(device: str = "cpu") -> List[BenchCase]:
     for dtype in dtypes:
         for kind, B, H, S, D in FEATURE_CASES:
             out.append(_feature_case(device, dtype, kind, B, H, S, D))
+    for dtype in dtypes:
+        for H, D in VARLEN_CASES:
+            for causal in (True, False):
+                out.append(_varlen_case(device, dtype, H, D, VARLEN_LENGTHS, causal=causal))
     for n in (64, 4096, 1 << 20):
         out.append(_gan_case(device, n))
     for rows, cols in ((64, 100), (256, 32000), (1280, 5000)):

@@ -80,7 +80,8 @@ def _buffer_and_strides(t):
 
 
 def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None, scale=None, emu_seed=1, *,
-            window=None, softcap=None, document_ids=None, attn_mask=None, dropout_p=0.0, seed=None):
+            window=None, softcap=None, document_ids=None, attn_mask=None, dropout_p=0.0, seed=None,
+            grad_lse=None, sinks=None, seed_on_device=False):
     """(out, lse, dq, dk, dv) of the mma kernels on the emulator, and its statistics. The keyword
     features as test_attention's `ref` takes them (dropout's keep-mask from `seed`); emu_seed
     seeds the emulator's thread orders."""
@@ -109,7 +110,12 @@ def emulate(driver, tmp_path, q, k, v, dout, causal=False, key_padding_mask=None
     if dropout_p > 0:
         rng = [int(x) for x in philox_seed_offset(torch.Generator().manual_seed(seed))]
     features = [left, right, repr(float(softcap or 0.0)), int(document_ids is not None), int(attn_mask is not None),
-                am_B, am_H, repr(float(dropout_p)), *rng]
+                am_B, am_H, repr(float(dropout_p)), *rng, int(grad_lse is not None), int(sinks is not None),
+                int(seed_on_device)]
+    if sinks is not None:
+        (tmp_path / "sinks.bin").write_bytes(sinks.float().contiguous().numpy().tobytes())
+    if grad_lse is not None:
+        (tmp_path / "grad_lse.bin").write_bytes(grad_lse.float().contiguous().numpy().tobytes())
     (tmp_path / "params.txt").write_text(" ".join(map(str, fields + strides + counts + features)))
     res = driver.run(tmp_path, emu_seed)
     stats = json.loads(res.stdout.strip().splitlines()[-1])
@@ -342,3 +348,78 @@ def test_planted_window_bound_fails(builds, tmp_path):
     q, k, v, dout = make(1, 2, 1, 130, 150, 64, torch.bfloat16, "cpu", seed=63)
     with pytest.raises(AssertionError, match="fused err"):
         check(Driver(builds[PLANT_WINDOW], "wait", False), tmp_path, q, k, v, dout, causal=True, window=(40, 0))
+
+
+@pytest.mark.parametrize("driver,causal,dtype", variants([(False, torch.bfloat16), (True, torch.float16)]),
+                         indirect=["driver"])
+def test_grad_lse(driver, tmp_path, causal, dtype):
+    """The lse's gradient (d lse / d s = P) enters the backward through delta: dq, dk, dv of the
+    loss sum(out * dout) + sum(lse * grad_lse) within 2x the reference's own error."""
+    import math
+    from gencore.tolerance import attention_l1, within_2x
+    from test_attention import probs
+    q, k, v, dout = make(2, 4, 2, 130, 150, 64, dtype, "cpu", seed=21)
+    glse = torch.randn(2, 4, 130, generator=torch.Generator().manual_seed(22))
+    (out, lse, dq, dk, dv), _ = emulate(driver, tmp_path, q, k, v, dout, causal=causal, grad_lse=glse)
+
+    def grads(q, k, v, dout):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        o, l = attention_reference(*leaves, causal)
+        loss = (o.double() * dout.double()).sum() + (torch.where(torch.isfinite(l), l, 0).double() * glse.double()).sum()
+        return (o.detach(), *torch.autograd.grad(loss, leaves))
+
+    exact = grads(*(t.double() for t in (q, k, v, dout)))
+    base = grads(q, k, v, dout)
+    qd, kd, vd, dd = (t.double() for t in (q, k, v, dout))
+    l1 = attention_l1(qd, kd, vd, dd.abs() + glse.double().abs()[..., None], probs(qd, kd, causal=causal),
+                      1 / math.sqrt(64))
+    for name, e, b, f in zip(("out", "dq", "dk", "dv"), exact, base, (out, dq, dk, dv)):
+        verdict = within_2x(e, b, f, l1[name])
+        assert verdict.passed, f"{name}: err {verdict.error:.3g} > tol {verdict.tolerance:.3g}"
+
+
+@pytest.mark.parametrize("driver,causal,dtype", variants([(False, torch.float16), (True, torch.bfloat16)]),
+                         indirect=["driver"])
+def test_sinks(driver, tmp_path, causal, dtype):
+    """Attention sinks: the forward's epilogue adds each head's sink to the softmax sum; the
+    backward recomputes P from that lse. out, dq, dk, dv within 2x the reference's own error, lse
+    the reference's (the sink counted in it), rows that see no key: out 0, lse = the sink."""
+    import math
+    from gencore.tolerance import attention_l1, within_2x
+    from test_attention import probs
+    q, k, v, dout = make(2, 4, 2, 130, 150, 64, dtype, "cpu", seed=23)
+    sinks = torch.tensor([0.5, -1.0, 2.0, float("-inf")])
+    mask = torch.zeros(2, 150, dtype=torch.bool)
+    mask[1] = True  # batch 1 sees no key
+    (out, lse, dq, dk, dv), _ = emulate(driver, tmp_path, q, k, v, dout, causal=causal, sinks=sinks,
+                                        key_padding_mask=mask)
+
+    def grads(q, k, v, dout):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        o, l = attention_reference(*leaves, causal, mask, sinks=sinks)
+        return (o.detach(), *torch.autograd.grad(o, leaves, dout)), l.detach()
+
+    exact, r_lse = grads(*(t.double() for t in (q, k, v, dout)))
+    base, _ = grads(q, k, v, dout)
+    qd, kd, vd, dd = (t.double() for t in (q, k, v, dout))
+    l1 = attention_l1(qd, kd, vd, dd, probs(qd, kd, causal=causal, key_padding_mask=mask), 1 / math.sqrt(64))
+    for name, e, b, f in zip(("out", "dq", "dk", "dv"), exact, base, (out, dq, dk, dv)):
+        verdict = within_2x(e, b, f, l1[name])
+        assert verdict.passed, f"{name}: err {verdict.error:.3g} > tol {verdict.tolerance:.3g}"
+    seen = torch.isfinite(r_lse)
+    assert torch.equal(torch.isfinite(lse), seen)
+    torch.testing.assert_close(lse[seen].double(), r_lse[seen], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(lse[1, :3], sinks[:3, None].expand(3, 130))
+    assert (out[1] == 0).all()
+
+
+@pytest.mark.parametrize("driver,causal", variants([False, True]), indirect=["driver"])
+def test_dropout_key_from_device_memory(driver, tmp_path, causal):
+    """The dropout key read from device memory (CUDA-graph replays, gencore/ops/rng.py) gives the
+    mask the key passed by value gives, bit for bit."""
+    q, k, v, dout = make(1, 2, 1, 130, 150, 64, torch.bfloat16, "cpu", seed=31)
+    kw = dict(causal=causal, dropout_p=0.3, seed=9)
+    by_value, _ = emulate(driver, tmp_path, q, k, v, dout, **kw)
+    by_pointer, _ = emulate(driver, tmp_path, q, k, v, dout, seed_on_device=True, **kw)
+    for a, b in zip(by_value, by_pointer):
+        assert torch.equal(a, b)

@@ -427,7 +427,7 @@ template <typename scalar_t, typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const c10::optional<at::Tensor>& mask, const Visibility& vis,
                   const ScoreMods& mods, double scale, const AttentionGeometry& g, at::Tensor& out,
-                  at::Tensor& lse) {
+                  at::Tensor& lse, const T* sinks) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W);
@@ -475,8 +475,11 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
         const scalar_t* qh = qp + b * sq.b + h * sq.h + q0 * sq.s;
         for (int64_t i = 0; i < qn; ++i)
           load_row(qh + i * sq.s, sq.d, D, Dp, static_cast<T>(scale), qbuf.data() + i * Dp);
-        std::fill(m.begin(), m.end(), ninf);
-        std::fill(l.begin(), l.end(), T(0));
+        // An attention sink starts every row's running softmax: max = sink, sum = exp(0) = 1, and
+        // no value (it never enters P V).
+        const T sink = sinks != nullptr ? sinks[h] : ninf;
+        std::fill(m.begin(), m.end(), sink);
+        std::fill(l.begin(), l.end(), sink == ninf ? T(0) : T(1));
         std::fill(obuf.begin(), obuf.end(), T(0));
         const auto [klo, khi] = vis.rows_range(b, q0, q0 + qn);
         for (int64_t k0 = klo < khi ? klo / KP * KP : khi; k0 < khi; k0 += BKF) {
@@ -547,7 +550,7 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                    const c10::optional<at::Tensor>& mask, const Visibility& vis,
                    const ScoreMods& mods, double scale, const AttentionGeometry& g, at::Tensor& dq,
-                   at::Tensor& dk, at::Tensor& dv) {
+                   at::Tensor& dk, at::Tensor& dv, const T* grad_lse) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
   const int64_t D = g.D, Dp = round_up(D, W), Skp = round_up(g.Sk, W);
@@ -629,6 +632,8 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
           Vec acc(T(0));
           for (int64_t d = 0; d < Dp; d += W) acc = at::vec::fmadd(Vec::loadu(d_o + d), Vec::loadu(orow.data() + d), acc);
           delta[i] = at::vec::vec_reduce_all<T>([](Vec& a, Vec& bb) { return a + bb; }, acc);
+          // d lse / d s = P: a gradient of the returned lse joins dS = P (dP - delta) as -grad_lse.
+          if (grad_lse != nullptr) delta[i] -= grad_lse[(b * g.H + h) * g.Sq + i];
           // Rows that saw no key: +inf makes every P entry exp(-inf) = 0.
           lrow[i] = lh[i] == ninf ? std::numeric_limits<T>::infinity() : lh[i];
         }
@@ -862,7 +867,8 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(
     const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
     int64_t window_left, int64_t window_right, double softcap,
     const c10::optional<at::Tensor>& document_ids, const c10::optional<at::Tensor>& attn_mask,
-    double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
+    double dropout_p, const c10::optional<at::Tensor>& seed_offset,
+    const c10::optional<at::Tensor>& sinks_in) {
   const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention");
   const AttentionFeatures f = check_attention_features(q, g, window_left, window_right, softcap,
                                                        document_ids, attn_mask, dropout_p,
@@ -870,32 +876,34 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty({g.B, g.H, g.Sq, g.D}, q.options());
   at::Tensor lse = at::empty({g.B, g.H, g.Sq}, q.options().dtype(acc));
+  const at::Tensor sinks = check_attention_sinks(sinks_in, q, g.H, acc, "attention");
   if (out.numel() == 0) return {out, lse};
   if (g.Sk == 0) {
     out.zero_();
-    lse.fill_(-std::numeric_limits<double>::infinity());
+    if (sinks.defined()) lse.copy_(sinks.view({1, g.H, 1}).expand({g.B, g.H, g.Sq}));
+    else lse.fill_(-std::numeric_limits<double>::infinity());
     return {out, lse};
   }
   c10::optional<at::Tensor> mask, docs;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
   if (document_ids.has_value()) docs = document_ids->to(at::kLong).contiguous();
   // The few-rows path knows causal and key padding only.
-  const bool rows = g.Sq <= kRowsMaxSq && !f.any();
+  const bool rows = g.Sq <= kRowsMaxSq && !f.any() && !sinks.defined();
   const Visibility vis = rows ? Visibility{} : make_visibility(g, causal, f.left, f.right, docs, attn_mask);
   const ScoreMods mods{f.softcap, f.dropout_p, f.key};
   AT_DISPATCH_SWITCH(q.scalar_type(), "attention_cpu",
       AT_DISPATCH_CASE(at::kFloat, [&] {
         if (rows) forward_rows<float, float>(q, k, v, mask, causal, scale, g, out, lse);
-        else forward_impl<float, float>(q, k, v, mask, vis, mods, scale, g, out, lse); })
+        else forward_impl<float, float>(q, k, v, mask, vis, mods, scale, g, out, lse, sinks.defined() ? sinks.const_data_ptr<float>() : nullptr); })
       AT_DISPATCH_CASE(at::kDouble, [&] {
         if (rows) forward_rows<double, double>(q, k, v, mask, causal, scale, g, out, lse);
-        else forward_impl<double, double>(q, k, v, mask, vis, mods, scale, g, out, lse); })
+        else forward_impl<double, double>(q, k, v, mask, vis, mods, scale, g, out, lse, sinks.defined() ? sinks.const_data_ptr<double>() : nullptr); })
       AT_DISPATCH_CASE(at::kBFloat16, [&] {
         if (rows) forward_rows<at::BFloat16, float>(q, k, v, mask, causal, scale, g, out, lse);
-        else forward_impl<at::BFloat16, float>(q, k, v, mask, vis, mods, scale, g, out, lse); })
+        else forward_impl<at::BFloat16, float>(q, k, v, mask, vis, mods, scale, g, out, lse, sinks.defined() ? sinks.const_data_ptr<float>() : nullptr); })
       AT_DISPATCH_CASE(at::kHalf, [&] {
         if (rows) forward_rows<at::Half, float>(q, k, v, mask, causal, scale, g, out, lse);
-        else forward_impl<at::Half, float>(q, k, v, mask, vis, mods, scale, g, out, lse); }));
+        else forward_impl<at::Half, float>(q, k, v, mask, vis, mods, scale, g, out, lse, sinks.defined() ? sinks.const_data_ptr<float>() : nullptr); }));
   return {out, lse};
 }
 
@@ -904,7 +912,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
     const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& key_padding_mask,
     bool causal, double scale, int64_t window_left, int64_t window_right, double softcap,
     const c10::optional<at::Tensor>& document_ids, const c10::optional<at::Tensor>& attn_mask,
-    double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
+    double dropout_p, const c10::optional<at::Tensor>& seed_offset,
+    const c10::optional<at::Tensor>& grad_lse) {
   const AttentionGeometry g = check_attention_inputs(q, k, v, key_padding_mask, scale, "attention_backward");
   const AttentionFeatures f = check_attention_features(q, g, window_left, window_right, softcap,
                                                        document_ids, attn_mask, dropout_p,
@@ -926,16 +935,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu(
   }
   const at::Tensor go = grad_out.to(q.scalar_type());
   const at::Tensor l = lse.contiguous();
+  at::Tensor gl;
+  if (grad_lse.has_value()) {
+    TORCH_CHECK(grad_lse->sizes() == lse.sizes() && grad_lse->device() == lse.device(),
+                "attention_backward: grad_lse must have lse's shape ", lse.sizes(), " on ",
+                lse.device(), ", got ", grad_lse->sizes(), " on ", grad_lse->device());
+    gl = grad_lse->to(acc).contiguous();
+  }
   c10::optional<at::Tensor> mask, docs;
   if (key_padding_mask.has_value()) mask = key_padding_mask->contiguous();
   if (document_ids.has_value()) docs = document_ids->to(at::kLong).contiguous();
   const Visibility vis = make_visibility(g, causal, f.left, f.right, docs, attn_mask);
   const ScoreMods mods{f.softcap, f.dropout_p, f.key};
   AT_DISPATCH_SWITCH(q.scalar_type(), "attention_backward_cpu",
-      AT_DISPATCH_CASE(at::kFloat, [&] { backward_impl<float, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); })
-      AT_DISPATCH_CASE(at::kDouble, [&] { backward_impl<double, double>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); })
-      AT_DISPATCH_CASE(at::kBFloat16, [&] { backward_impl<at::BFloat16, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); })
-      AT_DISPATCH_CASE(at::kHalf, [&] { backward_impl<at::Half, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv); }));
+      AT_DISPATCH_CASE(at::kFloat, [&] { backward_impl<float, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv, gl.defined() ? gl.const_data_ptr<float>() : nullptr); })
+      AT_DISPATCH_CASE(at::kDouble, [&] { backward_impl<double, double>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv, gl.defined() ? gl.const_data_ptr<double>() : nullptr); })
+      AT_DISPATCH_CASE(at::kBFloat16, [&] { backward_impl<at::BFloat16, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv, gl.defined() ? gl.const_data_ptr<float>() : nullptr); })
+      AT_DISPATCH_CASE(at::kHalf, [&] { backward_impl<at::Half, float>(go, q, k, v, out, l, mask, vis, mods, scale, g, dq, dk, dv, gl.defined() ? gl.const_data_ptr<float>() : nullptr); }));
   return {dq, dk, dv};
 }
 

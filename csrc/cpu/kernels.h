@@ -24,13 +24,15 @@ using Attention = std::tuple<at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
     int64_t window_left, int64_t window_right, double softcap,
     const std::optional<at::Tensor>& document_ids, const std::optional<at::Tensor>& attn_mask,
-    double dropout_p, const std::optional<at::Tensor>& seed_offset);
+    double dropout_p, const std::optional<at::Tensor>& seed_offset,
+    const std::optional<at::Tensor>& sinks);
 using AttentionBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_padding_mask,
     bool causal, double scale, int64_t window_left, int64_t window_right, double softcap,
     const std::optional<at::Tensor>& document_ids, const std::optional<at::Tensor>& attn_mask,
-    double dropout_p, const std::optional<at::Tensor>& seed_offset);
+    double dropout_p, const std::optional<at::Tensor>& seed_offset,
+    const std::optional<at::Tensor>& grad_lse);
 }  // namespace gencore::cpu_kernel_types
 
 // Declares the five entry points in the namespace around it (one ISA's).

@@ -96,6 +96,7 @@ void set_features(cuda::AttentionParams& p, const at::Tensor& q, const Attention
     p.dropout_scale = static_cast<float>(1.0 / (1.0 - f.dropout_p));
     p.seed = f.key.seed;
     p.rng_offset = f.key.offset;
+    p.seed_offset_dev = f.key_dev;  // null unless drawn on the device (CUDA-graph capture)
   }
   const size_t info = cuda::attention_tile_info_bytes(p);
   if (info > 0) {
@@ -134,8 +135,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
                                                   const c10::optional<at::Tensor>& document_ids,
                                                   const c10::optional<at::Tensor>& attn_mask,
                                                   double dropout_p,
-                                                  const c10::optional<at::Tensor>& seed_offset) {
+                                                  const c10::optional<at::Tensor>& seed_offset,
+                                                  const c10::optional<at::Tensor>& sinks_in) {
   const AttentionGeometry g = check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention");
+  const at::Tensor sinks = check_attention_sinks(sinks_in, q_in, g.H, at::kFloat, "attention");
   check_attention_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
                            seed_offset, "attention");
   check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention");
@@ -148,10 +151,12 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q_in, const 
   if (out.numel() == 0) return {out, lse};
   if (g.Sk == 0) {
     out.zero_();
-    lse.fill_(-std::numeric_limits<double>::infinity());
+    if (sinks.defined()) lse.copy_(sinks.view({1, g.H, 1}).expand({g.B, g.H, g.Sq}));
+    else lse.fill_(-std::numeric_limits<double>::infinity());
     return {out, lse};
   }
   cuda::AttentionParams p = make_params(q, k, v, mask, causal, scale, g);
+  if (sinks.defined()) p.sinks = sinks.const_data_ptr<float>();
   FeatureTensors keep;
   set_features(p, q, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
                seed_offset, keep, "attention");
@@ -171,7 +176,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     const c10::optional<at::Tensor>& key_padding_mask, bool causal, double scale,
     int64_t window_left, int64_t window_right, double softcap,
     const c10::optional<at::Tensor>& document_ids, const c10::optional<at::Tensor>& attn_mask,
-    double dropout_p, const c10::optional<at::Tensor>& seed_offset) {
+    double dropout_p, const c10::optional<at::Tensor>& seed_offset,
+    const c10::optional<at::Tensor>& grad_lse) {
   const AttentionGeometry g =
       check_attention_inputs(q_in, k_in, v_in, key_padding_mask, scale, "attention_backward");
   check_attention_features(q_in, g, window_left, window_right, softcap, document_ids, attn_mask, dropout_p,
@@ -185,6 +191,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
               "attention_backward: lse must be ", acc, " of shape (", g.B, ", ", g.H, ", ", g.Sq,
               "), got ", lse_in.scalar_type(), " ", lse_in.sizes());
   check_cuda(q_in, k_in, v_in, key_padding_mask, g, "attention_backward");
+  if (grad_lse.has_value())
+    TORCH_CHECK(grad_lse->sizes() == lse_in.sizes() && grad_lse->device() == lse_in.device(),
+                "attention_backward: grad_lse must have lse's shape ", lse_in.sizes(), " on ",
+                lse_in.device(), ", got ", grad_lse->sizes(), " on ", grad_lse->device());
   c10::cuda::OptionalCUDAGuard guard(q_in.device());
   const at::Tensor q = mma_rows(q_in), k = mma_rows(k_in), v = mma_rows(v_in);
   const at::Tensor go = mma_rows(grad_out.to(q.scalar_type()));
@@ -214,6 +224,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   p.dk = dk.mutable_data_ptr();
   p.dv = dv.mutable_data_ptr();
   p.delta = delta.mutable_data_ptr();
+  at::Tensor gl;
+  if (grad_lse.has_value()) {
+    gl = grad_lse->to(acc).contiguous();
+    p.grad_lse = gl.const_data_ptr<float>();
+  }
   const FloatType dtype = float_type_of(q);
   TORCH_INTERNAL_ASSERT(cuda::attention_backward_mma_supported(p, dtype));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -251,7 +251,10 @@ __device__ __forceinline__ bool key_visible(const AttentionParams& p, const unsi
 // dropout_keep and the CPU kernel's keep_row, bit for bit.
 __device__ __forceinline__ float dropout_factor(const AttentionParams& p, int64_t bh, int i, int j) {
   const uint64_t idx = ((uint64_t)bh * (uint64_t)p.Sq + (uint64_t)i) * (uint64_t)p.Sk + (uint64_t)j;
-  const Philox4 r = philox_block(PhiloxKey{p.seed, p.rng_offset}, idx >> 2);
+  const PhiloxKey key = p.seed_offset_dev == nullptr
+                           ? PhiloxKey{p.seed, p.rng_offset}
+                           : PhiloxKey{(uint64_t)p.seed_offset_dev[0], (uint64_t)p.seed_offset_dev[1]};
+  const Philox4 r = philox_block(key, idx >> 2);
   const int w = static_cast<int>(idx & 3);
   const uint32_t bits = w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];  // no local memory
   return uniform_open01(bits) >= p.dropout_p ? p.dropout_scale : 0.f;
@@ -440,9 +443,18 @@ __global__ void __launch_bounds__(C::kThreads) attention_forward_mma(const Atten
       float l = row_sum[m][hi];
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
-      inv[m][hi] = l > 0.f ? 1.f / l : 0.f;
+      float mx = row_max[m][hi], rescale = 1.f;
+      if (p.sinks != nullptr) {  // the head's sink logit joins the softmax's sum (not P V)
+        const float s2 = p.sinks[h] * kLog2e, mn = fmaxf(mx, s2);
+        if (mn != -INFINITY) {
+          rescale = mx == -INFINITY ? 0.f : mma::fast_exp2(mx - mn);
+          l = l * rescale + mma::fast_exp2(s2 - mn);
+          mx = mn;
+        }
+      }
+      inv[m][hi] = l > 0.f ? rescale / l : 0.f;
       const int i = q0 + wrow + 16 * m + g + 8 * hi;
-      if (t == 0 && i < p.Sq) lse[i] = l > 0.f ? (row_max[m][hi] + log2f(l)) * kLn2 : -INFINITY;
+      if (t == 0 && i < p.Sq) lse[i] = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
     }
   }
   T* out = static_cast<T*>(p.out) + bh * p.Sq * D;
@@ -693,7 +705,8 @@ __global__ void __launch_bounds__(C::kThreads) attention_backward_dkdv_mma(const
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward, delta[row] = sum_d dO * O in float32: one warp per (batch, head, query) row.
+// Backward, delta[row] = sum_d dO * O - grad_lse[row] in float32: one warp per (batch, head, query)
+// row. The lse's gradient enters dS = P (dP - delta) through delta, since d lse / d s = P.
 constexpr int kDeltaRowsPerBlock = 8;
 
 template <typename T>
@@ -707,7 +720,7 @@ __global__ void __launch_bounds__(32 * kDeltaRowsPerBlock) attention_delta(const
   float acc = 0.f;
   for (int d = lane; d < p.D; d += 32) acc += to_acc(go[d]) * to_acc(o[d]);
   acc = warp_sum(acc);
-  if (lane == 0) static_cast<float*>(p.delta)[row] = acc;
+  if (lane == 0) static_cast<float*>(p.delta)[row] = p.grad_lse != nullptr ? acc - p.grad_lse[row] : acc;
 }
 
 template <typename T, class C>

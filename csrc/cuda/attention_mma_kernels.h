@@ -37,8 +37,12 @@ struct AttentionParams {
   float dropout_p = 0.f;                    // > 0: keep where Philox uniform >= dropout_p (float32)
   float dropout_scale = 1.f;                // 1 / (1 - dropout_p), for the kept
   uint64_t seed = 0, rng_offset = 0;        // Philox key of the keep-mask (element ((b H + h) Sq + i) Sk + j)
+  const int64_t* seed_offset_dev = nullptr; // or [seed, offset] read from device memory (CUDA-graph replays)
   int am_B = 1, am_H = 1;                   // attn_mask's batch and head sizes (1 where broadcast)
   void* tile_info = nullptr;                // workspace of attention_tile_info_bytes() with documents or attn_mask
+  const float* sinks = nullptr;             // (H,) float32 or null: per query head a logit that joins every
+                                            // row's softmax sum (attention sinks); lse counts it, the
+                                            // backward needs nothing more (P comes from lse)
   bool has_features() const {
     return window_left >= 0 || window_right >= 0 || softcap > 0.f || document_ids != nullptr ||
            attn_mask != nullptr || dropout_p > 0.f;
@@ -52,6 +56,7 @@ struct AttentionBackwardParams : AttentionParams {
   void* dk;
   void* dv;
   void* delta;                   // workspace: B*H*Sq float32
+  const float* grad_lse = nullptr;  // (B, H, Sq) contiguous, the returned lse's gradient; may be null
 };
 
 // The dtypes and head dims the kernels are built for (the wrapper's error names them).
@@ -69,7 +74,8 @@ size_t attention_tile_info_bytes(const AttentionParams& p);
 
 cudaError_t launch_attention_forward_mma(const AttentionParams& p, FloatType dtype, cudaStream_t stream);
 
-// delta = rowsum(dO * O) into p.delta (float32), the first step of the backward.
+// delta = rowsum(dO * O) - grad_lse (d lse / d scores = P) into p.delta (float32), the first step
+// of the backward.
 cudaError_t launch_attention_delta(const AttentionBackwardParams& p, FloatType dtype, cudaStream_t stream);
 
 // Needs p.delta (launch_attention_delta) and p.lse from the forward; writes every element of p.dq,

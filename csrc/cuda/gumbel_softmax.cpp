@@ -16,7 +16,15 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cuda(const at::Tensor& logits,
                                                         const at::Tensor& seed_offset, double tau,
                                                         bool hard, int64_t dim) {
   check_gumbel_softmax(logits, tau);
-  const PhiloxKey key = read_philox_key(seed_offset);
+  // [seed, offset] on the host, or on logits' device where it was drawn under CUDA-graph capture
+  // (gencore/ops/rng.py): the kernels read it there at each replay.
+  const bool on_device = seed_offset.is_cuda();
+  if (on_device)
+    TORCH_CHECK(seed_offset.device() == logits.device() && seed_offset.scalar_type() == at::kLong &&
+                    seed_offset.numel() == 2 && seed_offset.is_contiguous(),
+                "gumbel_softmax: a device seed_offset must be a contiguous int64 tensor of two "
+                "elements on logits' device");
+  const PhiloxKey key = on_device ? PhiloxKey{0, 0} : read_philox_key(seed_offset);
   const c10::cuda::OptionalCUDAGuard guard(logits.device());
   const at::Tensor x = logits.contiguous();
   const RowLayout L = checked_row_layout(x, dim, "gumbel_softmax");
@@ -26,7 +34,8 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cuda(const at::Tensor& logits,
   C10_CUDA_CHECK(launch_gumbel_softmax_forward(
       float_type_of(x), x.const_data_ptr(), out.mutable_data_ptr(),
       hard ? soft.mutable_data_ptr() : nullptr, L.outer, L.n, L.inner, key.seed, key.offset, tau,
-      hard, c10::cuda::getCurrentCUDAStream()));
+      hard, c10::cuda::getCurrentCUDAStream(),
+      on_device ? seed_offset.const_data_ptr<int64_t>() : nullptr));
   return {out, soft};
 }
 

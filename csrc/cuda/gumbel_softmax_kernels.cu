@@ -184,11 +184,22 @@ __device__ __forceinline__ void for_own_chunks(int chunks, A (&reg)[RC][C], A* s
   }
 }
 
+// The Philox key: by value, or read from device memory at the kernel's start (drawn on the device
+// under CUDA-graph capture, gencore/ops/rng.py: each replay then draws fresh noise).
+struct KeySource {
+  PhiloxKey key;
+  const int64_t* dev;  // [seed, offset] on the device, or null
+  __device__ __forceinline__ PhiloxKey get() const {
+    return dev == nullptr ? key : PhiloxKey{static_cast<uint64_t>(dev[0]), static_cast<uint64_t>(dev[1])};
+  }
+};
+
 template <typename T, int THREADS, int RC, int MIN_BLOCKS>
 __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 gumbel_row_kernel(const T* __restrict__ x, T* __restrict__ out, T* __restrict__ soft, int64_t rows,
-                  int n, int slots, PhiloxKey key, typename AccOf<T>::type inv_tau, bool hard) {
+                  int n, int slots, KeySource key_src, typename AccOf<T>::type inv_tau, bool hard) {
   using A = typename AccOf<T>::type;
+  const PhiloxKey key = key_src.get();
   constexpr int C = Chunk<T>::C;
   A* smem = reinterpret_cast<A*>(dynamic_smem());  // C / 4 planes of `slots` x 4 values
   __shared__ A red_a[THREADS / 32];
@@ -357,9 +368,10 @@ constexpr int kGroupBlock = 256;
 template <typename T, int GROUP>
 __global__ void __launch_bounds__(kGroupBlock)
 gumbel_group_kernel(const T* __restrict__ x, T* __restrict__ out, T* __restrict__ soft,
-                    int64_t rows, int64_t n, int64_t inner, PhiloxKey key,
+                    int64_t rows, int64_t n, int64_t inner, KeySource key_src,
                     typename AccOf<T>::type inv_tau, bool hard, bool cached) {
   using A = typename AccOf<T>::type;
+  const PhiloxKey key = key_src.get();
   constexpr int kRowsPerBlock = kGroupBlock / GROUP;
   const int t = threadIdx.x % GROUP, slot = threadIdx.x / GROUP;
   A* zcache = reinterpret_cast<A*>(dynamic_smem()) + static_cast<int64_t>(slot) * n;
@@ -554,7 +566,7 @@ cudaError_t allow_smem(size_t bytes) {
 
 template <typename T, int THREADS, int MIN_BLOCKS>
 cudaError_t launch_rows(const void* x, void* out, void* soft, int64_t rows, int64_t n,
-                        PhiloxKey key, double tau, bool hard, size_t smem, int slots,
+                        KeySource key, double tau, bool hard, size_t smem, int slots,
                         cudaStream_t s) {
   using A = typename AccOf<T>::type;
   constexpr auto kernel = gumbel_row_kernel<T, THREADS, reg_chunks<T>(), MIN_BLOCKS>;
@@ -569,7 +581,7 @@ cudaError_t launch_rows(const void* x, void* out, void* soft, int64_t rows, int6
 // registers + shared memory); returns cudaErrorNotSupported otherwise.
 template <typename T>
 cudaError_t try_rows(const void* x, void* out, void* soft, int64_t rows, int64_t n, int64_t inner,
-                     PhiloxKey key, double tau, bool hard, cudaStream_t s) {
+                     KeySource key, double tau, bool hard, cudaStream_t s) {
   using A = typename AccOf<T>::type;
   constexpr int C = Chunk<T>::C;
   if (inner != 1 || n <= 1024 || n > (1 << 30) || !aligned16(x, out, soft)) return cudaErrorNotSupported;
@@ -591,7 +603,7 @@ cudaError_t try_rows(const void* x, void* out, void* soft, int64_t rows, int64_t
 
 template <typename T, int GROUP>
 cudaError_t launch_group(const void* x, void* out, void* soft, int64_t rows, int64_t n,
-                         int64_t inner, PhiloxKey key, double tau, bool hard, cudaStream_t s) {
+                         int64_t inner, KeySource key, double tau, bool hard, cudaStream_t s) {
   using A = typename AccOf<T>::type;
   constexpr int kRowsPerBlock = kGroupBlock / GROUP;
   DeviceLimits lim;
@@ -611,7 +623,7 @@ cudaError_t launch_group(const void* x, void* out, void* soft, int64_t rows, int
 
 template <typename T>
 cudaError_t forward_typed(const void* x, void* out, void* soft, int64_t rows, int64_t n,
-                          int64_t inner, PhiloxKey key, double tau, bool hard, cudaStream_t s) {
+                          int64_t inner, KeySource key, double tau, bool hard, cudaStream_t s) {
   const cudaError_t err = try_rows<T>(x, out, soft, rows, n, inner, key, tau, hard, s);
   if (err != cudaErrorNotSupported) return err;
   if (n <= 1024) return launch_group<T, 32>(x, out, soft, rows, n, inner, key, tau, hard, s);
@@ -643,10 +655,10 @@ cudaError_t backward_typed(const void* g, const void* y, void* dx, int64_t rows,
 cudaError_t launch_gumbel_softmax_forward(FloatType dtype, const void* logits, void* out, void* soft,
                                           int64_t outer, int64_t n, int64_t inner, uint64_t seed,
                                           uint64_t offset, double tau, bool hard,
-                                          cudaStream_t stream) {
+                                          cudaStream_t stream, const int64_t* seed_offset_dev) {
   const int64_t rows = outer * inner;
   if (rows == 0 || n == 0) return cudaSuccess;
-  const PhiloxKey key{seed, offset};
+  const KeySource key{PhiloxKey{seed, offset}, seed_offset_dev};
   // soft is unused in soft mode: pass out so the alignment test sees only real pointers.
   void* soft_or_out = hard ? soft : out;
   switch (dtype) {

@@ -24,11 +24,12 @@ again, e.g. under another name or after something replaced them):
     packed sequences (position_ids       document_ids=
       restarts, cu_seq_lens_q/k kwargs)
     any other boolean pattern            attn_mask=
+    attention sinks s_aux (gpt-oss)      sinks=
 
   with impl="auto": each call runs what gencore's auto table (gencore/ops/auto.py) measured fastest
   on this device for its case, the fused kernel or PyTorch's SDPA with gencore's semantics.
 
-What gencore.ops.attention cannot take (attention sinks `s_aux`, a `position_bias`, a float mask
+What gencore.ops.attention cannot take (a `position_bias`, a float mask
 holding biases, v's head dim differing from q's, an argument this build of gencore.ops.attention
 lacks) runs transformers' own path instead, with one warning per reason: its sdpa function, or the
 model's eager function where sdpa refuses (softcap, s_aux, output_attentions).
@@ -195,7 +196,8 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     """
     reason = _unmappable(query, key, value, kwargs)
     cu_docs = _cu_seqlens_documents(kwargs, query.shape[0], query.shape[2], key.shape[2])
-    if reason is None and cu_docs is None and not _may_run_fused(query, key, softcap, dropout):
+    sinks = kwargs.get("s_aux")
+    if reason is None and cu_docs is None and not _may_run_fused(query, key, softcap, dropout, sinks):
         # no mask this call could carry makes auto pick the fused kernel (a decoding step in
         # float32, say): transformers' path at once, without describing the mask
         return _transformers_path(module, query, key, value, attention_mask, dropout, scaling,
@@ -217,6 +219,8 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             args["softcap"] = float(softcap)
         if dropout:
             args["dropout_p"] = float(dropout)
+        if sinks is not None:  # gpt-oss: one learned logit per head, trained through the backward
+            args["sinks"] = sinks
         missing = [name for name in args if name not in ATTENTION_ARGS]
         if missing:
             reason = f"this gencore.ops.attention has no {', '.join(missing)} argument"
@@ -235,7 +239,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return out.transpose(1, 2).contiguous(), None
 
 
-_FEATURES = ("dropout_p", "window", "softcap", "document_ids", "attn_mask")
+_FEATURES = ("dropout_p", "window", "softcap", "document_ids", "attn_mask", "sinks")
 
 
 def _auto_runs_fused(query, key, causal, kpm, args) -> bool:
@@ -250,7 +254,7 @@ _SOME = object()   # stands for a tensor argument where only its presence names 
 _MAY_RUN_FUSED: dict = {}
 
 
-def _may_run_fused(query, key, softcap, dropout) -> bool:
+def _may_run_fused(query, key, softcap, dropout, sinks=None) -> bool:
     """Whether auto may run the fused kernel for a call like this one with any of the arguments a
     mask can become (causal or not; key padding, window, documents, a dense mask or none): a
     dictionary read after the first call of a kind. True where auto has yet to decide (it
@@ -258,14 +262,16 @@ def _may_run_fused(query, key, softcap, dropout) -> bool:
     B, H, Sq, D = query.shape
     work = B * H * Sq * key.shape[2] * D
     kind = (query.dtype, query.is_cpu, query.is_cuda, Sq <= 4, (work.bit_length() - 1) // 2, D,
-            softcap is not None, bool(dropout), query.requires_grad and torch.is_grad_enabled())
+            softcap is not None, bool(dropout), query.requires_grad and torch.is_grad_enabled(),
+            sinks is not None)
     cached = _MAY_RUN_FUSED.get(kind)
     if cached is not None and cached[0] == ops.auto.generation():
         return cached[1]
     known = any(
         ops.auto.peek("attention", query.device.type, q=query, k=key, causal=causal,
                       key_padding_mask=kpm, window=window, document_ids=docs, attn_mask=dense,
-                      softcap=softcap, dropout_p=float(dropout or 0.0)) != ops.auto.BUILTIN
+                      softcap=softcap, dropout_p=float(dropout or 0.0),
+                      **({"sinks": _SOME} if sinks is not None else {})) != ops.auto.BUILTIN
         for causal in (True, False) for kpm in (None, _SOME) for window in (None, (1, 0))
         for docs in (None, _SOME) for dense in (None, _SOME))
     _MAY_RUN_FUSED[kind] = (ops.auto.generation(), known)
@@ -273,7 +279,7 @@ def _may_run_fused(query, key, softcap, dropout) -> bool:
 
 
 def _unmappable(query, key, value, kwargs) -> Optional[str]:
-    if kwargs.get("s_aux") is not None:
+    if kwargs.get("s_aux") is not None and "sinks" not in ATTENTION_ARGS:
         return "attention sinks (s_aux)"
     if kwargs.get("position_bias") is not None:
         return "a position_bias"

@@ -2,6 +2,7 @@
 from .attention import attention, document_ids_from_cu_seqlens, scaled_dot_product_attention
 from .gan_loss import gan_loss
 from .gumbel_softmax import gumbel_softmax
+from .varlen import varlen_attn
 
-__all__ = ["attention", "document_ids_from_cu_seqlens", "gan_loss", "gumbel_softmax",
+__all__ = ["attention", "document_ids_from_cu_seqlens", "gan_loss", "gumbel_softmax", "varlen_attn",
            "scaled_dot_product_attention"]

@@ -138,7 +138,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
               dropout_p: float = 0.0, window: Optional[Tuple[Optional[int], Optional[int]]] = None,
               softcap: Optional[float] = None, document_ids: Optional[torch.Tensor] = None,
               attn_mask: Optional[torch.Tensor] = None,
-              generator: Optional[torch.Generator] = None, impl: str = "auto") -> torch.Tensor:
+              generator: Optional[torch.Generator] = None, return_lse: bool = False,
+              sinks: Optional[torch.Tensor] = None, impl: str = "auto"):
     """softmax(scale * q k^T + mask) v, flash-style.
 
     Args:
@@ -164,15 +165,26 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
         attn_mask: bool (B or 1, H or 1, S_q, S_k), True = take part (SDPA's convention; note that
             key_padding_mask's True means ignore).
         generator: the torch generator for dropout's seed.
+        sinks: attention sinks (gpt-oss's s_aux): a float32 (H,) tensor, one logit per query
+            head that joins every row's softmax as one more column with no value, so a row's
+            probabilities over the keys sum to 1 - P_sink. Trainable: its gradient comes out of
+            the backward (-sum over rows of P_sink (rowsum(dO * out) - grad_lse)). With sinks the
+            lse counts the sink, and a row that sees no key has lse = its sink (out still 0).
+        return_lse: also return the row log-sum-exp of the scores (what chunked attention and
+            context parallelism combine partial results by): (out, lse), lse (B, H, S_q) float32
+            (float64 for float64 inputs), -inf for rows that see no key. Differentiable: its
+            gradient (d lse / d scores = P, dropout not entering it) joins the backward. No
+            built-in returns it, so impl="auto" runs the fused kernel (the reference where none
+            is built) for such calls.
         impl: "auto" (the fused kernel where it is measured faster than SDPA for this device and
             case, else SDPA: see gencore/ops/auto.py), "fused", "reference", or "sdpa" (PyTorch's
             `F.scaled_dot_product_attention` with gencore's semantics; no built-in caps scores, so
             softcap there runs the reference's composed ops).
 
-    Returns (B, H, S_q, D) in q's dtype. Rows that see no key (all keys masked, or causal with
-    S_q > S_k) are zeros and get zero gradients.
+    Returns (B, H, S_q, D) in q's dtype (with return_lse, (out, lse)). Rows that see no key (all
+    keys masked, or causal with S_q > S_k) are zeros and get zero gradients.
     """
-    if (impl == "auto" and key_padding_mask is scale is window is softcap is document_ids is attn_mask is None
+    if (impl == "auto" and not return_lse and sinks is None and key_padding_mask is scale is window is softcap is document_ids is attn_mask is None
             and not dropout_p and type(q) is _Tensor and type(k) is _Tensor and not _is_compiling()):
         call = (q.shape, k.shape, q.dtype, causal, q.requires_grad, _grad_enabled())
         fast = _FAST.get(call, _MISSING)
@@ -187,17 +199,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     window = None if left < 0 and right < 0 else (left, right)
     features = dict(dropout_p=dropout_p, window=window, softcap=softcap,
                     document_ids=document_ids, attn_mask=attn_mask)
+    if sinks is not None:
+        _check_sinks(sinks, q.shape[1], q.device)
+        features["sinks"] = sinks
+    if return_lse and impl == "auto":  # no built-in gives the lse: the kernel where there is one
+        impl = "fused" if _backend.has_kernel("attention", q.device.type) else "reference"
     choice = auto.choose("attention", impl, q.device.type, q=q, k=k, causal=causal,
                          key_padding_mask=key_padding_mask, **features)
     if choice == auto.BUILTIN:
+        if return_lse:
+            raise ValueError("attention: return_lse=True needs impl='auto', 'fused' or 'reference' "
+                             "(PyTorch's SDPA does not return the lse)")
         return attention_sdpa(q, k, v, causal, key_padding_mask, scale, generator=generator, **features)
-    seed_offset = philox_seed_offset(generator) if dropout_p > 0 else None
+    seed_offset = philox_seed_offset(generator, q.device) if dropout_p > 0 else None
     if choice == auto.FUSED:
-        return torch.ops.gencore.attention(
+        out_lse = torch.ops.gencore.attention(
             q, k, v, key_padding_mask, causal, scale, left, right,
-            0.0 if softcap is None else softcap, document_ids, attn_mask, dropout_p, seed_offset)[0]
-    return attention_reference(q, k, v, causal, key_padding_mask, scale, seed_offset=seed_offset,
-                               **features)[0]
+            0.0 if softcap is None else softcap, document_ids, attn_mask, dropout_p, seed_offset, sinks)
+    else:
+        out_lse = attention_reference(q, k, v, causal, key_padding_mask, scale,
+                                      seed_offset=seed_offset, **features)
+    return tuple(out_lse) if return_lse else out_lse[0]
 
 
 # (global reads, not attribute chains, per call)
@@ -235,6 +257,16 @@ def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal, call: tuple) -> Opti
     return fast
 
 
+def _check_sinks(sinks, H: int, device) -> None:
+    if not isinstance(sinks, torch.Tensor) or not sinks.is_floating_point():
+        what = sinks.dtype if isinstance(sinks, torch.Tensor) else type(sinks).__name__
+        raise TypeError(f"attention: sinks must be a floating tensor (float32, one logit per query head), got {what}")
+    if tuple(sinks.shape) != (H,):
+        raise ValueError(f"attention: sinks must have shape (heads,) = ({H},), got {tuple(sinks.shape)}")
+    if sinks.device != device:
+        raise ValueError(f"attention: sinks is on {sinks.device}, q on {device}")
+
+
 def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
     """FlashAttention's cumulative sequence lengths [0, l_0, l_0 + l_1, ..., S] -> document_ids
     (1, S) int64 for `attention(..., document_ids=...)` on the packed (1, H, S, D) batch.
@@ -253,43 +285,63 @@ def _trains(q: torch.Tensor, k: torch.Tensor) -> bool:
     return (q.requires_grad or k.requires_grad) and torch.is_grad_enabled()
 
 
-def _auto_key(q, k, causal, key_padding_mask=None, dropout_p=0.0, window=None, softcap=None,
-              document_ids=None, attn_mask=None):
+def _work(q, k, varlen) -> int:
+    """B * H * S_q * S_k * D; for varlen (q, k the packed (1, H, T, D) views) H * D * sum l_q l_k."""
     B, H, Sq, D = q.shape
-    work = B * H * Sq * k.shape[2] * D
+    return H * D * varlen.pairs if varlen is not None else B * H * Sq * k.shape[2] * D
+
+
+def _auto_key(q, k, causal, key_padding_mask=None, dropout_p=0.0, window=None, softcap=None,
+              document_ids=None, attn_mask=None, varlen=None, sinks=None):
+    B, H, Sq, D = q.shape
+    work = _work(q, k, varlen)
     return (q.dtype, q.is_cuda, Sq <= 4, causal is True, key_padding_mask is None, dropout_p > 0,
             window is None, softcap is None, document_ids is None, attn_mask is None,
-            _trains(q, k), (work.bit_length() - 1) // 2, D)
+            _trains(q, k), (work.bit_length() - 1) // 2, D, varlen is None, sinks is None)
 
 
 def _auto_case(q: torch.Tensor, k: torch.Tensor, causal: bool, key_padding_mask: Optional[torch.Tensor] = None,
                dropout_p: float = 0.0, window=None, softcap=None, document_ids=None,
-               attn_mask=None) -> Optional[str]:
+               attn_mask=None, varlen=None, sinks=None) -> Optional[str]:
     """The case auto names for a call: "<dtype> <kind>[+<features>] <pass> <size class>", the kind
     being decode (at most 4 queries), causal or full, the features those present in this order:
     mask, documents, window, softcap, dropout, padding (a key padding mask); the pass fwd or
     fwd+bwd; the size class that of B * H * S_q * S_k * D. E.g. "float32 causal fwd+bwd 1G-4G",
     "bfloat16 decode+window fwd 1M-4M". None for a CUDA call the kernel does not run (dtype or
-    head dim, `cuda_kernel_covers`)."""
+    head dim, `cuda_kernel_covers`). varlen_attn's calls (varlen: ops/varlen.py's VarlenInfo) are
+    the kind "varlen" ("varlen-causal" for window (-1, 0)) against its own built-in (SDPA on the
+    sequences padded per sequence), sized by H * D * sum l_q l_k."""
     B, H, Sq, D = q.shape
     if q.is_cuda and not cuda_kernel_covers(q.dtype, D):
         return None
-    parts = ["decode" if Sq <= 4 else ("causal" if causal else "full")]
+    if varlen is not None:
+        causal = window == (-1, 0)
+        parts = ["varlen-causal" if causal else "varlen"]
+        if causal:
+            window = None
+    else:
+        parts = ["decode" if Sq <= 4 else ("causal" if causal else "full")]
     parts += [f for f, on in (("mask", attn_mask is not None), ("documents", document_ids is not None),
                               ("window", window is not None), ("softcap", softcap is not None),
-                              ("dropout", dropout_p > 0), ("padding", key_padding_mask is not None)) if on]
+                              ("dropout", dropout_p > 0), ("padding", key_padding_mask is not None),
+                              ("sinks", sinks is not None)) if on]
     dtype = str(q.dtype).replace("torch.", "")
-    size = auto.size_class(B * H * Sq * k.shape[2] * D)
+    size = auto.size_class(_work(q, k, varlen))
     return f"{dtype} {'+'.join(parts)} {'fwd+bwd' if _trains(q, k) else 'fwd'} {size}"
 
 
 def _auto_calls(device_type, q, k, causal, key_padding_mask=None, dropout_p=0.0, window=None,
-                softcap=None, document_ids=None, attn_mask=None):
-    """The call's own shapes and masks, fresh random q, k, v: fused against SDPA."""
+                softcap=None, document_ids=None, attn_mask=None, varlen=None, sinks=None):
+    """The call's own shapes and masks, fresh random q, k, v: fused against SDPA (varlen: against
+    SDPA on the sequences padded per sequence)."""
     dev, dtype = q.device, q.dtype
+    if varlen is not None:
+        from .varlen import varlen_calls
+        return varlen_calls(q, k, varlen, window=window, softcap=softcap, dropout_p=dropout_p,
+                            train=_trains(q, k), sinks=sinks)
     qi, ki, vi = (torch.randn(t.shape, device=dev).to(dtype) for t in (q, k, k))
     kw = dict(causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p, window=window,
-              softcap=softcap, document_ids=document_ids, attn_mask=attn_mask)
+              softcap=softcap, document_ids=document_ids, attn_mask=attn_mask, sinks=sinks)
     if not _trains(q, k):
         def forward(impl):
             def call():
@@ -314,18 +366,19 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
                    scale: Optional[float] = None, *, dropout_p: float = 0.0, window=None,
                    softcap: Optional[float] = None, document_ids: Optional[torch.Tensor] = None,
                    attn_mask: Optional[torch.Tensor] = None,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                   generator: Optional[torch.Generator] = None,
+                   sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
     """gencore.ops.attention's semantics on `F.scaled_dot_product_attention`: bottom-right causal
     mask, GQA (k/v with fewer heads), bool key padding mask (True = ignore), window, documents
     and attn_mask as one bool mask, zeros (and zero gradients) for rows that see no key.
     Dropout is SDPA's own (torch's RNG, not gencore's Philox mask). No built-in caps scores: with
-    softcap this runs the reference's composed ops (and its Philox dropout). Arguments are not
-    checked here (attention() does)."""
-    if softcap is not None:
+    softcap or sinks this runs the reference's composed ops (and its Philox dropout). Arguments are
+    not checked here (attention() does)."""
+    if softcap is not None or sinks is not None:
         seed_offset = philox_seed_offset(generator) if dropout_p > 0 else None
         return attention_reference(q, k, v, causal, key_padding_mask, scale, dropout_p=dropout_p,
                                    seed_offset=seed_offset, window=window, softcap=softcap,
-                                   document_ids=document_ids, attn_mask=attn_mask)[0]
+                                   document_ids=document_ids, attn_mask=attn_mask, sinks=sinks)[0]
     H, Hkv = q.shape[1], k.shape[1]
     if Hkv != H:  # expand, not enable_gqa: every SDPA backend takes equal head counts
         k = k.repeat_interleave(H // Hkv, dim=1)
@@ -436,38 +489,57 @@ def _lse_dtype(dtype):
 
 
 def _fake_forward(q, k, v, key_padding_mask, causal, scale, window_left=-1, window_right=-1,
-                  softcap=0.0, document_ids=None, attn_mask=None, dropout_p=0.0, seed_offset=None):
+                  softcap=0.0, document_ids=None, attn_mask=None, dropout_p=0.0, seed_offset=None,
+                  sinks=None):
     B, H, Sq, D = q.shape
     return q.new_empty((B, H, Sq, D)), q.new_empty((B, H, Sq), dtype=_lse_dtype(q.dtype))
 
 
 def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale, window_left=-1,
                    window_right=-1, softcap=0.0, document_ids=None, attn_mask=None, dropout_p=0.0,
-                   seed_offset=None):
+                   seed_offset=None, grad_lse=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-_FEATURE_DEFAULTS = (-1, -1, 0.0, None, None, 0.0, None)  # window_left .. seed_offset
+_FEATURE_DEFAULTS = (-1, -1, 0.0, None, None, 0.0, None, None)  # window_left .. sinks
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, key_padding_mask, causal, scale, *rest = inputs
     rest = tuple(rest) + _FEATURE_DEFAULTS[len(rest):]
-    window_left, window_right, softcap, document_ids, attn_mask, dropout_p, seed_offset = rest
+    window_left, window_right, softcap, document_ids, attn_mask, dropout_p, seed_offset, sinks = rest
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, document_ids, attn_mask, seed_offset)
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, document_ids, attn_mask, seed_offset,
+                          sinks)
     ctx.causal, ctx.scale = causal, scale
     ctx.window, ctx.softcap, ctx.dropout_p = (window_left, window_right), softcap, dropout_p
     ctx.n_inputs = len(inputs)
-    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # a gradient that never came is None, not a zero tensor
 
 
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, key_padding_mask, document_ids, attn_mask, seed_offset = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, key_padding_mask, document_ids, attn_mask, seed_offset, sinks = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
     dq, dk, dv = torch.ops.gencore.attention_backward(
         grad_out, q, k, v, out, lse, key_padding_mask, ctx.causal, ctx.scale, ctx.window[0],
-        ctx.window[1], ctx.softcap, document_ids, attn_mask, ctx.dropout_p, seed_offset)
-    return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
+        ctx.window[1], ctx.softcap, document_ids, attn_mask, ctx.dropout_p, seed_offset, grad_lse)
+    grads = [dq, dk, dv] + [None] * (ctx.n_inputs - 3)
+    if sinks is not None and ctx.needs_input_grad[13]:
+        grads[13] = _sinks_grad(sinks, grad_out, out, lse, grad_lse)
+    return tuple(grads)
+
+
+def _sinks_grad(sinks, grad_out, out, lse, grad_lse):
+    """d loss / d sink_h = -sum over (b, i) of P_sink (rowsum(dO * out) - grad_lse), P_sink =
+    exp(sink_h - lse): the sink's column of dS = P (dP - delta), whose dP is 0 (it has no value)."""
+    acc = lse.dtype
+    delta = (grad_out.to(acc) * out.to(acc)).sum(-1)                      # (B, H, S_q)
+    if grad_lse is not None:
+        delta = delta - grad_lse.to(acc)
+    s = sinks.to(acc)[None, :, None]
+    p_sink = torch.where(torch.isneginf(lse), torch.zeros_like(lse), torch.exp(s - lse))
+    return (-(p_sink * delta).sum((0, 2))).to(sinks.dtype)
 
 
 auto.register("attention", key=_auto_key, case=_auto_case, calls=_auto_calls, builtin="sdpa",

@@ -76,7 +76,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
                          hard=hard, dim=dim)
     if choice == auto.BUILTIN:
         return gumbel_softmax_torch(logits, tau, hard, dim, generator)
-    seed_offset = philox_seed_offset(generator)
+    seed_offset = philox_seed_offset(generator, logits.device)  # on the device under CUDA-graph capture
     if choice == auto.FUSED:
         out, _ = torch.ops.gencore.gumbel_softmax(logits, seed_offset, float(tau), bool(hard), dim)
         return out

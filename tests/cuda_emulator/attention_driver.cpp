@@ -7,7 +7,9 @@
 // seq) strides in elements of q, k, v, dout, then the element counts of q.bin, k.bin, v.bin,
 // dout.bin (each a buffer the strided tensor lives in), then the keyword features: window_left
 // window_right (-1 unbounded) softcap (0 none) has_docs has_attn_mask am_B am_H dropout_p seed
-// offset. mask.bin: B*Sk bytes when has_mask; docs.bin: B*Sk int64 when has_docs; am.bin:
+// offset, and optionally has_grad_lse (grad_lse.bin: B*H*Sq float32, the lse's gradient, which the
+// delta kernel takes), has_sinks (sinks.bin: H float32, attention sinks) and seed_on_device (the
+// dropout key read through AttentionParams::seed_offset_dev, as under CUDA-graph capture). mask.bin: B*Sk bytes when has_mask; docs.bin: B*Sk int64 when has_docs; am.bin:
 // am_B*am_H*Sq*Sk bytes (contiguous; am_B, am_H 1 where broadcast) when has_attn_mask.
 // Writes out.bin, lse.bin (float32), dq.bin, dk.bin, dv.bin (contiguous) and prints one JSON line
 // of emulator statistics. Outputs start as NaN with NaN guard zones around them: an unwritten
@@ -43,6 +45,11 @@ int main(int argc, char** argv) {
   unsigned long long seed, offset;
   pf >> window_left >> window_right >> softcap >> has_docs >> has_am >> am_B >> am_H >> dropout_p >> seed >> offset;
   if (!pf) gencore_emu::fail("bad params.txt");
+  int has_glse = 0, has_sinks = 0;  // optional trailing fields: grad_lse.bin, sinks.bin
+  if (!(pf >> has_glse)) has_glse = 0;
+  if (!(pf >> has_sinks)) has_sinks = 0;
+  int seed_on_device = 0;  // optional: the kernels read [seed, offset] through a pointer (CUDA graphs)
+  if (!(pf >> seed_on_device)) seed_on_device = 0;
   const bool bf16 = dtype_name == "bf16";
   const FloatType dtype = bf16 ? FloatType::kBFloat16 : FloatType::kFloat16;
 
@@ -80,7 +87,17 @@ int main(int argc, char** argv) {
   p.dropout_p = (float)dropout_p;
   p.dropout_scale = (float)(1.0 / (1.0 - dropout_p));
   p.seed = seed, p.rng_offset = offset;
+  std::vector<int64_t> seed_offset_dev = {(int64_t)seed, (int64_t)offset};
+  if (seed_on_device) {
+    p.seed = p.rng_offset = 0;
+    p.seed_offset_dev = seed_offset_dev.data();
+  }
   p.am_B = am_B, p.am_H = am_H;
+  std::vector<unsigned char> sinks;
+  if (has_sinks) {
+    sinks = read_file(dir + "/sinks.bin", 4 * (size_t)H);
+    p.sinks = reinterpret_cast<const float*>(sinks.data());
+  }
   std::vector<unsigned char> tile_info(gencore::cuda::attention_tile_info_bytes(p));  // exactly sized
   p.tile_info = tile_info.empty() ? nullptr : tile_info.data();
 
@@ -98,6 +115,11 @@ int main(int argc, char** argv) {
   std::memcpy(out_in.data(), out.data(), out.n);
   std::memcpy(lse_in.data(), lse.data(), lse.n);
   std::vector<float> delta(rows);
+  std::vector<unsigned char> glse;
+  if (has_glse) {
+    glse = read_file(dir + "/grad_lse.bin", 4 * rows);
+    p.grad_lse = reinterpret_cast<const float*>(glse.data());
+  }
   p.out = out_in.data();
   p.lse = lse_in.data();
   p.delta = delta.data();

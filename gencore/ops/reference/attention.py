@@ -20,8 +20,12 @@ Semantics:
   keep / (1 - p), keep[b, h, i, j] = uniform(b, h, i, j) >= p with the uniform drawn from Philox
   keyed by (seed, offset) at element index ((b H + h) S_q + i) S_k + j (`dropout_keep`; the same
   bits the fused kernels draw);
+- `sinks` float32 (H,): attention sinks (gpt-oss's s_aux), one learned logit per query head
+  that joins every row's softmax as one more column and is dropped from P afterwards (so a
+  row's probabilities sum to 1 - P_sink; a row that sees no key gives zeros, its lse the sink);
 - returns (out, lse) with lse the row logsumexp of the scaled, capped, masked scores (-inf when
-  none); dropout does not enter lse.
+  none, with a zero gradient; with sinks the sink counts in it); dropout does not enter lse. Both are differentiable: d lse / d
+  scores = P (without dropout).
 """
 from __future__ import annotations
 
@@ -80,7 +84,8 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
                         seed_offset: Optional[torch.Tensor] = None, window=None,
                         softcap: Optional[float] = None,
                         document_ids: Optional[torch.Tensor] = None,
-                        attn_mask: Optional[torch.Tensor] = None
+                        attn_mask: Optional[torch.Tensor] = None,
+                        sinks: Optional[torch.Tensor] = None
                         ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(out, lse); seed_offset: int64 [seed, offset] (gencore.ops.rng), needed when dropout_p > 0."""
     B, H, Sq, D = q.shape
@@ -96,12 +101,22 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     visible = visible_keys(B, Sq, Sk, q.device, causal, key_padding_mask, window, document_ids,
                            attn_mask)
     scores = scores.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores, dim=-1)
     any_visible = visible.any(dim=-1, keepdim=True)
+    if sinks is not None:  # one more column per row: the head's sink logit, dropped after the softmax
+        sink = sinks.to(scores.dtype).view(1, H, 1, 1).expand(B, H, Sq, 1)
+        scores = torch.cat([scores, sink], dim=-1)
+        any_visible = any_visible | (sink > float("-inf"))
+    # lse of a row that sees no key is -inf; taken over zeros there (and put back with `where`) so
+    # that its gradient is zero, not NaN.
+    wide = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+    lse = torch.logsumexp(wide.masked_fill(~any_visible, 0.0), dim=-1)
+    lse = torch.where(any_visible[..., 0], lse, torch.full_like(lse, float("-inf")))
     # Rows with no visible key: softmax of all -inf is NaN; replace by zeros (where, not multiply,
     # so the gradient is zero as well).
     probs = torch.softmax(scores.masked_fill(~any_visible, 0.0), dim=-1)
     probs = torch.where(any_visible, probs, torch.zeros_like(probs))
+    if sinks is not None:
+        probs = probs[..., :Sk]
     if dropout_p > 0:
         if seed_offset is None:
             raise ValueError("attention_reference: dropout_p > 0 needs seed_offset")

@@ -38,6 +38,12 @@ def _record(directory, op, case, auto_case, times, device="cpu"):
     records.save(rows, auto.machine(device), directory)
 
 
+def _child_env(**extra):
+    """A child process that shares this one's calibration cache file: the same torch threads
+    (part of the cache key; an earlier test may have changed this process's)."""
+    return {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
+
+
 def _gumbel_case(x):
     return auto.case_name("gumbel_softmax", logits=x)
 
@@ -131,7 +137,7 @@ def test_calibration_times_once_and_caches_on_disk():
             "calibration.calibrate = None\n"  # would raise if it ran
             f"x = torch.randn(512, 1000)\nprint(auto.choose('gumbel_softmax', 'auto', 'cpu', logits=x))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": ROOT, "GENCORE_AUTOTUNE": "1"})
+                         env=_child_env(GENCORE_AUTOTUNE="1"))
     assert out.stdout.strip() == d["pick"], out.stderr
     # the switch: no calibration of a new case, records and cache only
     auto.set_autotune(False)
@@ -159,7 +165,7 @@ def test_a_planted_wrong_kernel_is_never_picked(tmp_path):
     plant = tmp_path / "plant"
     plant.mkdir()
     (plant / "sitecustomize.py").write_text(WRONG_GUMBEL)  # planted in the check's child too
-    env = {**os.environ, "PYTHONPATH": f"{plant}{os.pathsep}{ROOT}", "GENCORE_AUTOTUNE": "1"}
+    env = _child_env(PYTHONPATH=f"{plant}{os.pathsep}{ROOT}", GENCORE_AUTOTUNE="1")
     first = subprocess.run([sys.executable, "-c", USER], capture_output=True, text=True, timeout=600, env=env)
     assert first.stdout.split() == ["builtin", "check", "failed", "1"], first.stdout + first.stderr
     outcome = calibration.check_outcome("gumbel_softmax", "cpu")

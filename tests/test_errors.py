@@ -155,6 +155,21 @@ CASES = [
     ("at_amask_device", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0,
                                                         attn_mask=torch.ones(1, 1, 4, 4, dtype=torch.bool)),
      r"attn_mask is on cpu but q is on cuda:0"),
+    # sinks, grad_lse, and a [seed, offset] drawn on the device (under CUDA-graph capture)
+    ("at_sinks_dtype", "*", lambda d: ops.attention(*_qkv(d), None, False, 1.0, sinks=T([1, 2], device=d)),
+     r"sinks must be floating \(float32\), got Long"),
+    ("at_sinks_shape", "*", lambda d: ops.attention(*_qkv(d), None, False, 1.0, sinks=torch.zeros(3, device=d)),
+     r"sinks must have shape \(heads,\) = \(2,\), got \[3\]"),
+    ("at_sinks_device", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0, sinks=torch.zeros(2)),
+     r"sinks is on cpu, q on cuda"),
+    ("at_grad_lse", "*", lambda d: ops.attention_backward(*_bwd_args(d), grad_lse=torch.zeros(1, 2, 5, device=d)),
+     r"grad_lse must have lse's shape \[1, 2, 4\] on .*, got \[1, 2, 5\]"),
+    ("at_device_seed", "cuda", lambda d: ops.attention(*_qkv(d), None, False, 1.0, dropout_p=0.1,
+                                                       seed_offset=T([1.0, 2.0], device=d)),
+     r"a device seed_offset must be a contiguous int64 tensor of two elements on q's device"),
+    ("gs_device_seed", "cuda", lambda d: ops.gumbel_softmax(torch.ones(2, 3, device=d), T([1.0, 2.0], device=d),
+                                                            1.0, False, -1),
+     r"a device seed_offset must be a contiguous int64 tensor of two"),
 ]
 
 # Checks no argument can reach: internal invariants, CUDA launch failures, int32 overflow guards.

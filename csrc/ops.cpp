@@ -5,6 +5,7 @@
 // Python (gencore/ops/<op>.py).
 #include <torch/extension.h>
 
+#include "attention_fast_path.h"
 #include "cpu_dispatch.h"
 
 #ifndef GENCORE_SOURCE_HASH
@@ -85,6 +86,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_capability", &gencore::cpu_dispatch::select, pybind11::arg("name"),
         "Runs the CPU kernels of ISA `name` from now on and returns the previous one; ValueError "
         "for an ISA this build lacks or this CPU cannot run");
+  namespace fast = gencore::attention_fast_path;
+  m.def("attention_fast_path", &fast::call, pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
+        pybind11::arg("causal"),
+        "impl='auto' for a plain attention call: SDPA's output where auto's memo says SDPA, False "
+        "where it says gencore's checked path, None where it knows nothing of this call shape");
+  m.def("attention_fast_path_remember", &fast::remember, pybind11::arg("q"), pybind11::arg("k"),
+        pybind11::arg("v"), pybind11::arg("causal"), pybind11::arg("verdict"),
+        "Stores auto's verdict for this call shape: 0 checked path, 1 SDPA, 2 SDPA with is_causal");
+  m.def("attention_fast_path_clear", &fast::clear, "Forgets every verdict");
+  m.def("attention_fast_path_size", &fast::size, "How many call shapes the memo holds");
   // GENCORE_CPU_CAPABILITY named an ISA that this build lacks or this CPU cannot run: the widest
   // runs instead, and the import says so.
   const std::string warning = gencore::cpu_dispatch::load_warning();

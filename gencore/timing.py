@@ -9,6 +9,7 @@ one that reads the events after the call).
 """
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from typing import Any, Callable, Dict
@@ -16,29 +17,36 @@ from typing import Any, Callable, Dict
 import torch
 
 
-def _timer(device_type: str) -> Callable[[Callable[[], Any]], float]:
+def _timer(device_type: str) -> Callable[[Callable[[], Any], int], float]:
+    """timed(fn, n): seconds for n back-to-back calls of fn."""
     if device_type == "cuda":
-        def timed(fn):
+        def timed(fn, n):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(n):
+                fn()
             end.record()
             end.synchronize()
             return start.elapsed_time(end) * 1e-3
         return timed
 
-    def timed(fn):
+    def timed(fn, n):
         t0 = time.perf_counter()
-        fn()
+        for _ in range(n):
+            fn()
         return time.perf_counter() - t0
     return timed
 
 
 def round_robin(fns: Dict[str, Callable[[], Any]], device_type: str = "cpu", *,
                 min_time: float = 0.3, min_reps: int = 5, max_reps: int = 500,
-                warmup: int = 2) -> Dict[str, dict]:
-    """{name: {"median", "iqr", "reps"}} in seconds per call of each fn.
+                warmup: int = 2, sample_time: float = 100e-6) -> Dict[str, dict]:
+    """{name: {"median", "iqr", "reps", "calls_per_rep"}} in seconds per call of each fn.
 
+    A repetition times every fn once, in an order shuffled anew for each (a fixed cyclic order
+    would always run a fn right after the same other one).
+    Calls faster than `sample_time` are timed `calls_per_rep` at a time (the same count for every
+    fn), so that a microsecond call's sample is not the timer's and the scheduler's noise.
     Repetitions: enough for about `min_time` seconds of the slowest implementation, within
     [min_reps, max_reps]."""
     timed = _timer(device_type)
@@ -47,15 +55,18 @@ def round_robin(fns: Dict[str, Callable[[], Any]], device_type: str = "cpu", *,
     for name in names:
         for _ in range(warmup):
             fns[name]()
-        first[name] = timed(fns[name])
-    reps = int(min(max_reps, max(min_reps, min_time / max(max(first.values()), 1e-9))))
+        first[name] = timed(fns[name], 1)
+    calls = max(1, min(1000, int(sample_time / max(min(first.values()), 1e-9))))
+    reps = int(min(max_reps, max(min_reps, min_time / max(max(first.values()) * calls, 1e-9))))
     samples = {name: [] for name in names}
-    for rep in range(reps):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(timed(fns[name]))
+    order = random.Random(0)
+    for _ in range(reps):
+        order.shuffle(names)
+        for name in names:
+            samples[name].append(timed(fns[name], calls) / calls)
     out = {}
     for name, xs in samples.items():
         q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-        out[name] = {"median": statistics.median(xs), "iqr": q[2] - q[0], "reps": len(xs)}
+        out[name] = {"median": statistics.median(xs), "iqr": q[2] - q[0], "reps": len(xs),
+                     "calls_per_rep": calls}
     return out

@@ -90,11 +90,12 @@ def pytest_collection_modifyitems(config, items):
 def cpu_isa(request):
     """The ISA path a kernel test runs on (None outside KERNEL_MODULES)."""
     isa = getattr(request, "param", None)
+    from gencore.ops import auto
     if isa is None:
         yield None
+        auto.clear()  # what a test's own evidence made auto decide (and its memos keep) ends with it
         return
     from gencore import _backend
-    from gencore.ops import auto
     with pytest.MonkeyPatch.context() as mp, _backend.cpu_capability_path(isa):
         mp.setenv("GENCORE_CPU_CAPABILITY", isa)
         auto.clear()  # its decisions belong to a machine class (cpu-avx2, ...): the ISA path's

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import ALL_DEVICES, WRONG_GUMBEL, need_fused
+from _helpers import ALL_DEVICES, WRONG_GUMBEL, OpsRun, need_fused
 from gencore import records
 from gencore.ops import attention, auto, calibration, gan_loss, gumbel_softmax
 from gencore.ops.reference.attention import attention_reference
@@ -210,13 +210,10 @@ def test_attention_runs_what_the_evidence_says(device, pick, dtype, causal, mask
     dev = torch.device(device).type
     times = {"fused": 1.0, "sdpa": 2.0} if pick == auto.FUSED else {"fused": 2.0, "sdpa": 1.0}
     _record(records.local_dir(), "attention", "bench/x", case, times, device=dev)
-    calls = []
-    real_sdpa = attention_mod.attention_sdpa
-    monkeypatch.setattr(attention_mod, "attention_sdpa", lambda *a, **kw: calls.append(1) or real_sdpa(*a, **kw))
-    real_fast = attention_mod._sdpa
-    monkeypatch.setattr(attention_mod, "_sdpa", lambda *a, **kw: calls.append(1) or real_fast(*a, **kw))
-    out = attention(q, k, v, causal=causal, key_padding_mask=mask)
-    assert bool(calls) == (pick == auto.BUILTIN), case
+    with OpsRun() as ops:
+        out = attention(q, k, v, causal=causal, key_padding_mask=mask)
+    assert ops.ran("gencore.attention") == (pick == auto.FUSED), (case, ops.names)
+    assert ops.ran("scaled_dot_product") == (pick == auto.BUILTIN), (case, ops.names)
     gold = attention_reference(q.double(), k.double(), v.double(), causal, mask, q.shape[-1] ** -0.5)[0]
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.double(), gold, rtol=tol, atol=tol)

@@ -170,6 +170,9 @@ CASES = [
     ("gs_device_seed", "cuda", lambda d: ops.gumbel_softmax(torch.ones(2, 3, device=d), T([1.0, 2.0], device=d),
                                                             1.0, False, -1),
      r"a device seed_offset must be a contiguous int64 tensor of two"),
+    ("fast_path_verdict", "*", lambda d: __import__("gencore._C").\
+        _C.attention_fast_path_remember(*_qkv(d), True, 3),
+     r"attention fast path: verdict must be 0 \(checked path\), 1 \(SDPA\) or 2 \(SDPA, causal\), got 3"),
 ]
 
 # Checks no argument can reach: internal invariants, CUDA launch failures, int32 overflow guards.

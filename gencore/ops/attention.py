@@ -185,13 +185,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     keys masked, or causal with S_q > S_k) are zeros and get zero gradients.
     """
     if (impl == "auto" and not return_lse and sinks is None and key_padding_mask is scale is window is softcap is document_ids is attn_mask is None
-            and not dropout_p and type(q) is _Tensor and type(k) is _Tensor and not _is_compiling()):
-        call = (q.shape, k.shape, q.dtype, causal, q.requires_grad, _grad_enabled())
-        fast = _FAST.get(call, _MISSING)
-        if fast is _MISSING:
-            fast = _fast_builtin(q, k, causal, call)
-        if fast is not None:  # SDPA's own checks stand in for ours: the same call would pass them
-            return _sdpa(q, k, v, is_causal=True) if fast else _sdpa(q, k, v)
+            and not dropout_p and not _is_compiling()):
+        out = _fast_path(q, k, v, causal)
+        if out is None:  # the first call of this shape: ask auto once
+            _FAST.remember(q, k, v, causal, _fast_verdict(q, k, causal))
+            out = _fast_path(q, k, v, causal)
+        if out is not False:  # SDPA's own checks stood in for ours: the same call would pass them
+            return out
     scale = _check(q, k, v, key_padding_mask, scale)
     causal = bool(causal)
     dropout_p, (left, right), softcap = _check_features(q, k, dropout_p, window, softcap,
@@ -222,39 +222,73 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     return tuple(out_lse) if return_lse else out_lse[0]
 
 
-# (global reads, not attribute chains, per call)
-_sdpa, _Tensor, _is_compiling = F.scaled_dot_product_attention, torch.Tensor, torch.compiler.is_compiling
-_choose, _BUILTIN, _grad_enabled = auto.choose, auto.BUILTIN, torch.is_grad_enabled
-# The fast path's memo of auto's answer per call shape (auto forgets it with its decisions):
-# (q.shape, k.shape, dtype, causal, q.requires_grad, grad mode) -> SDPA's is_causal, or None for
-# the checked path. At a decoding step of a few microseconds, auto's own key would cost more.
-_FAST: dict = {}
-_MISSING = object()
+class _PythonFastPath:
+    """The fast path's memo where no _C is built: auto's verdict per call shape, in a dict (the
+    compiled twin, csrc/attention_fast_path.cpp, keeps the same verdicts by the same key)."""
+
+    def __init__(self):
+        self._memo: dict = {}
+
+    @staticmethod
+    def _key(q, k, v, causal):
+        if (not type(q) is type(k) is type(v) is torch.Tensor or torch._C._is_torch_function_mode_enabled()
+                or q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or (causal is not True and causal is not False)
+                or q.shape[3] != k.shape[3] or v.shape[:3] != k.shape[:3]
+                or not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device):
+            return None  # the checked path: SDPA on the CPU lets a v with fewer keys than k run
+        trains = (q.requires_grad or k.requires_grad or v.requires_grad) and torch.is_grad_enabled()
+        return q.shape, k.shape, q.dtype, q.device, causal, trains
+
+    def call(self, q, k, v, causal):
+        key = self._key(q, k, v, causal)
+        verdict = None if key is None else self._memo.get(key)
+        if verdict is None:
+            return False if key is None else None
+        return F.scaled_dot_product_attention(q, k, v, is_causal=verdict == _SDPA_CAUSAL) if verdict else False
+
+    def remember(self, q, k, v, causal, verdict):
+        key = self._key(q, k, v, causal)
+        if key is not None:
+            if len(self._memo) >= 4096:  # a long generation makes a shape per step
+                self._memo.clear()
+            self._memo[key] = verdict
+
+    def clear(self):
+        self._memo.clear()
 
 
-def _fast_builtin(q: torch.Tensor, k: torch.Tensor, causal, call: tuple) -> Optional[bool]:
-    """For a call with no mask, feature or scale that auto sends to SDPA and whose semantics are
-    SDPA's own (equal head counts; causal only where gencore's bottom-right mask is torch's
-    is_causal or no mask at all): the is_causal to call SDPA with. None: take the checked path.
-    The answer is kept in _FAST under `call`, so the next call of that shape reads one dict."""
-    try:
-        B, H, Sq, D = q.shape
-        _, Hk, Sk, _ = k.shape
-    except ValueError:
-        return None
+class _CompiledFastPath:
+    def __init__(self, core):
+        self.call, self.remember, self.clear = (
+            core.attention_fast_path, core.attention_fast_path_remember, core.attention_fast_path_clear)
+
+
+# impl="auto"'s fast path for calls with no mask, feature or scale: a memo of auto's verdict per
+# call shape (q and k shapes, dtype, device, causal, whether autograd records it), forgotten with
+# auto's decisions. At a decoding step of a few microseconds, a key built in Python would cost
+# more than the 5% the promise allows, so where _C is built the memo lives in C++.
+_CHECKED, _SDPA, _SDPA_CAUSAL = 0, 1, 2  # the verdicts (csrc/attention_fast_path.h)
+_core = _backend.load()
+_FAST = _CompiledFastPath(_core) if _core is not None else _PythonFastPath()
+_fast_path, _is_compiling = _FAST.call, torch.compiler.is_compiling
+
+
+def _fast_verdict(q: torch.Tensor, k: torch.Tensor, causal) -> int:
+    """SDPA (with or without is_causal) for a CPU call that auto sends to the built-in and whose
+    semantics are SDPA's own (equal head counts; causal only where gencore's bottom-right mask is
+    torch's is_causal or no mask at all); _CHECKED, gencore's checked path, for any other."""
+    if q.dim() != 4 or k.dim() != 4:
+        return _CHECKED
+    B, H, Sq, D = q.shape
+    _, Hk, Sk, _ = k.shape
     if H != Hk or B == 0 or D == 0 or (causal is True and Sq != 1 and Sq != Sk):
-        return None
-    # CPU calls only (q.device costs more than the rest together): there Python's cost is the
-    # call's; a GPU call's runs ahead of the device anyway.
+        return _CHECKED
+    # CPU calls only: there Python's cost is the call's; a GPU call's runs ahead of the device.
     if not q.is_cpu or (causal is not True and causal is not False):
-        return None
-    fast = None
-    if _choose("attention", "auto", "cpu", q=q, k=k, causal=causal) == _BUILTIN:
-        fast = causal is True and Sq > 1
-    if len(_FAST) > 4096:  # a long generation makes a shape per step: keep the memo small
-        _FAST.clear()
-    _FAST[call] = fast
-    return fast
+        return _CHECKED
+    if auto.choose("attention", "auto", "cpu", q=q, k=k, causal=causal) != auto.BUILTIN:
+        return _CHECKED
+    return _SDPA_CAUSAL if causal is True and Sq > 1 else _SDPA
 
 
 def _check_sinks(sinks, H: int, device) -> None:

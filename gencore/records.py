@@ -44,8 +44,8 @@ def machine_info(device_type: str) -> dict:
 # The files each op's kernel is made of, per device (relative to the repository root), and every
 # header they include (followed through `#include "..."`).
 _SOURCES = {
-    "cpu": ("csrc/cpu/{op}.cpp", "gencore/ops/{op}.py"),
-    "cuda": ("csrc/cuda/{op}*.cu", "csrc/cuda/{op}.cpp", "gencore/ops/{op}.py"),
+    "cpu": ("csrc/cpu/{op}.cpp", "csrc/{op}_*.cpp", "gencore/ops/{op}.py"),
+    "cuda": ("csrc/cuda/{op}*.cu", "csrc/cuda/{op}.cpp", "csrc/{op}_*.cpp", "gencore/ops/{op}.py"),
 }
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
@@ -162,9 +162,24 @@ def _current(machine: str, directory: Path) -> List[dict]:
     return _LOADED[key]
 
 
+def speaks_for_this_machine(record: dict) -> bool:
+    """Whether a record measured this machine: the same CPU model and torch threads (CPU), or
+    the same GPU (CUDA). The ISA class alone is no evidence: a kernel that wins on a 2-thread Zen 4
+    may lose on a 64-core Xeon with the same AVX-512; such a machine calibrates instead."""
+    info = record.get("machine_info") or {}
+    if record.get("machine", "").startswith("cuda"):
+        return torch.cuda.is_available() and info.get("gpu") == torch.cuda.get_device_name()
+    return info.get("cpu") == _device.cpu_model() and info.get("threads") == torch.get_num_threads()
+
+
+def _evidence(machine: str, directory: Path) -> List[dict]:
+    """The current records of `directory` that speak for this machine."""
+    return [r for r in _current(machine, directory) if speaks_for_this_machine(r)]
+
+
 def cases(machine: str, directory: Path) -> set:
-    """{(op, auto case)} that the current records of `directory` time."""
-    return {(r["op"], r["auto_case"]) for r in _current(machine, directory)}
+    """{(op, auto case)} that the current records of `directory` time on this machine."""
+    return {(r["op"], r["auto_case"]) for r in _evidence(machine, directory)}
 
 
 def decision(op: str, auto_case: str, builtin: str, machine: str, directory: Path,
@@ -173,7 +188,7 @@ def decision(op: str, auto_case: str, builtin: str, machine: str, directory: Pat
     where every benchmark of the case has the kernel faster than `builtin` by `margin`,
     {"pick": "builtin"} where one does not, None where no benchmark of the case has both."""
     by_bench: Dict[str, dict] = {}
-    for r in _current(machine, directory):
+    for r in _evidence(machine, directory):
         if r["op"] == op and r["auto_case"] == auto_case and r["impl"] in ("fused", builtin):
             by_bench.setdefault(r["case"], {})[r["impl"]] = r
     pairs = [(b["fused"], b[builtin]) for b in by_bench.values() if "fused" in b and builtin in b]

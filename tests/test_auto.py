@@ -95,6 +95,22 @@ def test_user_records_before_project_records_and_stale_ones_ignored(tmp_path):
         assert auto.decide("gumbel_softmax", "cpu", case)["source"] == "project records"
 
 
+@pytest.mark.parametrize("other", [{"cpu": "Some Other CPU"}, {"threads": 64}])
+def test_records_of_another_machine_of_the_class_are_no_evidence(other):
+    """Same ISA class, another CPU model or thread count: calibrate there, do not trust these."""
+    x = torch.randn(64, 100)
+    case = _gumbel_case(x)
+    _record(records.PACKAGE_DIR, "gumbel_softmax", "bench/64x100", case, {"fused": 1.0, "torch": 3.0})
+    path = records.PACKAGE_DIR / f"{auto.machine('cpu')}.json"
+    data = json.loads(path.read_text())
+    for r in data["records"]:
+        r["machine_info"].update(other)
+    path.write_text(json.dumps(data))
+    auto.clear()
+    assert auto.decide("gumbel_softmax", "cpu", case)["source"] == "none"
+    assert records.promise_breaks(auto.machine("cpu"), records.PACKAGE_DIR) == []  # still read there
+
+
 def test_no_evidence_and_no_calibration_runs_the_builtin():
     auto.set_autotune(False)
     x = torch.randn(256, 300)

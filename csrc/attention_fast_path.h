@@ -1,4 +1,4 @@
-// impl="auto"'s fast path for plain attention calls (gencore/ops/attention.py): a memo of auto's
+// impl="auto"'s fast path for plain attention calls (gencore/ops/_attention.py): a memo of auto's
 // verdict per call shape, read and acted on in C++. A KV-cache decoding step costs SDPA a few
 // microseconds; a Python key of shapes, dtype and grad mode cost a fifth of that.
 #pragma once

@@ -4,7 +4,7 @@
 // run on tiny tensors, where the Python autograd.Function round trip (forward and backward) costs
 // more than the whole reference loss. Here the forward redispatches to the device kernel, saves the
 // two gradients the kernel computed, and the backward only scales them by the incoming gradient.
-// The fake kernel stays in Python (gencore/ops/gan_loss.py); opcheck and torch.compile see an
+// The fake kernel stays in Python (gencore/ops/_gan_loss.py); opcheck and torch.compile see an
 // ordinary op with an Autograd kernel.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>

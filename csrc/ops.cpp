@@ -2,7 +2,7 @@
 //
 // Kernels register per device: csrc/cpu_dispatch.cpp for the CPU (the kernels of csrc/cpu/, one
 // build per ISA), csrc/cuda/<op>.cpp for CUDA; autograd and fake (meta) kernels are registered from
-// Python (gencore/ops/<op>.py).
+// Python (gencore/ops/_<op>.py).
 #include <torch/extension.h>
 
 #include "attention_fast_path.h"
@@ -26,7 +26,7 @@ TORCH_LIBRARY(gencore, m) {
   m.def("gumbel_softmax(Tensor logits, Tensor seed_offset, float tau, bool hard, int dim)"
         " -> (Tensor, Tensor)");
   m.def("gumbel_softmax_backward(Tensor grad, Tensor soft, float tau, int dim) -> Tensor");
-  // GAN losses (gencore/ops/gan_loss.py). kind: 0 bce, 1 hinge, 2 wasserstein, 3 rsgan, 4 ragan;
+  // GAN losses (gencore/ops/_gan_loss.py). kind: 0 bce, 1 hinge, 2 wasserstein, 3 rsgan, 4 ragan;
   // role: 0 discriminator, 1 generator; reduction: 0 none, 1 mean, 2 sum. One pass returns the loss
   // and its gradients with respect to both inputs (for an incoming gradient of one); grad_real is
   // an empty tensor where the loss does not read real_logits (which may then be None).
@@ -46,7 +46,7 @@ TORCH_LIBRARY(gencore, m) {
   // sinks (H,) floating: attention sinks, per query head a logit that joins every row's softmax
   // sum and not P V; lse counts it (a row that sees no key then has lse = sink, out 0), so the
   // backward, which recomputes P from lse, needs nothing more (the sinks' gradient,
-  // -sum P_sink (rowsum(dO * O) - grad_lse), is formed in gencore/ops/attention.py).
+  // -sum P_sink (rowsum(dO * O) - grad_lse), is formed in gencore/ops/_attention.py).
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, bool causal,"
         " float scale, int window_left=-1, int window_right=-1, float softcap=0.,"
         " Tensor? document_ids=None, Tensor? attn_mask=None, float dropout_p=0.,"

@@ -298,7 +298,7 @@ VARLEN_CASES = ((8, 64),)
 
 
 # KV-cache decoding, one query: (B, H, S_k, D); the first three are "decode small" (under
-# ops/attention.py's _SMALL_DECODE elements of K), (1, 8, 128, 64) sits on the boundary.
+# ops/_attention.py's _SMALL_DECODE elements of K), (1, 8, 128, 64) sits on the boundary.
 DECODE_SHAPES = ((1, 4, 64, 32), (1, 4, 128, 32), (4, 4, 64, 32), (1, 8, 128, 64), (1, 12, 1024, 64),
                  (8, 12, 1024, 64), (8, 12, 64, 64), (1, 12, 4096, 64))
 

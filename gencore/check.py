@@ -28,7 +28,7 @@ import torch
 
 from . import _backend
 from .ops import attention, gan_loss, gumbel_softmax
-from .ops.attention import cuda_kernel_covers
+from .ops._attention import cuda_kernel_covers
 from .ops.reference.gan_loss import FAKE_ONLY, KINDS, ROLES, loss_terms
 from .ops.reference.attention import attention_reference
 from .ops.reference.gumbel_softmax import gumbel_noise

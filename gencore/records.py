@@ -44,8 +44,8 @@ def machine_info(device_type: str) -> dict:
 # The files each op's kernel is made of, per device (relative to the repository root), and every
 # header they include (followed through `#include "..."`).
 _SOURCES = {
-    "cpu": ("csrc/cpu/{op}.cpp", "csrc/{op}_*.cpp", "gencore/ops/{op}.py"),
-    "cuda": ("csrc/cuda/{op}*.cu", "csrc/cuda/{op}.cpp", "csrc/{op}_*.cpp", "gencore/ops/{op}.py"),
+    "cpu": ("csrc/cpu/{op}.cpp", "csrc/{op}_*.cpp", "gencore/ops/_{op}.py"),
+    "cuda": ("csrc/cuda/{op}*.cu", "csrc/cuda/{op}.cpp", "csrc/{op}_*.cpp", "gencore/ops/_{op}.py"),
 }
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gencore.ops import attention
-from gencore.ops.attention import cuda_kernel_covers
+from gencore.ops._attention import cuda_kernel_covers
 from gencore.ops.reference import attention_reference
 from gencore.ops.rng import philox_seed_offset
 from gencore.tolerance import attention_l1, within_2x

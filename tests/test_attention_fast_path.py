@@ -1,4 +1,4 @@
-"""impl="auto"'s fast path for plain attention calls (gencore/ops/attention.py, with its memo in
+"""impl="auto"'s fast path for plain attention calls (gencore/ops/_attention.py, with its memo in
 csrc/attention_fast_path.cpp, or the Python twin where no _C is built): it must give SDPA's
 results, take only calls whose semantics are SDPA's, and leave everything else to the checked path."""
 import sys
@@ -12,7 +12,7 @@ from _helpers import OpsRun, auto_picks
 from gencore import _backend
 from gencore.ops import attention, auto
 
-attention_mod = sys.modules["gencore.ops.attention"]
+attention_mod = sys.modules["gencore.ops._attention"]
 
 
 @pytest.fixture(params=["compiled", "python"])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gencore.ops import attention, document_ids_from_cu_seqlens, scaled_dot_product_attention
-from gencore.ops.attention import _auto_case, attention_sdpa
+from gencore.ops._attention import _auto_case, attention_sdpa
 from gencore.ops.reference.attention import dropout_keep
 from gencore.ops.rng import philox_seed_offset
 

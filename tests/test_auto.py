@@ -17,7 +17,7 @@ from gencore.ops import attention, auto, calibration, gan_loss, gumbel_softmax
 from gencore.ops.reference.attention import attention_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-attention_mod = sys.modules["gencore.ops.attention"]
+attention_mod = sys.modules["gencore.ops._attention"]
 
 
 @pytest.fixture(autouse=True)
@@ -298,7 +298,7 @@ def test_info_says_what_auto_runs_and_why():
     x = torch.randn(64, 100)
     _record(records.local_dir(), "gumbel_softmax", "bench/64x100", _gumbel_case(x), {"fused": 1.0, "torch": 3.0})
     out = subprocess.run([sys.executable, "-m", "gencore", "info"], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+                         timeout=300, env=_child_env()).stdout
     assert "first-use calibration off" in out, out
     line = next(l for l in out.splitlines() if _gumbel_case(x) in l)
     assert "fused" in line and "3.00x" in line and "your records" in line, out

@@ -147,3 +147,14 @@ def test_info_command():
     if _backend.load() is not None:
         isas = ", ".join(_backend.build_info()["cpu_capabilities"])
         assert f"CPU ISAs {isas} (running {_backend.cpu_capability()})" in out, out
+
+
+def test_gencore_ops_names_functions_and_shadows_no_module():
+    """`import gencore.ops.X` and `gencore.ops.X` must not disagree: no public op shares its name
+    with a module of gencore.ops (the ops live in private _<op>.py modules)."""
+    import importlib.util
+
+    import gencore.ops
+    for name in gencore.ops.__all__:
+        assert callable(getattr(gencore.ops, name)), name
+        assert importlib.util.find_spec(f"gencore.ops.{name}") is None, name

@@ -119,7 +119,7 @@ OPCHECK_CASES = [("bce", "discriminator", "mean"), ("hinge", "discriminator", "n
 @pytest.mark.parametrize("kind,role,reduction", OPCHECK_CASES)
 def test_opcheck(kind, role, reduction, device):
     need_fused("gan_loss", device)
-    from gencore.ops.gan_loss import _KIND, _REDUCTION, _ROLE
+    from gencore.ops._gan_loss import _KIND, _REDUCTION, _ROLE
     real, fake = _inputs(kind, reduction, device)
     real.requires_grad_(True)
     fake.requires_grad_(True)

@@ -314,7 +314,7 @@ def test_train_packed_documents_equals_padded():
 def test_bench_cases_name_varlen():
     """The varlen bench cases (auto's evidence) name the case varlen_attn's own calls fall in."""
     from gencore import bench_cases
-    from gencore.ops.attention import _auto_case
+    from gencore.ops._attention import _auto_case
     from gencore.ops.varlen import _check
     found = [c for c in bench_cases.cases("cpu") if "varlen" in c.id]
     assert {c.auto_case.split(" ")[1] for c in found} == {"varlen", "varlen-causal"}

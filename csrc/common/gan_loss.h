@@ -18,7 +18,7 @@
 GENCORE_NAMESPACE_BEGIN
 namespace gan {
 
-// Codes shared with gencore/ops/gan_loss.py (the int arguments of the op schema).
+// Codes shared with gencore/ops/_gan_loss.py (the int arguments of the op schema).
 enum Kind : int { kBce = 0, kHinge = 1, kWasserstein = 2, kRsgan = 3, kRagan = 4 };
 enum Role : int { kDiscriminator = 0, kGenerator = 1 };
 enum Reduction : int { kNoReduction = 0, kMean = 1, kSum = 2 };

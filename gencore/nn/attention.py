@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.attention import attention
+from ..ops._attention import attention
 
 IMPLS = ("auto", "fused", "reference", "sdpa")
 

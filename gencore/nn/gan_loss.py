@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.gan_loss import gan_loss
+from ..ops._gan_loss import gan_loss
 from ..ops.reference.gan_loss import KINDS, REDUCTIONS
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.gumbel_softmax import gumbel_softmax
+from ..ops._gumbel_softmax import gumbel_softmax
 
 
 class GumbelSoftmax(nn.Module):

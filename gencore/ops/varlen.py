@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from . import auto
-from .attention import _check_features, _check_sinks, attention
+from ._attention import _check_features, _check_sinks, attention
 from .reference.attention import attention_reference
 from .reference.varlen import varlen_mask, varlen_reference
 from .rng import philox_seed_offset
@@ -287,7 +287,7 @@ def varlen_builtin(query, key, value, info: VarlenInfo, *, scale, window=None, s
 
 def varlen_calls(q4, k4, info: VarlenInfo, *, window=None, softcap=None, dropout_p=0.0, train=False,
                  sinks=None):
-    """auto's timing calls for a varlen case (ops/attention.py's _auto_calls): fresh random packed
+    """auto's timing calls for a varlen case (ops/_attention.py's _auto_calls): fresh random packed
     tensors of the call's shapes, fused against the padded-SDPA built-in, forward under no_grad
     or forward+backward."""
     dev, dtype = q4.device, q4.dtype

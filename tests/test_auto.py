@@ -76,6 +76,17 @@ def test_records_decide_with_a_margin(tmp_path):
         assert (d["pick"], d["source"]) == (want, "your records"), (fused, builtin)
 
 
+def test_the_kernel_must_beat_pytorchs_own_call_too():
+    """gencore's SDPA route (its checked path) is slower than SDPA called directly, which is what
+    auto runs for a plain call: the kernel must beat the faster of the two."""
+    q, k = torch.zeros(1, 4, 1, 32), torch.zeros(1, 4, 128, 32)
+    case = auto.case_name("attention", q=q, k=k, causal=True)
+    for torch_s, want in ((1.0, auto.BUILTIN), (1.2, auto.FUSED)):
+        _record(records.local_dir(), "attention", "bench/decode", case, {"fused": 1.0, "sdpa": 1.3, "torch": torch_s})
+        auto.clear()
+        assert auto.decide("attention", "cpu", case)["pick"] == want, torch_s
+
+
 def test_user_records_before_project_records_and_stale_ones_ignored(tmp_path):
     x = torch.randn(64, 100)
     case = _gumbel_case(x)

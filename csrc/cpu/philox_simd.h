@@ -6,6 +6,7 @@
 // vector width is that of at::vec::Vectorized<float> in the same build.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -32,10 +33,10 @@ void philox_visit_scalar(PhiloxKey key, uint64_t block0, int64_t nblocks, int64_
 // high half), so a round costs two multiplies, two shifts and two xors; the high halves of the words
 // are don't-cares. G groups in flight hide the multiply latency.
 #if defined(__AVX512F__)
-// Visits the 4 * nblocks elements of blocks block0, block0 + 1, ... as j0, j0 + 1, ...
-template <typename F>
-void philox_visit_blocks(PhiloxKey key, uint64_t block0, int64_t nblocks, int64_t j0, F& f) {
-  constexpr int G = 4;
+// Blocks first_block + [0, 8G): each group of 8 blocks' 32 words as two vectors in element order,
+// to emit(j, vector) for elements j, j + 1, ... (j0 the first block's first element).
+template <int G, typename Emit>
+inline void philox_groups(PhiloxKey key, uint64_t first_block, int64_t j0, Emit&& emit) {
   const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
   const __m512i m0 = _mm512_set1_epi64(kPhiloxM0), m1 = _mm512_set1_epi64(kPhiloxM1);
   const __m512i off_lo = _mm512_set1_epi64(static_cast<uint32_t>(key.offset));
@@ -43,87 +44,108 @@ void philox_visit_blocks(PhiloxKey key, uint64_t block0, int64_t nblocks, int64_
   // (w0 w1) and (w2 w3) pairs of blocks 0-3, then of blocks 4-7: element order.
   const __m512i first_half = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
   const __m512i second_half = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
-  int64_t b = 0;
-  for (; b + 8 * G <= nblocks; b += 8 * G) {
-    __m512i c0[G], c1[G], c2[G], c3[G];
-    for (int g = 0; g < G; ++g) {
-      const uint64_t first = block0 + static_cast<uint64_t>(b + 8 * g);
-      const __m512i block = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first)), iota);
-      c0[g] = block;
-      c1[g] = _mm512_srli_epi64(block, 32);
-      c2[g] = off_lo;
-      c3[g] = off_hi;
-    }
-    uint32_t k0 = static_cast<uint32_t>(key.seed), k1 = static_cast<uint32_t>(key.seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      const __m512i vk0 = _mm512_set1_epi32(static_cast<int>(k0));
-      const __m512i vk1 = _mm512_set1_epi32(static_cast<int>(k1));
-      for (int g = 0; g < G; ++g) {
-        const __m512i p0 = _mm512_mul_epu32(c0[g], m0);  // (lo0, hi0)
-        const __m512i p1 = _mm512_mul_epu32(c2[g], m1);  // (lo1, hi1)
-        c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1[g], vk0, 0x96);  // xor
-        c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3[g], vk1, 0x96);
-        c1[g] = p1;
-        c3[g] = p0;
-      }
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    for (int g = 0; g < G; ++g) {
-      const __m512i w01 = _mm512_mask_blend_epi32(0xAAAA, c0[g], _mm512_slli_epi64(c1[g], 32));
-      const __m512i w23 = _mm512_mask_blend_epi32(0xAAAA, c2[g], _mm512_slli_epi64(c3[g], 32));
-      const int64_t j = j0 + 4 * (b + 8 * g);
-      f(j, _mm512_permutex2var_epi64(w01, first_half, w23));
-      f(j + 16, _mm512_permutex2var_epi64(w01, second_half, w23));
-    }
+  __m512i c0[G], c1[G], c2[G], c3[G];
+  for (int g = 0; g < G; ++g) {
+    const uint64_t first = first_block + static_cast<uint64_t>(8 * g);
+    const __m512i block = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first)), iota);
+    c0[g] = block;
+    c1[g] = _mm512_srli_epi64(block, 32);
+    c2[g] = off_lo;
+    c3[g] = off_hi;
   }
-  detail::philox_visit_scalar(key, block0 + static_cast<uint64_t>(b), nblocks - b, j0 + 4 * b, f);
+  uint32_t k0 = static_cast<uint32_t>(key.seed), k1 = static_cast<uint32_t>(key.seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const __m512i vk0 = _mm512_set1_epi32(static_cast<int>(k0));
+    const __m512i vk1 = _mm512_set1_epi32(static_cast<int>(k1));
+    for (int g = 0; g < G; ++g) {
+      const __m512i p0 = _mm512_mul_epu32(c0[g], m0);  // (lo0, hi0)
+      const __m512i p1 = _mm512_mul_epu32(c2[g], m1);  // (lo1, hi1)
+      c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1[g], vk0, 0x96);  // xor
+      c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3[g], vk1, 0x96);
+      c1[g] = p1;
+      c3[g] = p0;
+    }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  for (int g = 0; g < G; ++g) {
+    const __m512i w01 = _mm512_mask_blend_epi32(0xAAAA, c0[g], _mm512_slli_epi64(c1[g], 32));
+    const __m512i w23 = _mm512_mask_blend_epi32(0xAAAA, c2[g], _mm512_slli_epi64(c3[g], 32));
+    emit(j0 + 32 * g, _mm512_permutex2var_epi64(w01, first_half, w23));
+    emit(j0 + 32 * g + 16, _mm512_permutex2var_epi64(w01, second_half, w23));
+  }
 }
+constexpr int kBlocksPerGroup = 8;
+using PhiloxVec = __m512i;
 
 #elif defined(__AVX2__)
-template <typename F>
-void philox_visit_blocks(PhiloxKey key, uint64_t block0, int64_t nblocks, int64_t j0, F& f) {
-  constexpr int G = 4;
+// Blocks first_block + [0, 4G): each group of 4 blocks' 16 words as two vectors in element order.
+template <int G, typename Emit>
+inline void philox_groups(PhiloxKey key, uint64_t first_block, int64_t j0, Emit&& emit) {
   const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
   const __m256i m0 = _mm256_set1_epi64x(kPhiloxM0), m1 = _mm256_set1_epi64x(kPhiloxM1);
   const __m256i off_lo = _mm256_set1_epi64x(static_cast<uint32_t>(key.offset));
   const __m256i off_hi = _mm256_set1_epi64x(static_cast<uint32_t>(key.offset >> 32));
-  int64_t b = 0;
-  for (; b + 4 * G <= nblocks; b += 4 * G) {
-    __m256i c0[G], c1[G], c2[G], c3[G];
-    for (int g = 0; g < G; ++g) {
-      const uint64_t first = block0 + static_cast<uint64_t>(b + 4 * g);
-      const __m256i block = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(first)), iota);
-      c0[g] = block;
-      c1[g] = _mm256_srli_epi64(block, 32);
-      c2[g] = off_lo;
-      c3[g] = off_hi;
-    }
-    uint32_t k0 = static_cast<uint32_t>(key.seed), k1 = static_cast<uint32_t>(key.seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      const __m256i vk0 = _mm256_set1_epi32(static_cast<int>(k0));
-      const __m256i vk1 = _mm256_set1_epi32(static_cast<int>(k1));
-      for (int g = 0; g < G; ++g) {
-        const __m256i p0 = _mm256_mul_epu32(c0[g], m0);
-        const __m256i p1 = _mm256_mul_epu32(c2[g], m1);
-        c0[g] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1[g]), vk0);
-        c2[g] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3[g]), vk1);
-        c1[g] = p1;
-        c3[g] = p0;
-      }
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    for (int g = 0; g < G; ++g) {
-      const __m256i w01 = _mm256_blend_epi32(c0[g], _mm256_slli_epi64(c1[g], 32), 0xAA);
-      const __m256i w23 = _mm256_blend_epi32(c2[g], _mm256_slli_epi64(c3[g], 32), 0xAA);
-      const __m256i lo = _mm256_unpacklo_epi64(w01, w23), hi = _mm256_unpackhi_epi64(w01, w23);
-      const int64_t j = j0 + 4 * (b + 4 * g);
-      f(j, _mm256_permute2x128_si256(lo, hi, 0x20));      // blocks 0, 1
-      f(j + 8, _mm256_permute2x128_si256(lo, hi, 0x31));  // blocks 2, 3
-    }
+  __m256i c0[G], c1[G], c2[G], c3[G];
+  for (int g = 0; g < G; ++g) {
+    const uint64_t first = first_block + static_cast<uint64_t>(4 * g);
+    const __m256i block = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(first)), iota);
+    c0[g] = block;
+    c1[g] = _mm256_srli_epi64(block, 32);
+    c2[g] = off_lo;
+    c3[g] = off_hi;
   }
-  detail::philox_visit_scalar(key, block0 + static_cast<uint64_t>(b), nblocks - b, j0 + 4 * b, f);
+  uint32_t k0 = static_cast<uint32_t>(key.seed), k1 = static_cast<uint32_t>(key.seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const __m256i vk0 = _mm256_set1_epi32(static_cast<int>(k0));
+    const __m256i vk1 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (int g = 0; g < G; ++g) {
+      const __m256i p0 = _mm256_mul_epu32(c0[g], m0);
+      const __m256i p1 = _mm256_mul_epu32(c2[g], m1);
+      c0[g] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1[g]), vk0);
+      c2[g] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3[g]), vk1);
+      c1[g] = p1;
+      c3[g] = p0;
+    }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  for (int g = 0; g < G; ++g) {
+    const __m256i w01 = _mm256_blend_epi32(c0[g], _mm256_slli_epi64(c1[g], 32), 0xAA);
+    const __m256i w23 = _mm256_blend_epi32(c2[g], _mm256_slli_epi64(c3[g], 32), 0xAA);
+    const __m256i lo = _mm256_unpacklo_epi64(w01, w23), hi = _mm256_unpackhi_epi64(w01, w23);
+    emit(j0 + 16 * g, _mm256_permute2x128_si256(lo, hi, 0x20));      // blocks 0, 1
+    emit(j0 + 16 * g + 8, _mm256_permute2x128_si256(lo, hi, 0x31));  // blocks 2, 3
+  }
+}
+constexpr int kBlocksPerGroup = 4;
+using PhiloxVec = __m256i;
+#endif
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+// Visits the 4 * nblocks elements of blocks block0, block0 + 1, ... as j0, j0 + 1, ...: four groups
+// in flight while they last, then one, then a last group whose words past the end go unused (a row
+// of 100 floats is 25 blocks: without it, every one of them took the scalar path).
+template <typename F>
+void philox_visit_blocks(PhiloxKey key, uint64_t block0, int64_t nblocks, int64_t j0, F& f) {
+  constexpr int64_t kGroup = kBlocksPerGroup, kLanes = sizeof(PhiloxVec) / 4;
+  int64_t b = 0;
+  for (; b + 4 * kGroup <= nblocks; b += 4 * kGroup) philox_groups<4>(key, block0 + b, j0 + 4 * b, f);
+  for (; b + kGroup <= nblocks; b += kGroup) philox_groups<1>(key, block0 + b, j0 + 4 * b, f);
+  if (b == nblocks) return;
+  const int64_t j = j0 + 4 * b, valid = 4 * (nblocks - b);
+  alignas(64) uint32_t words[4 * kGroup];
+  philox_groups<1>(key, block0 + b, j, [&](int64_t jj, PhiloxVec v) {
+    std::memcpy(words + (jj - j), &v, sizeof v);
+  });
+  int64_t k = 0;
+  if (valid >= kLanes) {
+    PhiloxVec v;
+    std::memcpy(&v, words, sizeof v);
+    f(j, v);
+    k = kLanes;
+  }
+  for (; k < valid; ++k) f(j + k, words[k]);
 }
 
 #else

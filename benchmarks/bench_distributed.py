@@ -14,7 +14,8 @@ the global batch split over the processes. Sync modes:
 - "fsdp": FSDP2 `fully_shard` per block (gencore.train.distributed.shard), as the Trainer runs it.
 Models: "gpt-text" (4 layers, 4 heads, 128 wide, context 64, batch 12, vocabulary 100: the
 recipe) and "gpt-wide" (8 layers, 8 heads, 512 wide, context 64, batch 12). The step time is
-rank 0's median over `--steps` timed steps after 3 warmup steps. Memory: bytes this process holds
+rank 0's median over `--steps` steps after 3 warmup steps, timed by gencore.timing (the harness of
+every comparison), each step from a barrier. Memory: bytes this process holds
 for parameters + gradients + optimizer state after a step (DTensor shards counted locally).
 """
 from __future__ import annotations
@@ -22,9 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import List
 
@@ -35,6 +34,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gencore.models.gpt import GPT, GPTConfig  # noqa: E402
+from gencore.timing import round_robin  # noqa: E402
 from gencore.train import distributed as D  # noqa: E402
 
 MODELS = {"gpt-text": dict(n_layer=4, n_head=4, n_embd=128),
@@ -73,12 +73,11 @@ def _case(rank: int, world: int, model_name: str, mode: str, steps: int):
     opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
     g = torch.Generator().manual_seed(rank)
     local = BATCH // world
-    times = []
-    for i in range(3 + steps):
+
+    def step():
         x = torch.randint(0, VOCAB, (local, BLOCK), generator=g)
         y = torch.randint(0, VOCAB, (local, BLOCK), generator=g)
-        dist.barrier()
-        t0 = time.perf_counter()
+        dist.barrier()  # every rank starts the step together: the time is the slowest rank's
         opt.zero_grad(set_to_none=True)
         _, loss = forward(x, y)
         loss.backward()
@@ -86,13 +85,14 @@ def _case(rank: int, world: int, model_name: str, mode: str, steps: int):
             _old_all_reduce_grads(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
+    # Every rank must run the same number of steps (collectives): fixed repetitions, one call each.
+    median = round_robin({"step": step}, min_reps=steps, max_reps=steps, warmup=3,
+                         sample_time=0.0)["step"]["median"]
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     mem = (D.local_bytes(params), D.local_bytes(p.grad for p in params), D.local_bytes(state))
     if parallel is not None:
         parallel.close()
-    return statistics.median(times), mem
+    return median, mem
 
 
 def _worker(rank: int, world: int, port: int, cases, steps: int, out):

@@ -10,13 +10,13 @@ The tests' models (tests/test_transformers.py: 2 layers, 128 wide, from configs)
   with a right-padded batch, Llama also packed (4 documents per row, position_ids restarting),
   GPT-2 also with attention dropout 0.1.
 - "<model> generate": greedy, 32 new tokens after a left-padded prompt batch of 4 x 32.
-Gemma-2 has no "sdpa" path (softcap): its baseline is "eager". Skipped without transformers.
+Gemma-2 (softcap) and gpt-oss (sinks; where this transformers has it) have no "sdpa" path: their
+baseline is "eager". Skipped without transformers. `main` times through gencore.timing's
+round robin, the harness of every other comparison.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import pytest
 import torch
@@ -24,6 +24,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 
 import gencore.integrations.transformers  # noqa: E402,F401  registers "gencore"
+from gencore.timing import round_robin  # noqa: E402
 from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig,  # noqa: E402
                           MistralConfig, Qwen2Config)
 
@@ -41,16 +42,24 @@ CONFIGS = {
                                attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0,
                                bos_token_id=1, eos_token_id=2),
 }
+if hasattr(transformers, "GptOssConfig"):  # sinks on every layer, sliding and full layers alternating
+    CONFIGS["gpt-oss"] = lambda: transformers.GptOssConfig(
+        **{**_SMALL, "intermediate_size": 128}, num_key_value_heads=2, head_dim=32,
+        num_local_experts=2, num_experts_per_tok=2, sliding_window=64)
 # (case, model, batch kind, attention dropout)
 TRAIN_CASES = [("llama", "llama", "plain", 0.0), ("llama packed", "llama", "packed", 0.0),
                ("mistral", "mistral", "plain", 0.0), ("gemma2", "gemma2", "plain", 0.0),
                ("qwen2 padded", "qwen2", "padded", 0.0), ("gpt2 padded", "gpt2", "padded", 0.0),
                ("gpt2 padded dropout", "gpt2", "padded", 0.1)]
+TRAIN_CASES += [("gpt-oss", "gpt-oss", "plain", 0.0), ("gpt-oss padded", "gpt-oss", "padded", 0.0)] \
+    if "gpt-oss" in CONFIGS else []
 GEN_MODELS = list(CONFIGS)
 
 
 def baseline(model: str) -> str:
-    return "eager" if model == "gemma2" else "sdpa"
+    """What the model runs without gencore: "sdpa", or "eager" where transformers has no SDPA
+    path for it (Gemma-2's softcap, gpt-oss's sinks)."""
+    return "eager" if model in ("gemma2", "gpt-oss") else "sdpa"
 
 
 def _model(name: str, impl: str, dropout: float = 0.0):
@@ -129,25 +138,9 @@ def test_generate(benchmark, name, impl):
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
 
 
-def _round_robin(cases: dict, rounds: int) -> dict:
-    """{name: (min, median)} seconds; each round runs the cases forwards, the next backwards
-    (ABBA), so a load change on a shared machine falls on both. Load only adds time: the min is
-    the steadier figure there."""
-    for fn in cases.values():
-        fn()  # warm-up
-    times = {name: [] for name in cases}
-    order = list(cases)
-    for r in range(rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            cases[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
-
-
 def main(argv=None) -> None:
     import warnings
-    ap = argparse.ArgumentParser(description="round-robin timing, sdpa vs gencore")
+    ap = argparse.ArgumentParser(description="round-robin timing (gencore.timing), baseline vs gencore")
     ap.add_argument("--rounds", type=int, default=10, help="rounds of training steps")
     ap.add_argument("--gen-rounds", type=int, default=3, help="rounds of generation")
     ap.add_argument("-k", default="", help="only cases whose name contains this")
@@ -155,8 +148,8 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", message="gencore.integrations.transformers")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"threads {torch.get_num_threads()}")
-    print("| case | baseline ms (min / median) | gencore ms (min / median) | baseline / gencore "
-          "(min, median) |\n|---|---:|---:|---:|")
+    print("| case | baseline ms median (iqr) | gencore ms median (iqr) | baseline / gencore |\n"
+          "|---|---:|---:|---:|")
     groups = [(f"{label} train step {B}x{S}", name, lambda i, n=name, k=kind, d=dropout:
                train_step(n, i, k, d), args.rounds) for label, name, kind, dropout in TRAIN_CASES]
     groups += [(f"{name} generate {NEW} tokens, {GEN_B}x{PROMPT} left-padded", name,
@@ -165,10 +158,10 @@ def main(argv=None) -> None:
         if args.k not in label:
             continue
         base = baseline(name)
-        med = _round_robin({base: make(base), "gencore": make("gencore")}, rounds)
-        (b0, b1), (g0, g1) = med[base], med["gencore"]
-        print(f"| {label} ({base}) | {b0 * 1e3:.1f} / {b1 * 1e3:.1f} | {g0 * 1e3:.1f} / "
-              f"{g1 * 1e3:.1f} | {b0 / g0:.2f}, {b1 / g1:.2f} |", flush=True)
+        st = round_robin({base: make(base), "gencore": make("gencore")}, min_reps=rounds,
+                         max_reps=rounds, warmup=1)
+        (b, bq), (g, gq) = ((st[i]["median"] * 1e3, st[i]["iqr"] * 1e3) for i in (base, "gencore"))
+        print(f"| {label} ({base}) | {b:.1f} ({bq:.1f}) | {g:.1f} ({gq:.1f}) | {b / g:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

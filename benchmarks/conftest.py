@@ -6,6 +6,9 @@ time that device type and makes a chosen CUDA device the current one. A benchmar
 device its `device` parameter names; a test named `*_cuda` times CUDA; the rest time their
 suite's DEVICE, or the CPU. Unset (pytest run directly), every benchmark runs, each CUDA one
 skipped where there is no GPU.
+
+A perf run writes no records: auto's evidence comes only from `gencore bench --record`
+(gencore/bench_cases.py timed by gencore/timing.py, written by gencore/records.py).
 """
 import os
 
@@ -43,30 +46,3 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["extra_info"]["torch_version"] = torch.__version__
     output_json["extra_info"]["device"] = (describe_device(resolve_device(CHOSEN)) if CHOSEN
                                            else "every device the suites name")
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Only when asked (GENCORE_RECORDS_OUT=<folder>): every suite's timings become benchmark
-    records (gencore.records) of this machine in that folder, case "suite/<group>", impl from
-    extra_info. They name no auto case, so they are never evidence for impl="auto" (that is
-    `gencore bench --record`'s job); a plain perf run leaves no file behind."""
-    bs = getattr(session.config, "_benchmarksession", None)
-    out = os.environ.get("GENCORE_RECORDS_OUT")
-    if bs is None or not bs.benchmarks or not out:
-        return
-    from gencore import records
-    by_machine = {}
-    for b in bs.benchmarks:
-        if b.has_error or b.stats is None:
-            continue
-        group = b.group or b.name
-        device = "cuda" if " cuda" in group or "cuda" in b.name else "cpu"
-        op = group.split()[0]
-        impl = b.extra_info.get("impl", b.name)
-        st = {"median": b.stats.median, "iqr": b.stats.iqr, "reps": b.stats.rounds}
-        rec = records.make_record(op, f"suite/{group}", impl, st, device)
-        rec["extra"] = {k: v for k, v in b.extra_info.items() if k != "impl"}
-        by_machine.setdefault(rec["machine"], []).append(rec)
-    for machine, recs in by_machine.items():
-        path = records.save(recs, machine, out)
-        print(f"\nbenchmark records: {len(recs)} written to {path}")

@@ -14,7 +14,6 @@ _scratch = tempfile.mkdtemp(prefix="gencore-tests-")
 os.environ["GENCORE_RECORDS_DIR"] = os.path.join(_scratch, "local")
 os.environ["GENCORE_CACHE_DIR"] = os.path.join(_scratch, "cache")
 os.environ["GENCORE_AUTOTUNE"] = "0"
-os.environ.pop("GENCORE_RECORDS_OUT", None)
 
 
 # ---- CPU ISA paths -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Records (gencore.records): for the auto table's cases (gencore/bench_cases.py) o
 the fused kernel, what auto runs instead, auto itself and PyTorch's own built-in, with ratios
 (x / y > 1: y is that many times faster; "torch / auto" >= 0.95 is auto's promise);
 on a GPU also the fraction of the machine's limit (bytes moved / copy bandwidth for memory-bound
-ops, FLOP/s / matmul rate for attention). Suite records ("suite/<group>") one row per impl.
+ops, FLOP/s / matmul rate for attention).
 
 Each benchmark sets `benchmark.group` (op, shape, dtype, pass) and `benchmark.extra_info["impl"]`
 ("fused", "reference", "torch" for PyTorch's built-in); extra_info may also carry "peak_mb".
@@ -80,22 +80,16 @@ def record_tables(directory: Path, markdown: bool) -> None:
                 "torch / auto", "limit"]
         lines = []
         for (op, case), impls in sorted(by_case.items()):
-            if case.startswith("suite/") or "fused" not in impls:
+            if "fused" not in impls:
                 continue
             alt = auto.builtin_impl(op)
             f, a = impls["fused"]["median_s"], impls.get(alt, {}).get("median_s")
-            auto = impls.get("auto", {}).get("median_s")
+            auto_s = impls.get("auto", {}).get("median_s")
             torch_ = impls.get("torch", {}).get("median_s")
             lines.append([case, f"{f * 1e6:.1f}", alt, f"{a * 1e6:.1f}" if a else "-",
                           f"{a / f:.2f}" if a else "-", f"{torch_ / f:.2f}" if torch_ else "-",
-                          f"{torch_ / auto:.2f}" if torch_ and auto else "-", _limit(info, impls["fused"])])
+                          f"{torch_ / auto_s:.2f}" if torch_ and auto_s else "-", _limit(info, impls["fused"])])
         _print_table(head, lines, markdown)
-        suite = [[case[6:], impl, f"{r['median_s'] * 1e3:.3f}"]
-                 for (op, case), impls in sorted(by_case.items()) if case.startswith("suite/")
-                 for impl, r in sorted(impls.items(), key=lambda kv: (ORDER.get(kv[0], 9), kv[0]))]
-        if suite:
-            print()
-            _print_table(["suite case", "impl", "median ms"], suite, markdown)
 
 
 def _print_table(head, lines, markdown: bool) -> None:

@@ -49,16 +49,22 @@ def eager_gpt_oss(q, k, v, sinks, scale, mask):
     return probs @ v
 
 
+@pytest.mark.parametrize("impl", ["fused", "sdpa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", list(CASES))
-def test_flash_rule(name, dtype):
-    """out, dq, dk, dv, dsinks within 2x the reference's own error in that dtype (GQA 4 on 2)."""
-    need_fused("attention", "cpu")
-    kw = CASES[name]
-    q, k, v, dout = make(2, 4, 2, S, S, 32, dtype, "cpu", seed=1)
+@pytest.mark.parametrize("name", list(CASES) + ["decode", "decode padding"])
+def test_flash_rule(name, dtype, impl):
+    """out, dq, dk, dv, dsinks within 2x the reference's own error in that dtype (GQA 4 on 2),
+    for the fused kernel and for the built-in route (sinks as one more key of SDPA)."""
+    if impl == "fused":
+        need_fused("attention", "cpu")
+    kw = dict(CASES.get(name, {}))
+    q, k, v, dout = make(2, 4, 2, 1 if "decode" in name else S, S, 32, dtype, "cpu", seed=1)
+    if name == "decode padding":  # batch 1 sees no key: out 0, its lse the sink
+        kw["key_padding_mask"] = torch.zeros(2, S, dtype=torch.bool)
+        kw["key_padding_mask"][1] = True
     exact = run("reference", *(t.double() for t in (q, k, v, dout)), SINKS.double(), **kw)
     base = run("reference", q, k, v, dout, SINKS, **kw)
-    got = run("fused", q, k, v, dout, SINKS, **kw)
+    got = run(impl, q, k, v, dout, SINKS, **kw)
     for name_, e, b, f in zip(("out", "dq", "dk", "dv", "dsinks"), exact, base, got):
         assert f.shape == e.shape, name_
         # slack: one rounding of a sum of the reduction's size (|value| x rows it sums over)

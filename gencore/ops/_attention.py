@@ -405,9 +405,13 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     """gencore.ops.attention's semantics on `F.scaled_dot_product_attention`: bottom-right causal
     mask, GQA (k/v with fewer heads), bool key padding mask (True = ignore), window, documents
     and attn_mask as one bool mask, zeros (and zero gradients) for rows that see no key.
-    Dropout is SDPA's own (torch's RNG, not gencore's Philox mask). No built-in caps scores: with
-    softcap or sinks this runs the reference's composed ops (and its Philox dropout). Arguments are
-    not checked here (attention() does)."""
+    Dropout is SDPA's own (torch's RNG, not gencore's Philox mask). Sinks ride on SDPA as one more
+    key (`_sdpa_with_sinks`). No built-in caps scores: with softcap (or sinks with dropout) this
+    runs the reference's composed ops (and its Philox dropout). Arguments are not checked here
+    (attention() does)."""
+    if sinks is not None and softcap is None and not dropout_p:
+        return _sdpa_with_sinks(q, k, v, causal, key_padding_mask, scale, window, document_ids,
+                                attn_mask, sinks)
     if softcap is not None or sinks is not None:
         seed_offset = philox_seed_offset(generator) if dropout_p > 0 else None
         return attention_reference(q, k, v, causal, key_padding_mask, scale, dropout_p=dropout_p,
@@ -431,6 +435,31 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, dropout_p=dropout_p,
                                        scale=scale)
     return torch.where(seen, y, torch.zeros_like(y))
+
+
+def _sdpa_with_sinks(q, k, v, causal, key_padding_mask, scale, window, document_ids, attn_mask,
+                     sinks):
+    """Attention with sinks on SDPA: q and k get one more head-dim column (1 in q, 0 in the keys)
+    and every head one more key, always visible, whose score is its sink (0 but the last entry,
+    sink / scale) and whose value is 0. The softmax then counts the sink as the semantics say, a
+    row that sees no key gives 0, and the sink's gradient comes out of SDPA's backward."""
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    if Hkv != H:
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+    q1 = torch.cat([q, q.new_ones(B, H, Sq, 1)], dim=-1)
+    sink_keys = torch.cat([q.new_zeros(H, D), (sinks.to(q.dtype) / scale)[:, None]], dim=-1)
+    k1 = torch.cat([torch.cat([k, k.new_zeros(B, H, Sk, 1)], dim=-1),
+                    sink_keys[None, :, None].expand(B, H, 1, D + 1)], dim=2)
+    v1 = torch.cat([v, v.new_zeros(B, H, 1, D)], dim=2)
+    plain = key_padding_mask is None and window is None and document_ids is None and attn_mask is None
+    mask = None
+    if not plain or (causal and Sq > 1):
+        visible = visible_keys(B, Sq, Sk, q.device, causal, key_padding_mask, window, document_ids,
+                               attn_mask)
+        mask = torch.cat([visible, visible.new_ones(visible.shape[:-1] + (1,))], dim=-1)
+    return F.scaled_dot_product_attention(q1, k1, v1, attn_mask=mask, scale=scale)
 
 
 # -- the drop-in -----------------------------------------------------------------------------------

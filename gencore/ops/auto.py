@@ -235,6 +235,8 @@ def decide(op: str, device_type: str, case: str, *, facts: Optional[dict] = None
             if found is not None:
                 found["source"] = source
                 break
+        if found is not None and found["pick"] == FUSED and not _passed_here(op, device_type):
+            found = calibration.cached(op, device_type, case)  # the failed check, named
         if found is None:
             found = calibration.cached(op, device_type, case)
         if found is None and calibrate and facts is not None and autotune_enabled():
@@ -248,6 +250,17 @@ def decide(op: str, device_type: str, case: str, *, facts: Optional[dict] = None
             _BY_CASE[memo] = found
             _generation[0] += 1
     return found
+
+
+def _passed_here(op: str, device_type: str) -> bool:
+    """Records say how fast a kernel is, not that it is right on this machine: a records pick
+    needs the op's check too. With calibration on, the check runs (once, in a child process)
+    where it has not; with it off, only a cached failure vetoes (no child process)."""
+    from . import calibration
+    if autotune_enabled():
+        return calibration.checked(op, device_type)
+    outcome = calibration.check_outcome(op, device_type)
+    return outcome is None or bool(outcome["passed"])
 
 
 def _record_folders():

@@ -39,7 +39,7 @@ def _timer(device_type: str) -> Callable[[Callable[[], Any], int], float]:
 
 
 def round_robin(fns: Dict[str, Callable[[], Any]], device_type: str = "cpu", *,
-                min_time: float = 0.3, min_reps: int = 5, max_reps: int = 500,
+                min_time: float = 0.3, min_reps: int = 5, max_reps: int = 2000,
                 warmup: int = 2, sample_time: float = 100e-6) -> Dict[str, dict]:
     """{name: {"median", "iqr", "reps", "calls_per_rep"}} in seconds per call of each fn.
 

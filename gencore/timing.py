@@ -1,11 +1,13 @@
 """One timing harness for every comparison gencore makes (records, `gencore bench --record`, the
-GPU scripts, bench_gpt): round-robin medians.
+GPU scripts, bench_gpt, bench_transformers, bench_distributed, first-use calibration):
+round-robin medians.
 
-Each repetition calls every implementation once, in an order rotated from one repetition to the
-next, so load from other processes, frequency changes and cache state hit all of them alike; the
-median and interquartile range of each implementation's own calls are reported. On CUDA each call
-is timed with CUDA events on the current stream (no host sync inside the timed region except the
-one that reads the events after the call).
+Each repetition calls every implementation once, in an order shuffled anew for each repetition,
+so load from other processes, frequency changes and cache state hit all of them alike (and no
+implementation always runs right after the same other one); calls under 100 us are timed a batch
+at a time. The median and interquartile range of each implementation's samples are reported.
+On CUDA each sample is timed with CUDA events on the current stream (no host sync inside the
+timed region except the one that reads the events after it).
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ def _fresh(monkeypatch, tmp_path):
     monkeypatch.setenv("GENCORE_RECORDS_DIR", str(tmp_path / "local"))
     monkeypatch.setenv("GENCORE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(records, "PACKAGE_DIR", tmp_path / "project")
+    monkeypatch.delenv("GENCORE_PROJECT_RECORDS", raising=False)  # the tests bring their own
     auto.set_autotune(None)
     yield
     auto.set_autotune(None)

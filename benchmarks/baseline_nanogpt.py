@@ -244,10 +244,12 @@ def run_gencore(c, seed=0, overrides=None):
 
 
 def step_times(c, overrides=None, rounds=40):
-    """Median time of one training step (forward, backward, clipping, optimizer) of nanoGPT and
-    of the gpt-text recipe's model and optimizer (with `overrides`), measured round-robin on the
-    same batch, so the load of a shared machine hits both alike."""
+    """Median ms of one training step (forward, backward, clipping, optimizer) of nanoGPT and of
+    the gpt-text recipe's model and optimizer (with `overrides`) on the same batch, timed by
+    gencore.timing.round_robin (the harness of every comparison), so the load of a shared
+    machine hits both alike."""
     from gencore.recipes import get_recipe, resolve_settings
+    from gencore.timing import round_robin
     from gencore.train.precision import resolve_precision
     _, tok, train, _ = data()
     x = torch.stack([train[i:i + c["block_size"]] for i in range(0, 12 * 997, 997)])
@@ -259,28 +261,20 @@ def step_times(c, overrides=None, rounds=40):
     plan = recipe.build(settings, torch.device("cpu"))
     (opt,) = plan.task.configure_optimizers().values()
     bf16 = resolve_precision(settings.trainer.precision, "cpu") == "bf16"  # as the recipe trains
-    models = {
-        "nanogpt": (nano, nano.configure_optimizers(0.1, 1e-3, (0.9, 0.99)), False),
-        "gencore": (plan.task.model, opt, bf16),
-    }
-    times = {k: [] for k in models}
-    cpu = {k: [] for k in models}
-    for r in range(rounds + 3):
-        for name, (model, opt, autocast) in models.items():
-            t0, c0 = time.perf_counter(), time.thread_time()
+
+    def step(model, opt, autocast):
+        def call():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 _, loss = model(x, y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if r >= 3:  # warm-up rounds
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.thread_time() - c0)
-    # With one thread all the work runs on this thread: its CPU time does not count the time
-    # other jobs of a shared machine hold the core.
-    return ({k: statistics.median(v) * 1e3 for k, v in times.items()},
-            {k: statistics.median(v) * 1e3 for k, v in cpu.items()})
+        return call
+    stats = round_robin({"nanogpt": step(nano, nano.configure_optimizers(0.1, 1e-3, (0.9, 0.99)), False),
+                         "gencore": step(plan.task.model, opt, bf16)},
+                        min_reps=rounds, max_reps=rounds, warmup=3)
+    return {k: st["median"] * 1e3 for k, st in stats.items()}
 
 
 def main(argv=None):
@@ -299,11 +293,10 @@ def main(argv=None):
     c = {**CFG, "max_iters": args.steps, "lr_decay_iters": args.steps}
     overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.which == "steptime":
-        wall, cpu = step_times(c, overrides)
-        for what, ms in (("wall", wall), ("thread CPU", cpu)):
-            print(f"training step, median {what} ms ({args.threads} threads): nanogpt "
-                  f"{ms['nanogpt']:.2f}, gencore {ms['gencore']:.2f} (gencore / nanogpt = "
-                  f"{ms['gencore'] / ms['nanogpt']:.3f}) {' '.join(args.set)}")
+        ms = step_times(c, overrides)
+        print(f"training step, median ms ({args.threads} threads): nanogpt {ms['nanogpt']:.2f}, "
+              f"gencore {ms['gencore']:.2f} (gencore / nanogpt = {ms['gencore'] / ms['nanogpt']:.3f}) "
+              f"{' '.join(args.set)}")
         return
     seeds = args.seeds or ([1337] if args.which == "nanogpt" else [0])
     losses = []

@@ -123,44 +123,51 @@ IMPLS = {
 }
 
 
-@pytest.mark.parametrize("device,shape,dtype,causal,mode", list(cases()))
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
-    B, H, S, D = shape
+def _unavailable(impl, device, S=0):
+    """Why impl does not run for this device and length, or None."""
     if impl == "reference" and (S >= 4096 or device == "cuda"):
-        pytest.skip("reference: its S x S intermediates (0.5 GiB each at S = 4096) do not fit the time")
+        return "reference: its S x S intermediates (0.5 GiB each at S = 4096) do not fit the time"
     if impl == "fused" and not _backend.has_kernel("attention", device):
-        pytest.skip(f"no fused {device} attention kernel in this build: {_backend.reason()}")
+        return f"no fused {device} attention kernel in this build: {_backend.reason()}"
+    return None
+
+
+def training_calls(device, shape, dtype, causal, mode):
+    """{impl: one call}: forward under no_grad, or forward and backward on fresh leaves."""
     g = torch.Generator().manual_seed(0)
     q, k, v, dout = (torch.randn(*shape, generator=g).to(device, dtype) for _ in range(4))
-    fn_impl = IMPLS[impl]
-    if mode == "fwd":
-        def fn():
-            with torch.no_grad():
-                fn_impl(q, k, v, causal)
-    else:
-        qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = {}
+    for impl, fn_impl in IMPLS.items():
+        out[impl] = _unavailable(impl, device, shape[2])
+        if out[impl]:
+            continue
+        if mode == "fwd":
+            def fn(fn_impl=fn_impl):
+                with torch.no_grad():
+                    fn_impl(q, k, v, causal)
+        else:
+            qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
 
-        def fn():
-            out = fn_impl(qg, kg, vg, causal)
-            out.backward(dout)
-            qg.grad = kg.grad = vg.grad = None
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+            def fn(fn_impl=fn_impl, qg=qg, kg=kg, vg=vg):
+                fn_impl(qg, kg, vg, causal).backward(dout)
+                qg.grad = kg.grad = vg.grad = None
+        out[impl] = fn
+    return out
 
-    def run():
-        fn()
-        sync()
 
-    benchmark.group = f"attention <{B},{H},{S},{D}> {str(dtype).replace('torch.', '')} causal={causal} {mode}"
-    benchmark.extra_info["impl"] = impl
-    benchmark.extra_info["peak_mb"] = peak_mb(run, device)
-    run()  # warm-up, with the timing's allocator settings
-    rounds = 7 if S <= 256 else (5 if S <= 512 else 3)
-    if device == "cuda":
-        rounds = 10
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
-    if device == "cuda":
-        benchmark.extra_info["tflops"] = attention_flops(shape, causal, mode) / benchmark.stats.stats.median / 1e12
+@pytest.mark.parametrize("device,shape,dtype,causal,mode", list(cases()))
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_attention(compare, benchmark, device, shape, dtype, causal, mode, impl):
+    B, H, S, D = shape
+    make = lambda: training_calls(device, shape, dtype, causal, mode)  # noqa: E731
+    call = make()[impl]
+    if not isinstance(call, str):
+        call()  # the first call's one-time costs stay out of the peak
+        benchmark.extra_info["peak_mb"] = peak_mb(call, device)
+    st = compare(f"attention <{B},{H},{S},{D}> {str(dtype).replace('torch.', '')} causal={causal} {mode}",
+                 impl, make, device, min_reps=10 if device == "cuda" else 5)
+    if device == "cuda" and st:
+        benchmark.extra_info["tflops"] = attention_flops(shape, causal, mode) / st["median"] / 1e12
 
 
 # One decoding step with a KV cache: one query per sequence against the cached keys, k/v as
@@ -169,27 +176,32 @@ def test_attention(benchmark, device, shape, dtype, causal, mode, impl):
 DECODE_SHAPES = [(1, 4, 256, 32), (1, 12, 1024, 64), (8, 8, 512, 64)]  # B, H, cached keys, D
 
 
-@pytest.mark.parametrize("shape", DECODE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_attention_decode(benchmark, shape, impl):
+def decode_calls(shape):
     B, H, Sk, D = shape
-    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
-        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
     g = torch.Generator().manual_seed(0)
     q = torch.randn(B, H, 1, D, generator=g)
-    cache = KVCache(transposed_keys=impl != "torch")
-    k, v, _ = cache.append(*(torch.randn(B, H, Sk, D, generator=g) for _ in range(2)))
-    fn_impl = IMPLS[impl]
+    kv = [torch.randn(B, H, Sk, D, generator=g) for _ in range(2)]
+    out = {}
+    for impl, fn_impl in IMPLS.items():
+        out[impl] = _unavailable(impl, "cpu")
+        if out[impl]:
+            continue
+        k, v, _ = KVCache(transposed_keys=impl != "torch").append(*kv)
 
-    def run():
-        with torch.inference_mode():
-            # No mask: the one query sees every cached key (SDPA's is_causal=True would align
-            # the mask top-left and leave the query only the first key).
-            fn_impl(q, k, v, False)
+        def run(fn_impl=fn_impl, k=k, v=v):
+            with torch.inference_mode():
+                # No mask: the one query sees every cached key (SDPA's is_causal=True would align
+                # the mask top-left and leave the query only the first key).
+                fn_impl(q, k, v, False)
+        out[impl] = run
+    return out
 
-    benchmark.group = f"attention decode <{B},{H},1 vs {Sk},{D}> float32"
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(run, rounds=30, iterations=20, warmup_rounds=2)
+
+@pytest.mark.parametrize("shape", DECODE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_attention_decode(compare, shape, impl):
+    B, H, Sk, D = shape
+    compare(f"attention decode <{B},{H},1 vs {Sk},{D}> float32", impl, lambda: decode_calls(shape))
 
 
 # issue 20's features (window, packed documents, dropout, bool mask), fwd+bwd on CPU, each against
@@ -201,13 +213,13 @@ def _feature_cases():
     return [c for c in bench_cases.cases("cpu") if any(f" {kind}/" in c.id for kind, *_ in bench_cases.FEATURE_CASES)]
 
 
+def _feature_calls(case):
+    calls = {impl: fn for impl, fn in case.make().items() if impl in ("fused", "sdpa", "torch")}
+    calls["fused"] = _unavailable("fused", "cpu") or calls["fused"]
+    return calls
+
+
 @pytest.mark.parametrize("case", _feature_cases(), ids=lambda c: c.id.split("/")[2].replace(" ", "-") + "-" + c.id.split("/")[3])
 @pytest.mark.parametrize("impl", ["fused", "sdpa", "torch"])
-def test_attention_features(benchmark, case, impl):
-    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
-        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
-    run = case.make()[impl]
-    benchmark.group = f"attention features {case.id}"
-    benchmark.extra_info["impl"] = impl
-    run()  # warm-up
-    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=0)
+def test_attention_features(compare, case, impl):
+    compare(f"attention features {case.id}", impl, lambda: _feature_calls(case))

@@ -4,7 +4,7 @@ Groups are "gan_loss <kind> <role> <size> <pass>" with pass "fwd" (no autograd) 
 (inputs require grad, loss.backward()). The discriminator loss is both terms (real and fake)
 summed, as a GAN step computes it. By default every kind runs for the discriminator and bce/hinge
 for the generator; GENCORE_BENCH_FULL=1 runs every kind x role. The CUDA cases (bce discriminator,
-64 to 2^24 elements, synchronised after every call) are skipped without a GPU;
+64 to 2^24 elements, timed with CUDA events) are skipped without a GPU;
 benchmarks/gpu/ops_check.py also times CUDA graph replay.
 
     python -m pytest benchmarks/bench_gan_loss.py --benchmark-json out.json -q
@@ -50,44 +50,44 @@ def torch_builtin(kind, role, ones, zeros):
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("kind,role", CASES)
-def test_gan_loss(benchmark, kind, role, size, pass_, impl):
-    run_case(benchmark, kind, role, SIZES[size], size, pass_, impl, "cpu")
+def test_gan_loss(compare, kind, role, size, pass_, impl):
+    compare(f"gan_loss {kind} {role} {size} {pass_}", impl,
+            lambda: calls(kind, role, SIZES[size], pass_, "cpu"))
 
 
 @ON_CUDA
 @pytest.mark.parametrize("impl", ["fused", "torch"])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("size", list(CUDA_SIZES))
-def test_gan_loss_cuda(benchmark, size, pass_, impl):
-    run_case(benchmark, "bce", "discriminator", CUDA_SIZES[size], size, pass_, impl, "cuda")
+def test_gan_loss_cuda(compare, size, pass_, impl):
+    compare(f"gan_loss bce discriminator {size} {pass_} cuda", impl,
+            lambda: calls("bce", "discriminator", CUDA_SIZES[size], pass_, "cuda"), "cuda")
 
 
-def run_case(benchmark, kind, role, shape, size, pass_, impl, device):
+def calls(kind, role, shape, pass_, device):
+    """{impl: one call}: the loss alone under no_grad ("fwd"), or the loss and its backward."""
     gen = torch.Generator().manual_seed(0)
     real = (torch.randn(shape, generator=gen) * 2).to(device)
     fake = (torch.randn(shape, generator=gen) * 2).to(device)
     ones, zeros = torch.ones(shape, device=device), torch.zeros(shape, device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if impl == "fused":
-        fn = lambda r, f: gan_loss(r, f, kind, role, impl="fused")  # noqa: E731
-    elif impl == "reference":
-        fn = lambda r, f: gan_loss_reference(r, f, kind, role)  # noqa: E731
-    else:
-        fn = torch_builtin(kind, role, ones, zeros)
-    benchmark.group = f"gan_loss {kind} {role} {size} {pass_}" + (" cuda" if device == "cuda" else "")
-    benchmark.extra_info["impl"] = impl
+    fns = {"fused": lambda r, f: gan_loss(r, f, kind, role, impl="fused"),
+           "reference": lambda r, f: gan_loss_reference(r, f, kind, role),
+           "torch": torch_builtin(kind, role, ones, zeros)}
+    if device == "cuda":
+        del fns["reference"]
     if pass_ == "fwd":
-        def forward():
-            fn(real, fake)
-            sync()
-        benchmark(forward)
-        return
+        def forward(fn):
+            def call():
+                with torch.no_grad():
+                    fn(real, fake)
+            return call
+        return {impl: forward(fn) for impl, fn in fns.items()}
     real.requires_grad_(True)
     fake.requires_grad_(True)
 
-    def step():
-        real.grad = fake.grad = None
-        fn(real, fake).backward()
-        sync()
-
-    benchmark(step)
+    def step(fn):
+        def call():
+            real.grad = fake.grad = None
+            fn(real, fake).backward()
+        return call
+    return {impl: step(fn) for impl, fn in fns.items()}

@@ -1,13 +1,11 @@
 """GPT benchmarks: a training step per attention implementation, and KV-cache generation.
 
-    python -m pytest benchmarks/bench_gpt.py -p no:randomly --benchmark-only \
-        --benchmark-json /tmp/gpt.json -q
+    python -m pytest benchmarks/bench_gpt.py --benchmark-only --benchmark-json /tmp/gpt.json -q
     python benchmarks/report.py /tmp/gpt.json --markdown
 
-On a machine shared with other jobs, pytest-benchmark's one-case-after-another timing turns load
-changes into ratio errors; `python benchmarks/bench_gpt.py [--rounds N]` times the same cases
-round-robin (one call of each case per round) and prints medians and ratios, for one device
-(`--device cpu`, the default, or `--device cuda`: the GPT-2-small step alone).
+Each group is timed round-robin (benchmarks/conftest.py's `compare`: one call of each
+implementation per repetition, shuffled), so load from other jobs hits every implementation alike.
+`-k cuda` runs the GPT-2-small step alone, `-k "not cuda"` the CPU cases.
 
 Groups (extra_info "impl"; report.py gives each time as a multiple of the "fused" one):
 - "gpt-text train step ...": one full training step of gpt-text as its recipe trains it (its
@@ -26,14 +24,11 @@ Groups (extra_info "impl"; report.py gives each time as a multiple of the "fused
 """
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
 from gencore import _backend
 from gencore.models import GPT, GPTConfig
-from gencore.timing import round_robin
 
 MODEL = dict(vocab_size=100, n_layer=4, n_head=4, n_embd=128)
 TRAIN_IMPLS = {"fused": "fused", "reference": "reference", "torch": "sdpa"}
@@ -93,7 +88,6 @@ def gpu_train_step(impl: str):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        torch.cuda.synchronize()
     return step
 
 
@@ -109,69 +103,32 @@ def generation(impl: str, use_cache: bool, batch: int):
     return run
 
 
-def _need(impl: str) -> None:
-    if impl == "fused" and not _backend.has_kernel("attention", "cpu"):
-        pytest.skip(f"no fused cpu attention kernel in this build: {_backend.reason()}")
+def _calls(cases: dict, device: str = "cpu") -> dict:
+    """{name: call} from {name: (attention impl, builder)}, or why a name does not run here."""
+    return {name: (f"no fused {device} attention kernel in this build: {_backend.reason()}"
+                   if attn == "fused" and not _backend.has_kernel("attention", device) else build())
+            for name, (attn, build) in cases.items()}
 
 
 @pytest.mark.parametrize("impl", list(TRAIN_IMPLS))
-def test_gpt_train_step(benchmark, impl):
-    _need(TRAIN_IMPLS[impl])
-    step = train_step(TRAIN_IMPLS[impl])
-    benchmark.group = TRAIN_GROUP
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(step, rounds=30, iterations=1, warmup_rounds=5)
+def test_gpt_train_step(compare, impl):
+    compare(TRAIN_GROUP, impl, lambda: _calls({k: (v, lambda v=v: train_step(v))
+                                               for k, v in TRAIN_IMPLS.items()}),
+            min_time=2.0, min_reps=10, warmup=3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("impl", list(GPU_TRAIN_IMPLS))
-def test_gpt2_small_train_step_cuda(benchmark, impl):
-    if GPU_TRAIN_IMPLS[impl] == "fused" and not _backend.has_kernel("attention", "cuda"):
-        pytest.skip(f"no fused cuda attention kernel in this build: {_backend.reason()}")
-    step = gpu_train_step(GPU_TRAIN_IMPLS[impl])
-    benchmark.group = GPU_TRAIN_GROUP
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=3)
+def test_gpt2_small_train_step_cuda(compare, impl):
+    compare(GPU_TRAIN_GROUP, impl, lambda: _calls({k: (v, lambda v=v: gpu_train_step(v))
+                                                   for k, v in GPU_TRAIN_IMPLS.items()}, "cuda"),
+            "cuda", min_reps=5, max_reps=10, warmup=3)
 
 
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("impl", list(GEN_CASES))
-def test_gpt_generate(benchmark, impl, batch):
-    attn, use_cache = GEN_CASES[impl]
-    _need(attn)
-    run = generation(attn, use_cache, batch)
-    benchmark.group = GEN_GROUP.format(batch=batch)
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(run, rounds=3 if use_cache else 2, iterations=1, warmup_rounds=1)
-
-
-def _round_robin(cases: dict, rounds: int, device: str) -> dict:
-    stats = round_robin(cases, device, min_reps=rounds, max_reps=rounds, warmup=1)
-    return {name: st["median"] for name, st in stats.items()}
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="round-robin timing of the GPT benchmark cases")
-    ap.add_argument("--rounds", type=int, default=30, help="rounds of training steps")
-    ap.add_argument("--gen-rounds", type=int, default=3, help="rounds of generation")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                    help="time only this device's cases: cpu (gpt-text step, generation) or cuda "
-                         "(the GPT-2-small step; its --rounds)")
-    args = ap.parse_args(argv)
-    print(f"torch threads: {torch.get_num_threads()}")
-    print("| case | impl | median ms | x fused time |\n|---|---|---:|---:|")
-    if args.device == "cuda":
-        groups = [(GPU_TRAIN_GROUP, {k: gpu_train_step(v) for k, v in GPU_TRAIN_IMPLS.items()}, args.rounds)]
-    else:
-        groups = [(TRAIN_GROUP, {k: train_step(v) for k, v in TRAIN_IMPLS.items()}, args.rounds)]
-        for batch in (1, 8):
-            groups.append((GEN_GROUP.format(batch=batch),
-                           {k: generation(a, c, batch) for k, (a, c) in GEN_CASES.items()}, args.gen_rounds))
-    for group, cases, rounds in groups:
-        med = _round_robin(cases, rounds, args.device)
-        for name, t in med.items():
-            print(f"| {group} | {name} | {t * 1e3:.1f} | {t / med['fused']:.2f} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+def test_gpt_generate(compare, impl, batch):
+    compare(GEN_GROUP.format(batch=batch), impl,
+            lambda: _calls({k: (a, lambda a=a, c=c: generation(a, c, batch))
+                            for k, (a, c) in GEN_CASES.items()}),
+            min_reps=3, min_time=0.0, warmup=1)

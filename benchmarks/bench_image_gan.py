@@ -33,10 +33,7 @@ def _losses(impl):
     return d_loss, lambda f: bce(f, torch.ones_like(f))
 
 
-@pytest.mark.parametrize("impl", ["fused", "torch"])
-@pytest.mark.parametrize("r1", ["on", "off"])
-@pytest.mark.parametrize("size,width,batch", CASES)
-def test_image_gan_step(benchmark, size, width, batch, r1, impl):
+def make_step(size, width, batch, r1, impl):
     torch.manual_seed(0)
     G, D = Generator(32, size, 1, width), Discriminator(size, 1, width)
     opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.99))
@@ -62,7 +59,13 @@ def test_image_gan_step(benchmark, size, width, batch, r1, impl):
         g_loss.backward()
         opt_g.step()
         D.requires_grad_(True)
+    return step
 
-    benchmark.group = f"image_gan step {size} width={width} batch={batch} r1={r1}"
-    benchmark.extra_info["impl"] = impl
-    benchmark(step)
+
+@pytest.mark.parametrize("impl", ["fused", "torch"])
+@pytest.mark.parametrize("r1", ["on", "off"])
+@pytest.mark.parametrize("size,width,batch", CASES)
+def test_image_gan_step(compare, size, width, batch, r1, impl):
+    compare(f"image_gan step {size} width={width} batch={batch} r1={r1}", impl,
+            lambda: {name: make_step(size, width, batch, r1, name) for name in ("fused", "torch")},
+            min_time=1.0, min_reps=10)

@@ -59,10 +59,10 @@ def make_step(impl):
     return lambda: task.adversarial_step(real, optimizer_step)
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference", "torch"])
-def test_adversarial_step(benchmark, impl):
-    step = make_step(impl)
-    step()  # warm-up (allocator, first-call dispatch)
-    benchmark.group = f"textgan adversarial step (D+G) b{BATCH} L{LENGTH} V{VOCAB}"
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(step, rounds=15, warmup_rounds=1)
+IMPLS = ["fused", "reference", "torch"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_adversarial_step(compare, impl):
+    compare(f"textgan adversarial step (D+G) b{BATCH} L{LENGTH} V{VOCAB}", impl,
+            lambda: {name: make_step(name) for name in IMPLS}, min_time=2.0, min_reps=10)

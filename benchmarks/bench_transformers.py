@@ -1,9 +1,7 @@
 """Hugging Face transformers models with attn_implementation "sdpa" vs "gencore" (issue 21).
 
-    python -m pytest benchmarks/bench_transformers.py -p no:randomly --benchmark-only \
-        --benchmark-json /tmp/hf.json -q
+    python -m pytest benchmarks/bench_transformers.py --benchmark-only --benchmark-json /tmp/hf.json -q
     python benchmarks/report.py /tmp/hf.json --markdown
-    python benchmarks/bench_transformers.py [--rounds N]   # round-robin medians and ratios
 
 The tests' models (tests/test_transformers.py: 2 layers, 128 wide, from configs), vocabulary 1024:
 - "<model> train step": forward, loss, backward, AdamW step at batch 8 x 256 tokens; Qwen2 and GPT-2
@@ -11,12 +9,10 @@ The tests' models (tests/test_transformers.py: 2 layers, 128 wide, from configs)
   GPT-2 also with attention dropout 0.1.
 - "<model> generate": greedy, 32 new tokens after a left-padded prompt batch of 4 x 32.
 Gemma-2 (softcap) and gpt-oss (sinks; where this transformers has it) have no "sdpa" path: their
-baseline is "eager". Skipped without transformers. `main` times through gencore.timing's
-round robin, the harness of every other comparison.
+baseline is "eager". Skipped without transformers. Each group is timed round-robin (baseline and
+gencore alternating, benchmarks/conftest.py's `compare`), the harness of every other comparison.
 """
 from __future__ import annotations
-
-import argparse
 
 import pytest
 import torch
@@ -24,7 +20,6 @@ import torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 
 import gencore.integrations.transformers  # noqa: E402,F401  registers "gencore"
-from gencore.timing import round_robin  # noqa: E402
 from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig,  # noqa: E402
                           MistralConfig, Qwen2Config)
 
@@ -121,48 +116,19 @@ def generation(name: str, impl: str):
 
 @pytest.mark.parametrize("impl", ["baseline", "gencore"])
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
-def test_train_step(benchmark, case, impl):
+def test_train_step(compare, benchmark, case, impl):
     label, name, kind, dropout = case
-    step = train_step(name, baseline(name) if impl == "baseline" else impl, kind, dropout)
-    benchmark.group = f"hf {label} train step B={B} S={S}"
-    benchmark.extra_info["impl"] = baseline(name) if impl == "baseline" else impl
-    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=2)
+    benchmark.extra_info["attn_implementation"] = baseline(name) if impl == "baseline" else impl
+    compare(f"hf {label} train step B={B} S={S}", impl,
+            lambda: {"baseline": train_step(name, baseline(name), kind, dropout),
+                     "gencore": train_step(name, "gencore", kind, dropout)},
+            min_time=1.0, min_reps=10, warmup=2)
 
 
 @pytest.mark.parametrize("impl", ["baseline", "gencore"])
 @pytest.mark.parametrize("name", GEN_MODELS)
-def test_generate(benchmark, name, impl):
-    run = generation(name, baseline(name) if impl == "baseline" else impl)
-    benchmark.group = f"hf {name} generate {NEW} tokens B={GEN_B} prompt {PROMPT} left-padded"
-    benchmark.extra_info["impl"] = baseline(name) if impl == "baseline" else impl
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
-
-
-def main(argv=None) -> None:
-    import warnings
-    ap = argparse.ArgumentParser(description="round-robin timing (gencore.timing), baseline vs gencore")
-    ap.add_argument("--rounds", type=int, default=10, help="rounds of training steps")
-    ap.add_argument("--gen-rounds", type=int, default=3, help="rounds of generation")
-    ap.add_argument("-k", default="", help="only cases whose name contains this")
-    args = ap.parse_args(argv)
-    warnings.filterwarnings("ignore", message="gencore.integrations.transformers")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"threads {torch.get_num_threads()}")
-    print("| case | baseline ms median (iqr) | gencore ms median (iqr) | baseline / gencore |\n"
-          "|---|---:|---:|---:|")
-    groups = [(f"{label} train step {B}x{S}", name, lambda i, n=name, k=kind, d=dropout:
-               train_step(n, i, k, d), args.rounds) for label, name, kind, dropout in TRAIN_CASES]
-    groups += [(f"{name} generate {NEW} tokens, {GEN_B}x{PROMPT} left-padded", name,
-                lambda i, n=name: generation(n, i), args.gen_rounds) for name in GEN_MODELS]
-    for label, name, make, rounds in groups:
-        if args.k not in label:
-            continue
-        base = baseline(name)
-        st = round_robin({base: make(base), "gencore": make("gencore")}, min_reps=rounds,
-                         max_reps=rounds, warmup=1)
-        (b, bq), (g, gq) = ((st[i]["median"] * 1e3, st[i]["iqr"] * 1e3) for i in (base, "gencore"))
-        print(f"| {label} ({base}) | {b:.1f} ({bq:.1f}) | {g:.1f} ({gq:.1f}) | {b / g:.2f} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+def test_generate(compare, benchmark, name, impl):
+    benchmark.extra_info["attn_implementation"] = baseline(name) if impl == "baseline" else impl
+    compare(f"hf {name} generate {NEW} tokens B={GEN_B} prompt {PROMPT} left-padded", impl,
+            lambda: {"baseline": generation(name, baseline(name)), "gencore": generation(name, "gencore")},
+            min_time=1.0, min_reps=5, warmup=1)

@@ -10,8 +10,8 @@ ops, FLOP/s / matmul rate for attention).
 
 Each benchmark sets `benchmark.group` (op, shape, dtype, pass) and `benchmark.extra_info["impl"]`
 ("fused", "reference", "torch" for PyTorch's built-in); extra_info may also carry "peak_mb".
-The table gives each implementation's median time and its ratio to the fused one (time / fused
-time: > 1 means the fused op is that many times faster).
+The table gives each implementation's median time and its ratio to the fused one, or to "gencore"
+in a whole-model benchmark (time / fused time: > 1 means the fused op is that many times faster).
 
     python benchmarks/report.py results.json [--markdown]
 """
@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-ORDER = {"fused": 0, "reference": 1, "torch": 2}
+ORDER = {"fused": 0, "gencore": 0, "reference": 1, "torch": 2}
 
 
 def rows(data: dict):
@@ -32,7 +32,8 @@ def rows(data: dict):
         groups[b["group"] or b["name"]][impl] = b
     for group in sorted(groups):
         impls = groups[group]
-        fused = impls.get("fused")
+        # The time each row is divided by: gencore's fused op, or gencore in a whole model.
+        fused = impls.get("fused") or impls.get("gencore")
         base = fused["stats"]["median"] if fused else None
         for impl in sorted(impls, key=lambda i: (ORDER.get(i, 9), i)):
             b = impls[impl]

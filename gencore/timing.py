@@ -1,6 +1,6 @@
-"""One timing harness for every comparison gencore makes (records, `gencore bench --record`, the
-GPU scripts, bench_gpt, bench_transformers, bench_distributed, first-use calibration):
-round-robin medians.
+"""One timing harness for every comparison gencore makes (records, `gencore bench --record`,
+first-use calibration, the pytest-benchmark suites through benchmarks/conftest.py's `compare`, the
+GPU scripts, bench_distributed, baseline_nanogpt): round-robin medians.
 
 Each repetition calls every implementation once, in an order shuffled anew for each repetition,
 so load from other processes, frequency changes and cache state hit all of them alike (and no
@@ -43,7 +43,8 @@ def _timer(device_type: str) -> Callable[[Callable[[], Any], int], float]:
 def round_robin(fns: Dict[str, Callable[[], Any]], device_type: str = "cpu", *,
                 min_time: float = 0.3, min_reps: int = 5, max_reps: int = 2000,
                 warmup: int = 2, sample_time: float = 100e-6) -> Dict[str, dict]:
-    """{name: {"median", "iqr", "reps", "calls_per_rep"}} in seconds per call of each fn.
+    """{name: {"median", "iqr", "reps", "calls_per_rep", "samples"}} in seconds per call of each
+    fn ("samples": one per repetition, in the order taken).
 
     A repetition times every fn once, in an order shuffled anew for each (a fixed cyclic order
     would always run a fn right after the same other one).
@@ -70,5 +71,5 @@ def round_robin(fns: Dict[str, Callable[[], Any]], device_type: str = "cpu", *,
     for name, xs in samples.items():
         q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
         out[name] = {"median": statistics.median(xs), "iqr": q[2] - q[0], "reps": len(xs),
-                     "calls_per_rep": calls}
+                     "calls_per_rep": calls, "samples": xs}
     return out

@@ -68,7 +68,7 @@ step racecheck 60 compute-sanitizer --tool racecheck --racecheck-report hazard \
 step attention 70 python3 benchmarks/gpu/attention_check.py --quick --json "$OUT/attention.json"
 step ops 40 python3 benchmarks/gpu/ops_check.py --device cuda
 step check 30 python3 -m gencore check --device cuda
-step gpt 40 python3 benchmarks/bench_gpt.py --device cuda --rounds 5
+step gpt 40 python3 -m gencore bench --device cuda -k gpt2_small --json "$OUT/gpt.json"
 step autotune 50 python3 benchmarks/auto_first_use.py --device cuda \
   -k "bfloat16 causal/B8-H8-Sq512" "1280x5000/fwd+bwd" "n4096"
 

@@ -259,6 +259,38 @@ def test_mask_descriptions_are_exact():
     assert not gt.GencoreMask(holed, 0).exact
 
 
+def test_single_query_masks_are_described_exactly():
+    """A decoding step's mask (one query) takes the short description: every pattern over the
+    keys is key padding within the causal frame, or padding over every key where the query sees
+    keys past its position; always exact."""
+    left = torch.ones(2, 10, dtype=torch.bool)
+    left[0, :3] = False
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.rand(2, 1, 1, 10, generator=g) < 0.6
+    beyond = torch.zeros(2, 1, 1, 10, dtype=torch.bool)
+    beyond[:, 0, 0, [1, 8]] = True             # keys past the query's position 4
+    blind = _dense(1, 10, padding=left, q_offset=9)
+    blind[1] = False                           # a row that sees no key
+    cases = {
+        "plain": (_dense(1, 10, q_offset=9), 9, dict(causal=True, kv_len=10, key_padding_mask=None)),
+        "left padded": (_dense(1, 10, padding=left, q_offset=9), 9, dict(causal=True, kv_len=10)),
+        "sliding 4": (_dense(1, 10, sliding_window_causal_mask_function(4), q_offset=9), 9,
+                      dict(causal=True, kv_len=10, window_left=None)),
+        "static cache tail": (_dense(1, 16, padding=torch.ones(2, 16, dtype=torch.bool), q_offset=9),
+                              9, dict(causal=True, kv_len=10)),
+        "any pattern": (noisy, 9, dict(causal=True, kv_len=10)),
+        "keys past the query": (beyond, 4, dict(causal=False, kv_len=10)),
+        "a row that sees nothing": (blind, 9, dict(causal=True, kv_len=10)),
+    }
+    for what, (dense, diag, want) in cases.items():
+        m = gt.GencoreMask(dense, diag)
+        assert m.exact and m.document_ids is None, what
+        for k, v in want.items():
+            assert getattr(m, k) == v, (what, k, getattr(m, k))
+        assert torch.equal(_rebuild(m, 1, dense.shape[3]), dense), what
+    assert gt.GencoreMask(blind, 9).key_padding_mask[1].all()
+
+
 def test_packed_mask_is_described_as_documents():
     docs = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, 2]] * 2)
     fn = (lambda b, h, q, kv: (kv <= q) & (docs[b, q] == docs[b, kv]))

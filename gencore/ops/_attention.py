@@ -431,14 +431,24 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     if plain and Sq == Sk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
                                               scale=scale, **gqa)
-    visible = visible_keys(q.shape[0], Sq, Sk, q.device, causal, key_padding_mask, window,
-                           document_ids, attn_mask)
+    if key_padding_mask is not None and window is None and document_ids is None and \
+            attn_mask is None and (not causal or Sq == 1):
+        visible = ~key_padding_mask[:, None, None, :]   # every query sees the same keys
+    else:
+        visible = visible_keys(q.shape[0], Sq, Sk, q.device, causal, key_padding_mask, window,
+                               document_ids, attn_mask)
+    sees = visible.view(torch.uint8).amax(dim=-1, keepdim=True)  # bool reductions are not
+    # vectorised on the CPU; as bytes they are. Every row seeing a key is the usual case: checked
+    # on the CPU only, where the host read costs no device sync.
+    if q.is_cpu and bool(sees.amin()):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p,
+                                              scale=scale, **gqa)
     # A row with no visible key would give NaN: let it see everything, then zero its output
     # (with `where`, so its gradient is zero too).
-    seen = visible.any(dim=-1, keepdim=True)
+    seen = sees.bool()
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, dropout_p=dropout_p,
                                        scale=scale, **gqa)
-    return torch.where(seen, y, torch.zeros_like(y))
+    return torch.where(seen, y, 0.0)
 
 
 def _sdpa_with_sinks(q, k, v, causal, key_padding_mask, scale, window, document_ids, attn_mask,

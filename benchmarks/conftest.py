@@ -98,11 +98,12 @@ def compare(benchmark):
             _TIMED[key] = (timing.round_robin(runnable, key[1], **options), skipped)
             del calls, runnable
         timed, skipped = _TIMED[key]
-        if impl in skipped:
-            pytest.skip(skipped[impl])
-        st = timed.pop(impl)
-        if not timed:
+        why = skipped.pop(impl, None)
+        st = None if why else timed.pop(impl)
+        if not timed and not skipped:  # every test of the group has had its answer
             del _TIMED[key]
+        if why:
+            pytest.skip(why)
         _report(benchmark, st)
         benchmark.extra_info["harness"] = "gencore.timing.round_robin"
         return st

@@ -66,3 +66,30 @@ def test_every_suite_times_through_compare(suite):
     text = (ROOT / "benchmarks" / suite).read_text()
     assert "benchmark(" not in text and "benchmark.pedantic" not in text
     assert "compare(" in text
+
+
+def test_a_group_is_timed_once_whichever_of_its_tests_skip(tmp_path):
+    """The group's round robin runs once for all its tests, a skipped implementation's test
+    included wherever it comes in the order (the fixture, on a suite of its own)."""
+    (tmp_path / "conftest.py").write_text((ROOT / "benchmarks" / "conftest.py").read_text())
+    made = tmp_path / "made.txt"
+    (tmp_path / "bench_toy.py").write_text(f'''
+import pytest
+
+def make():
+    with open({str(made)!r}, "a") as f:
+        f.write("x")
+    return {{"a": lambda: sum(range(50)), "b": "b does not run here", "c": lambda: sum(range(60))}}
+
+@pytest.mark.parametrize("impl", ["a", "c", "b"])  # the skipped one last
+@pytest.mark.parametrize("group", ["one", "two"])
+def test_toy(compare, group, impl):
+    compare(group, impl, make, min_time=0.01)
+''')
+    out = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "bench_toy.py"), "-q",
+                          "-p", "no:cacheprovider", "-p", "no:randomly"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "4 passed, 2 skipped" in out.stdout, out.stdout
+    assert made.read_text() == "xx"  # once per group
